@@ -1,0 +1,66 @@
+"""The `sami` command. Thin: each subcommand lives in `sami.commands.<name>` and is imported only when used,
+so `sami --help` stays fast (no torch import)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("sami.commands.run", "run the whole iterative SAMI experiment from a config (default: the CPU demo)"),
+    "config": ("sami.commands.config", "show the resolved config of a run"),
+    "principles": ("sami.commands.principles", "write principles and antitheses with an instruction-tuned model"),
+    "generate": ("sami.commands.generate", "self-generate training samples (samples.jsonl)"),
+    "train": ("sami.commands.train", "train a model with the SAMI objective on samples.jsonl"),
+    "evaluate": ("sami.commands.evaluate", "compare a model against a baseline: win rates, MI, lengths"),
+    "winrate": ("sami.commands.winrate", "summarise judgments.jsonl into win rates"),
+    "report": ("sami.commands.report", "build the HTML report of a run folder"),
+}
+
+
+def _load(name: str):
+    module_name, _ = COMMANDS[name]
+    return importlib.import_module(module_name)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sami", description="Self-Supervised Alignment with Mutual Information.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Only the chosen command's module is imported; the others are listed by their help line.
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sami` console script."""
+    from sami.errors import SamiInputError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(_load(args.command).run(args) or 0)
+    except SamiInputError as e:
+        print(f"sami {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sami {args.command}: interrupted; finished work is saved, rerun to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
