@@ -1,0 +1,243 @@
+"""One config for a whole SAMI run: a validated YAML schema.
+
+Every section is a pydantic model that rejects unknown keys. Errors name the field path
+(`training.learning_rate: expected a number, got "fast"`) and are raised as `SamiInputError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sami.data import QuerySource
+from sami.errors import SamiInputError
+from sami.evaluation.evaluate import EvaluationSettings
+from sami.generation import GenerationSettings
+from sami.models import LoraSettings
+from sami.prompts import FilterSettings, TemplateSettings
+
+DEFAULT_CONFIG = "demo.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Section):
+    policy: str = Field("default", description="the model to align (π_0): 'default', a local folder, a GGUF file or a cached hub id")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="weights dtype")
+    trust_remote_code: bool = Field(False, description="allow custom model code from the model folder")
+    lora: dict[str, Any] | None = Field(None, description="LoRA adapter settings (r, alpha, dropout, target_modules); null trains all weights")
+
+    @field_validator("lora")
+    @classmethod
+    def _check_lora(cls, value):
+        if value is not None:
+            LoraSettings(**value)  # raises TypeError on an unknown key
+        return value
+
+
+class WriterSettings(_Section):
+    task: str = Field(..., description="what the model is asked to do, e.g. 'summarize Reddit posts'")
+    principles: list[str] = Field(..., min_length=1, description="principle names, optionally 'name: short description'")
+    model: str = Field("default", description="instruction-tuned model that writes the principles")
+    backend: Literal["hf", "openai"] = "hf"
+    base_url: str | None = None
+    model_name: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    retries: int = Field(3, ge=0)
+
+
+class SamplingSettings(_Section):
+    scheme: Literal["uniform", "paper-dialogue", "paper-summarization", "diverse"] = Field(
+        "uniform", description="how C constitutions are drawn per query"
+    )
+    n_constitutions: int = Field(2, description="C: constitutions (and responses) per query")
+    max_new_tokens: int = Field(350, ge=1, description="response budget during self-generation")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy, as in the paper")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    reasoning: bool = Field(False, description="chain-of-thought data generation (reasoning first, then the response)")
+    chunk_size: int = Field(8, ge=1, description="queries generated and written per chunk")
+
+    @field_validator("n_constitutions")
+    @classmethod
+    def _at_least_two(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"SAMI contrasts at least 2 constitutions, got {value}")
+        return value
+
+
+class DataSettings(_Section):
+    train: list[QuerySource] = Field(..., min_length=1, description="training query sources")
+    eval: list[QuerySource] = Field(..., min_length=1, description="evaluation query sources")
+    train_per_iteration: int | None = Field(None, ge=1, description="queries per iteration (cap of the slice)")
+    n_slices: int = Field(2, ge=1, description="iterations alternate between this many disjoint query slices")
+    eval_limit: int | None = Field(None, ge=1, description="evaluation queries per source")
+
+
+class TrainingSettings(_Section):
+    """The usual knobs; any other `TrainingArguments` field goes in `trainer_args`."""
+
+    learning_rate: float = 5e-7
+    per_device_train_batch_size: int = Field(128, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    optim: str = "adamw_torch"
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(1, ge=1)
+    logprob_normalize: Literal["mean", "sum"] = "mean"
+    include_eos: bool = True
+    beta: float = Field(0.0, ge=0.0, description="weight of the token-level KL to the base model (0 = off, as in the paper)")
+    max_prompt_length: int | None = None
+    max_response_length: int | None = None
+    truncate_prompt_left: bool = False
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    trainer_args: dict[str, Any] = Field(default_factory=dict, description="extra TrainingArguments fields")
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _known_trainer_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from sami.trainer import SAMIConfig
+
+        known = {f.name for f in dataclasses.fields(SAMIConfig)}
+        for key in value:
+            if key not in known:
+                raise ValueError(f"unknown TrainingArguments field {key!r}")
+        return value
+
+
+class IterationSettings(_Section):
+    count: int = Field(3, ge=1, description="T: number of SAMI iterations")
+    steps: list[int] = Field([2, 4, 6], description="optimizer steps in each iteration (the paper: 2, 4, 6)")
+    train_from: Literal["base", "previous"] = Field("base", description="start each iteration's training from π_0 (paper) or π_{t-1}")
+
+    @model_validator(mode="after")
+    def _steps_cover_iterations(self):
+        if len(self.steps) < self.count:
+            raise ValueError(f"steps lists {len(self.steps)} values for {self.count} iterations")
+        if any(s < 1 for s in self.steps):
+            raise ValueError("every iteration needs at least 1 step")
+        return self
+
+
+class LauncherSettings(_Section):
+    kind: Literal["local", "accelerate"] = Field("local", description="run stages in this process or under accelerate launch")
+    num_processes: int = Field(1, ge=1)
+    config: str | None = Field(None, description="accelerate config: ddp, fsdp, zero3 or a path")
+    extra_args: list[str] = Field(default_factory=list, description="more `accelerate launch` arguments")
+
+
+class RunConfig(_Section):
+    name: str = Field("sami-run", description="run name (the default output folder is runs/NAME)")
+    output_dir: str | None = Field(None, description="where the run is written (default runs/NAME)")
+    seed: int = 0
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    writer: WriterSettings | None = Field(None, description="write the principles with a model instead of loading a file")
+    constitutions: str = Field("hh_opus", description="constitution file or bundled name")
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    prompts: TemplateSettings = Field(default_factory=TemplateSettings)
+    filters: FilterSettings | None = Field(None, description="response filters (default: the task's preset)")
+    data: DataSettings
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    iterations: IterationSettings = Field(default_factory=IterationSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    launcher: LauncherSettings = Field(default_factory=LauncherSettings)
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir or Path("runs") / self.name)
+
+
+def _describe_error(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    got = err.get("input")
+    shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if kind == "missing":
+        return f"{loc}: required field is missing"
+    expected = {
+        "float_parsing": "a number",
+        "float_type": "a number",
+        "int_parsing": "an integer",
+        "int_type": "an integer",
+        "int_from_float": "an integer",
+        "bool_parsing": "true or false",
+        "bool_type": "true or false",
+        "string_type": "a string",
+        "list_type": "a list",
+        "dict_type": "a mapping",
+        "model_type": "a mapping",
+    }.get(kind)
+    if expected:
+        return f"{loc}: expected {expected}, got {shown}"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {message} (got {shown})"
+
+
+def parse_config(raw: dict | None, *, source: str = "config") -> RunConfig:
+    """Validate a config mapping; raises `SamiInputError` naming the first bad field."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SamiInputError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        errors = e.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise SamiInputError(f"{source}: {_describe_error(errors[0])}{more}") from None
+
+
+def default_config_path() -> Path:
+    """The bundled CPU demo config."""
+    return Path(str(resources.files("sami") / "assets" / "configs" / DEFAULT_CONFIG))
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """Load a YAML config (the bundled demo when `path` is None) and validate it."""
+    path = Path(path) if path is not None else default_config_path()
+    if not path.is_file():
+        raise SamiInputError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise SamiInputError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if overrides:
+        raw = {**(raw or {}), **overrides}
+    config = parse_config(raw, source=str(path))
+    _check_files_exist(config, source=str(path))
+    return config
+
+
+def _check_files_exist(config: RunConfig, *, source: str) -> None:
+    """Fail early, naming the field, when a referenced local file does not exist."""
+    from sami.constitutions import load_constitutions
+
+    try:
+        load_constitutions(config.constitutions)
+    except SamiInputError as e:
+        raise SamiInputError(f"{source}: constitutions: {e}") from None
+    for section in ("train", "eval"):
+        for i, src in enumerate(getattr(config.data, section)):
+            path = getattr(src, "path", None)
+            if path and not Path(path).exists():
+                raise SamiInputError(f"{source}: data.{section}.{i}.path: file not found: {path}")
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    """The resolved config (defaults filled in) as YAML. Holds env var names, never secret values."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

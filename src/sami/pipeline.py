@@ -1,0 +1,197 @@
+"""The iterative SAMI driver: a thin loop over resumable stages, recorded in `manifest.json`.
+
+```
+iter-0/eval                      evaluate the base model (intrinsic metrics; win rates vs other baselines)
+for t in 1..T:
+    iter-t/samples               self-generate with π_{t-1} on this iteration's query slice
+    iter-t/train                 train from π_0 (or π_{t-1}) for steps[t-1] optimizer steps
+    iter-t/eval                  evaluate π_t against the base model and any other baselines
+report
+```
+Every stage writes its own files atomically and is skipped on a rerun once the manifest lists it. A stage that
+was interrupted resumes (generation and evaluation skip ids already written) or restarts (training writes into
+`train.partial/` and renames it when done).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from sami.config import RunConfig, config_to_yaml
+from sami.constitutions import ConstitutionSet, load_constitutions
+from sami.data import Query, iteration_slice, load_queries
+from sami.errors import SamiInputError
+from sami.io import atomic_write_text
+from sami.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+
+def config_hash(config: RunConfig) -> str:
+    """Hash of everything that changes results (not where the run is written, nor how it is launched)."""
+    data = config.model_dump(mode="json", exclude={"output_dir", "launcher"})
+    return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
+
+
+class Pipeline:
+    """Runs (or resumes) one SAMI experiment described by a `RunConfig` into `run_dir`."""
+
+    def __init__(self, config: RunConfig, run_dir: Path | None = None, *, console: Console | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir or config.resolved_output_dir())
+        self.console = console or Console(stderr=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.manifest = Manifest(self.run_dir, config_hash(config))
+        atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(config))
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def iter_dir(self, t: int) -> Path:
+        return self.run_dir / f"iter-{t}"
+
+    def checkpoint(self, t: int) -> str:
+        """π_t: the base model for t = 0, else the checkpoint trained in iteration t."""
+        return self.config.model.policy if t == 0 else str(self.iter_dir(t) / "train")
+
+    def _stage(self, name: str) -> bool:
+        """True when `name` still has to run (and says so)."""
+        if self.manifest.done(name):
+            self.console.print(f"[dim]✓ {name} (done)[/dim]")
+            return False
+        self.console.rule(f"[bold]{name}")
+        return True
+
+    # ---- stages ----------------------------------------------------------------------------------
+    def constitutions(self) -> ConstitutionSet:
+        path = self.run_dir / "constitutions.json"
+        if self._stage("constitutions"):
+            if self.config.writer is not None:
+                from sami.writer import write_constitutions_from_settings
+
+                cset = write_constitutions_from_settings(self.config.writer, seed=self.config.seed)
+            else:
+                cset = load_constitutions(self.config.constitutions)
+            cset.save(path)
+            self.manifest.finish("constitutions", [path])
+        return ConstitutionSet.load(path)
+
+    def train_queries(self, t: int) -> list[Query]:
+        queries = [q for src in self.config.data.train for q in load_queries(src)]
+        return iteration_slice(
+            queries, t, n_slices=self.config.data.n_slices, size=self.config.data.train_per_iteration
+        )
+
+    def eval_queries(self) -> list[Query]:
+        limit = self.config.data.eval_limit
+        return [q for src in self.config.data.eval for q in load_queries(src)[:limit]]
+
+    def generate(self, t: int, cset: ConstitutionSet) -> None:
+        from sami.sampling import generate_samples_from_config
+
+        name = f"iter-{t}/samples"
+        if not self._stage(name):
+            return
+        out = self.iter_dir(t) / "samples.jsonl"
+        stats = generate_samples_from_config(
+            self.config, policy=self.checkpoint(t - 1), queries=self.train_queries(t), cset=cset, out_path=out
+        )
+        if not stats.get("kept"):
+            raise SamiInputError(
+                f"{name}: every generated example was dropped by the filters "
+                f"({stats.get('drop_reasons')}); loosen `filters` or raise sampling.max_new_tokens"
+            )
+        self.manifest.finish(name, [out, out.with_suffix(".stats.json")], kept=stats.get("kept"))
+
+    def train(self, t: int) -> None:
+        from sami.trainer import train_sami_from_config
+
+        name = f"iter-{t}/train"
+        if not self._stage(name):
+            return
+        final = self.iter_dir(t) / "train"
+        partial = self.iter_dir(t) / "train.partial"
+        shutil.rmtree(partial, ignore_errors=True)  # an interrupted training run restarts from scratch
+        start = self.config.model.policy if self.config.iterations.train_from == "base" else self.checkpoint(t - 1)
+        train_sami_from_config(
+            self.config,
+            model_ref=start,
+            samples_path=self.iter_dir(t) / "samples.jsonl",
+            output_dir=partial,
+            max_steps=self.config.iterations.steps[t - 1],
+            logging_dir=self.run_dir / "tensorboard" / f"iter-{t}",
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        self.manifest.finish(name, [final])
+
+    def evaluate(self, t: int, cset: ConstitutionSet) -> None:
+        from sami.evaluation.evaluate import run_evaluation_from_config
+
+        name = f"iter-{t}/eval"
+        if not self._stage(name):
+            return
+        out = self.iter_dir(t) / "eval"
+        run_evaluation_from_config(
+            self.config,
+            model_ref=self.checkpoint(t),
+            model_label=f"iter-{t}",
+            queries=self.eval_queries(),
+            cset=cset,
+            out_dir=out,
+            base_responses=self.iter_dir(0) / "eval" / "responses.jsonl" if t > 0 else None,
+            judge_against_base=t > 0,
+        )
+        self.manifest.finish(name, [out])
+
+    def report(self) -> Path:
+        from sami.report import write_report
+
+        index = write_report(self.run_dir)
+        self.manifest.finish("report", [index.parent / "summary.json"])
+        return index
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def run(self) -> Path:
+        random.seed(self.config.seed)
+        cset = self.constitutions()
+        self.evaluate(0, cset)
+        for t in range(1, self.config.iterations.count + 1):
+            self.generate(t, cset)
+            self.train(t)
+            self.evaluate(t, cset)
+        index = self.report()
+        self.console.print(metrics_table(index.parent / "summary.json"))
+        self.console.print(f"report: {index}")
+        return index
+
+
+def metrics_table(summary_path: Path) -> Table:
+    """The per-iteration metrics of a finished run as a rich table."""
+    import json
+
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    table = Table(title="SAMI run")
+    for col in ("iteration", "MI (paper)", "InfoNCE bound", "win vs base", "length-balanced", "mean length +/−"):
+        table.add_column(col, justify="right")
+    for it in summary["iterations"]:
+        base = (it.get("win_rates") or {}).get("base") or {}
+        lengths = it.get("mean_length") or {}
+        table.add_row(
+            str(it["iteration"]),
+            _fmt(it.get("mi")),
+            _fmt(it.get("mi_bound")),
+            _fmt(base.get("win_rate")),
+            _fmt(base.get("length_balanced_win_rate")),
+            f"{_fmt(lengths.get('positive'), 1)} / {_fmt(lengths.get('negative'), 1)}",
+        )
+    return table
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
