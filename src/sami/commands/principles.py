@@ -1,0 +1,79 @@
+"""`sami principles write|show`: write principles and antitheses with a model, or show a constitution file."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    w = sub.add_parser("write", help="an instruction-tuned model writes each principle and its antithesis")
+    w.add_argument("--task", required=True, help="what the aligned model does, e.g. 'summarize Reddit posts'")
+    w.add_argument(
+        "--principle",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="a principle name, optionally with a description: 'concise' or 'comprehensive: covers key points' "
+        "(repeat for each principle)",
+    )
+    w.add_argument("--out", required=True, help="constitution file to write (.json, .yaml or .yml)")
+    w.add_argument(
+        "--task-type",
+        choices=["dialogue", "summarization"],
+        help="the constitution's task (default: summarization if the task mentions summaries, else dialogue)",
+    )
+    w.add_argument("--model", default="default", help="writer model: 'default', a folder, a GGUF or a hub id")
+    w.add_argument("--base-url", help="use an OpenAI-compatible server at this URL instead of a local model")
+    w.add_argument("--model-name", help="model name on the server (default: the first it lists)")
+    w.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the server's API key")
+    w.add_argument("--retries", type=int, default=3, help="extra attempts per principle on a bad answer (default 3)")
+    w.add_argument("--seed", type=int, default=0, help="seed of the sampled retries (default 0)")
+    s = sub.add_parser("show", help="print a constitution file (or a bundled name) as a table")
+    s.add_argument("constitutions", help="constitution file or bundled name (hh_opus, tldr_opus, ...)")
+
+
+def print_table(cset, title: str) -> None:
+    """Print the principles of a `ConstitutionSet` as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=True)
+    table.add_column("name", style="bold")
+    table.add_column("principle")
+    table.add_column("antithesis")
+    split = bool(cset.train_principles or cset.heldout_principles)
+    if split:
+        table.add_column("use")
+    for p in cset.principles:
+        row = [p.name, p.principle, p.antithesis]
+        if split:
+            row.append("held out" if p.name in (cset.heldout_principles or []) else "train")
+        table.add_row(*row)
+    Console().print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sami.constitutions import load_constitutions
+
+    if args.action == "show":
+        cset = load_constitutions(args.constitutions)
+        print_table(cset, f"{args.constitutions} (task: {cset.task}; writer: {cset.writer})")
+        return 0
+
+    from sami.writer import write_constitutions_from_settings
+
+    settings = argparse.Namespace(
+        task=args.task,
+        principles=args.principle,
+        model=args.model,
+        backend="openai" if args.base_url else "hf",
+        base_url=args.base_url,
+        model_name=args.model_name,
+        api_key_env=args.api_key_env,
+        retries=args.retries,
+    )
+    cset = write_constitutions_from_settings(settings, seed=args.seed, task_type=args.task_type)
+    path = cset.save(args.out)
+    print_table(cset, f"{path} (task: {cset.task}; writer: {cset.writer})")
+    return 0

@@ -1,0 +1,379 @@
+"""Prompt templates (dialogue, summarization; base and chat styles), response post-processing and filters.
+
+Base style (a pretrained model, plain completion):
+- the *generation* prompt holds an instruction line, a short format example block, the constitution, the
+  query and an open response slot ("Assistant:" for dialogue, "Summary: The post" for summarization);
+- the *training* prompt is the same without the example block; the response is appended directly
+  (for summarization it ends in "Summary:" and the response starts with "The post").
+
+Chat style (an instruction-tuned model): a system message with the instruction and the constitution, and
+a user message with the query; `render_prompt` applies the tokenizer's chat template.
+
+Custom templates (`TemplateSettings`) use the named fields `{constitution}` and `{query}`; both must appear.
+Substitution is literal (no `str.format`), so other braces in a template need no escaping, but any other
+`{word}` placeholder is rejected as a likely typo.
+
+`check_responses` applies `FilterSettings` to the C post-processed responses of one query and returns
+why the example is dropped, or None to keep it. A reason is `kind` or `kind:detail` (e.g.
+"leftover:[insert"); `reason.split(":", 1)[0]` is the kind.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sami.errors import SamiInputError
+
+if TYPE_CHECKING:
+    from sami.constitutions import Constitution
+
+TaskName = Literal["dialogue", "summarization"]
+StyleName = Literal["base", "chat"]
+Prompt = str | list[dict]
+FIELDS = ("constitution", "query")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# ---------------------------------------------------------------------------------------------------------
+# Built-in wording
+
+_DIALOGUE_INSTRUCTION = (
+    "System: The text below is a conversation between a human and an AI assistant. Write the assistant's "
+    "reply so that it follows every principle of the constitution."
+)
+_DIALOGUE_EXAMPLE = """### Format example
+Constitution:
+[insert the numbered principles here]
+
+Human: [insert the human's message here]
+
+Assistant: [insert a reply that follows the principles here]
+
+Human: [insert the next message here]
+
+### Conversation"""
+_DIALOGUE_BODY = """Constitution:
+{constitution}
+
+Human: {query}
+
+Assistant:"""
+
+_SUMMARY_INSTRUCTION = (
+    "System: Write a summary of the post below. The summary must follow every principle of the constitution."
+)
+_SUMMARY_EXAMPLE = """### Format example
+Constitution:
+[insert the numbered principles here]
+
+POST: [insert the post here]
+
+Summary: The post [insert a summary that follows the principles here]
+
+### Post to summarize"""
+_SUMMARY_BODY = """Constitution:
+{constitution}
+
+POST: {query}
+
+Summary:"""
+
+_BUILTIN: dict[str, dict[str, Any]] = {
+    "dialogue": {
+        "base": {
+            "generation": f"{_DIALOGUE_INSTRUCTION}\n\n{_DIALOGUE_EXAMPLE}\n{_DIALOGUE_BODY}",
+            "training": f"{_DIALOGUE_INSTRUCTION}\n\n{_DIALOGUE_BODY}",
+            "system": None,
+            "stop": ["Human:", "###", "\n\nHuman"],
+            "response_prefix": "",
+        },
+        "chat": {
+            "generation": "{query}",
+            "training": "{query}",
+            "system": "Reply to the user. The reply must follow every principle of this constitution:\n{constitution}",
+            "stop": [],
+            "response_prefix": "",
+        },
+    },
+    "summarization": {
+        "base": {
+            "generation": f"{_SUMMARY_INSTRUCTION}\n\n{_SUMMARY_EXAMPLE}\n{_SUMMARY_BODY} The post",
+            "training": f"{_SUMMARY_INSTRUCTION}\n\n{_SUMMARY_BODY}",
+            "system": None,
+            "stop": ["###", "Human:", "\n\nPOST:"],
+            "response_prefix": "The post",
+        },
+        "chat": {
+            "generation": "Summarize this post.\n\nPOST: {query}",
+            "training": "Summarize this post.\n\nPOST: {query}",
+            "system": "You write summaries of posts. Each summary must follow every principle of this "
+            "constitution:\n{constitution}",
+            "stop": [],
+            "response_prefix": "",
+        },
+    },
+}
+
+
+def _fill(template: str, constitution: str, query: str) -> str:
+    values = {"constitution": constitution, "query": query}
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def _check_placeholders(where: str, *texts: str | None) -> None:
+    found = [m for t in texts if t for m in _PLACEHOLDER.findall(t)]
+    unknown = sorted(set(found) - set(FIELDS))
+    if unknown:
+        names = ", ".join("{" + u + "}" for u in unknown)
+        raise ValueError(f"{where}: unknown placeholder(s) {names}; use {{constitution}} and {{query}}")
+    missing = [f for f in FIELDS if f not in found]
+    if missing:
+        raise ValueError(f"{where}: the template must contain {', '.join('{' + m + '}' for m in missing)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Templates
+
+
+@dataclass
+class PromptTemplate:
+    """A task's prompts. For `style="base"` prompts are strings; for `"chat"` they are chat messages.
+
+    `generation`/`training` are template texts with `{constitution}` and `{query}` (for chat: the user
+    message); `system` is the chat system message (may hold the fields too). `stop` are the strings a
+    generator stops at; `response_prefix` is the part of the response already written in the generation
+    prompt ("The post"), prepended again by `postprocess`.
+    """
+
+    name: str
+    style: str
+    generation: str
+    training: str
+    stop: list[str] = field(default_factory=list)
+    system: str | None = None
+    response_prefix: str = ""
+
+    def _build(self, template: str, constitution: Constitution | str, query: str) -> Prompt:
+        text = constitution if isinstance(constitution, str) else constitution.render()
+        if self.style == "chat":
+            messages = []
+            if self.system:
+                messages.append({"role": "system", "content": _fill(self.system, text, query)})
+            messages.append({"role": "user", "content": _fill(template, text, query)})
+            return messages
+        return _fill(template, text, query)
+
+    def generation_prompt(self, constitution: Constitution | str, query: str) -> Prompt:
+        """The prompt the policy generates its response from (base style: with the format example)."""
+        return self._build(self.generation, constitution, query)
+
+    def training_prompt(self, constitution: Constitution | str, query: str) -> Prompt:
+        """The prompt the response is scored under in training and evaluation (no example block)."""
+        return self._build(self.training, constitution, query)
+
+    def postprocess(self, text: str) -> str:
+        """Cut at the first stop string (next turn marker), strip, and prepend `response_prefix` if set.
+
+        An empty result stays empty (so the "empty" filter drops it) rather than becoming the bare prefix.
+        """
+        cut = len(text)
+        for s in self.stop:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+        text = text[:cut].strip()
+        if self.response_prefix and text and not text.startswith(self.response_prefix):
+            sep = "" if text[0] in "',.:;!?" else " "
+            text = f"{self.response_prefix}{sep}{text}"
+        return text
+
+
+class TemplateSettings(BaseModel):
+    """Which prompt template to use: a built-in task/style, optionally with custom texts.
+
+    A custom `generation` without `training` is used for both (and vice versa). `response_prefix` defaults
+    to the built-in one ("The post" for base summarization) when the generation text ends with it, else "".
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: TaskName = Field("dialogue", description="built-in template family: dialogue or summarization")
+    style: StyleName = Field("base", description="base: plain completion prompts; chat: the model's chat template")
+    generation: str | None = Field(
+        None, description="custom generation prompt (chat: the user message) with {constitution} and {query}"
+    )
+    training: str | None = Field(
+        None, description="custom training prompt (chat: the user message) with {constitution} and {query}"
+    )
+    system: str | None = Field(None, description="custom system message (chat style only)")
+    stop: list[str] | None = Field(None, description="stop strings (default: the built-in template's)")
+    response_prefix: str | None = Field(
+        None, description='text the generation prompt already started the response with (e.g. "The post")'
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TemplateSettings:
+        if self.system is not None and self.style != "chat":
+            raise ValueError("system: only used with style 'chat'")
+        base = _BUILTIN[self.task][self.style]
+        system = self.system if self.system is not None else base["system"]
+        for key in ("generation", "training"):
+            text = getattr(self, key)
+            if text is not None:
+                if not text.strip():
+                    raise ValueError(f"{key}: empty template")
+                _check_placeholders(key, text, system if self.style == "chat" else None)
+        if self.system is not None:
+            _check_placeholders("system", self.system, self.generation or self.training or base["generation"])
+        return self
+
+    def build(self) -> PromptTemplate:
+        base = _BUILTIN[self.task][self.style]
+        generation = self.generation or self.training or base["generation"]
+        training = self.training or self.generation or base["training"]
+        prefix = self.response_prefix
+        if prefix is None:
+            builtin = base["response_prefix"]
+            prefix = builtin if builtin and generation.rstrip().endswith(builtin) else ""
+        return PromptTemplate(
+            name=self.task,
+            style=self.style,
+            generation=generation,
+            training=training,
+            stop=list(self.stop if self.stop is not None else base["stop"]),
+            system=self.system if self.system is not None else base["system"],
+            response_prefix=prefix,
+        )
+
+
+def get_template(name: str = "dialogue", style: str = "base", **custom: Any) -> PromptTemplate:
+    """A built-in template ("dialogue" or "summarization", style "base" or "chat"); keyword arguments are
+    `TemplateSettings` fields (generation, training, system, stop, response_prefix)."""
+    try:
+        return TemplateSettings(task=name, style=style, **custom).build()
+    except ValidationError as e:
+        raise SamiInputError(f"prompt template: {_first_error(e)}") from None
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def render_prompt(prompt: Prompt, tokenizer: Any = None) -> str:
+    """A prompt as the model's input text: strings unchanged, chat messages through the chat template."""
+    if isinstance(prompt, str):
+        return prompt
+    if tokenizer is None:
+        raise SamiInputError("a chat-style prompt needs a tokenizer with a chat template to be rendered")
+    if not getattr(tokenizer, "chat_template", None):
+        raise SamiInputError("the tokenizer has no chat template; use the 'base' prompt style for this model")
+    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Filters
+
+_DEFAULT_LEFTOVERS = ["[insert", "]", "Response", "The assistant"]
+_DEFAULT_REFUSALS = ["I'm sorry", "I\u2019m sorry", "I am sorry", "I cannot"]
+
+
+class FilterSettings(BaseModel):
+    """Which generated examples to drop. Defaults are the dialogue preset; see `for_task`.
+
+    Substring and prefix matches are case-sensitive, as in the authors' code, except `extra_banned`
+    (case-insensitive unless `banned_case_sensitive`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    leftovers: list[str] = Field(
+        default_factory=lambda: list(_DEFAULT_LEFTOVERS),
+        description="drop if a response contains one of these template leftovers (case-sensitive substrings)",
+    )
+    refusal_prefixes: list[str] = Field(
+        default_factory=lambda: list(_DEFAULT_REFUSALS),
+        description="drop if a response starts with one of these (case-sensitive); [] turns the filter off",
+    )
+    require_period_positive: bool = Field(False, description='drop unless the positive response ends with "."')
+    drop_identical: bool = Field(True, description="drop if two responses of the example are identical")
+    drop_empty: bool = Field(True, description="drop if a response is empty")
+    max_chars: int | None = Field(None, gt=0, description="drop if a response is longer than this many characters")
+    max_tokens: int | None = Field(
+        None, gt=0, description="drop if a response has more tokens than this (needs token counts)"
+    )
+    drop_truncated: bool = Field(
+        False, description='drop if generation stopped at the token limit (finish reason "length")'
+    )
+    extra_banned: list[str] = Field(
+        default_factory=list, description='drop if a response contains one of these words (e.g. "constitution")'
+    )
+    banned_case_sensitive: bool = Field(False, description="match extra_banned case-sensitively")
+
+    @classmethod
+    def for_task(cls, task: str, **overrides: Any) -> FilterSettings:
+        """The task preset: dialogue drops refusals; summarization requires a period at the end of the
+        positive response and ignores refusals. `overrides` are field values on top."""
+        if task == "dialogue":
+            preset: dict[str, Any] = {}
+        elif task == "summarization":
+            preset = {"refusal_prefixes": [], "require_period_positive": True}
+        else:
+            raise SamiInputError(f"task: expected 'dialogue' or 'summarization', got {task!r}")
+        try:
+            return cls(**{**preset, **overrides})
+        except ValidationError as e:
+            raise SamiInputError(f"filters: {_first_error(e)}") from None
+
+
+def check_responses(
+    responses: list[str],
+    constitutions: list[Constitution],
+    settings: FilterSettings,
+    *,
+    num_tokens: list[int] | None = None,
+    finish_reasons: list[str] | None = None,
+) -> str | None:
+    """None to keep the example (the C responses of one query), else why it is dropped.
+
+    `responses[j]` was generated under `constitutions[j]`; index 0 is the positive one. Reasons, in the
+    order checked: "empty", "too_long:chars", "too_long:tokens", "truncated", "leftover:<s>",
+    "refusal:<prefix>", "banned:<word>", "no_period", "identical".
+    """
+    if len(responses) != len(constitutions):
+        raise ValueError(f"{len(responses)} responses for {len(constitutions)} constitutions")
+    stripped = [r.strip() for r in responses]
+    if settings.drop_empty and any(not r for r in stripped):
+        return "empty"
+    if settings.max_chars is not None and any(len(r) > settings.max_chars for r in stripped):
+        return "too_long:chars"
+    if settings.max_tokens is not None and num_tokens is not None:
+        if any(n > settings.max_tokens for n in num_tokens):
+            return "too_long:tokens"
+    if settings.drop_truncated and finish_reasons is not None and "length" in finish_reasons:
+        return "truncated"
+    for s in settings.leftovers:
+        if s and any(s in r for r in responses):
+            return f"leftover:{s}"
+    for prefix in settings.refusal_prefixes:
+        if prefix and any(r.startswith(prefix) for r in stripped):
+            return f"refusal:{prefix}"
+    for word in settings.extra_banned:
+        if not word:
+            continue
+        if settings.banned_case_sensitive:
+            hit = any(word in r for r in responses)
+        else:
+            hit = any(word.lower() in r.lower() for r in responses)
+        if hit:
+            return f"banned:{word}"
+    if settings.require_period_positive and stripped and not stripped[0].endswith("."):
+        return "no_period"
+    if settings.drop_identical and len(set(stripped)) < len(stripped):
+        return "identical"
+    return None
