@@ -30,10 +30,14 @@ class _Section(BaseModel):
 
 
 class ModelSettings(_Section):
-    policy: str = Field("default", description="the model to align (π_0): 'default', a local folder, a GGUF file or a cached hub id")
+    policy: str = Field(
+        "default", description="the model to align (π_0): 'default', a local folder, a GGUF file or a cached hub id"
+    )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="weights dtype")
     trust_remote_code: bool = Field(False, description="allow custom model code from the model folder")
-    lora: dict[str, Any] | None = Field(None, description="LoRA adapter settings (r, alpha, dropout, target_modules); null trains all weights")
+    lora: dict[str, Any] | None = Field(
+        None, description="LoRA adapter settings (r, alpha, dropout, target_modules); null trains all weights"
+    )
 
     @field_validator("lora")
     @classmethod
@@ -45,7 +49,9 @@ class ModelSettings(_Section):
 
 class WriterSettings(_Section):
     task: str = Field(..., description="what the model is asked to do, e.g. 'summarize Reddit posts'")
-    principles: list[str] = Field(..., min_length=1, description="principle names, optionally 'name: short description'")
+    principles: list[str] = Field(
+        ..., min_length=1, description="principle names, optionally 'name: short description'"
+    )
     model: str = Field("default", description="instruction-tuned model that writes the principles")
     backend: Literal["hf", "openai"] = "hf"
     base_url: str | None = None
@@ -93,11 +99,12 @@ class TrainingSettings(_Section):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     bf16: bool = False
-    gradient_checkpointing: bool = False
     logging_steps: int = Field(1, ge=1)
     logprob_normalize: Literal["mean", "sum"] = "mean"
     include_eos: bool = True
-    beta: float = Field(0.0, ge=0.0, description="weight of the token-level KL to the base model (0 = off, as in the paper)")
+    beta: float = Field(
+        0.0, ge=0.0, description="weight of the token-level KL to the base model (0 = off, as in the paper)"
+    )
     max_prompt_length: int | None = None
     max_response_length: int | None = None
     truncate_prompt_left: bool = False
@@ -119,7 +126,9 @@ class TrainingSettings(_Section):
 class IterationSettings(_Section):
     count: int = Field(3, ge=1, description="T: number of SAMI iterations")
     steps: list[int] = Field([2, 4, 6], description="optimizer steps in each iteration (the paper: 2, 4, 6)")
-    train_from: Literal["base", "previous"] = Field("base", description="start each iteration's training from π_0 (paper) or π_{t-1}")
+    train_from: Literal["base", "previous"] = Field(
+        "base", description="start each iteration's training from π_0 (paper) or π_{t-1}"
+    )
 
     @model_validator(mode="after")
     def _steps_cover_iterations(self):
@@ -131,7 +140,9 @@ class IterationSettings(_Section):
 
 
 class LauncherSettings(_Section):
-    kind: Literal["local", "accelerate"] = Field("local", description="run stages in this process or under accelerate launch")
+    kind: Literal["local", "accelerate"] = Field(
+        "local", description="run stages in this process or under accelerate launch"
+    )
     num_processes: int = Field(1, ge=1)
     config: str | None = Field(None, description="accelerate config: ddp, fsdp, zero3 or a path")
     extra_args: list[str] = Field(default_factory=list, description="more `accelerate launch` arguments")
@@ -142,7 +153,9 @@ class RunConfig(_Section):
     output_dir: str | None = Field(None, description="where the run is written (default runs/NAME)")
     seed: int = 0
     model: ModelSettings = Field(default_factory=ModelSettings)
-    writer: WriterSettings | None = Field(None, description="write the principles with a model instead of loading a file")
+    writer: WriterSettings | None = Field(
+        None, description="write the principles with a model instead of loading a file"
+    )
     constitutions: str = Field("hh_opus", description="constitution file or bundled name")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     prompts: TemplateSettings = Field(default_factory=TemplateSettings)

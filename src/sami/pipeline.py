@@ -16,13 +16,13 @@ was interrupted resumes (generation and evaluation skip ids already written) or 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import shutil
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from sami.config import RunConfig, config_to_yaml
 from sami.constitutions import ConstitutionSet, load_constitutions
@@ -30,6 +30,7 @@ from sami.data import Query, iteration_slice, load_queries
 from sami.errors import SamiInputError
 from sami.io import atomic_write_text
 from sami.manifest import Manifest
+from sami.report import summary_table
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,33 @@ def config_hash(config: RunConfig) -> str:
     """Hash of everything that changes results (not where the run is written, nor how it is launched)."""
     data = config.model_dump(mode="json", exclude={"output_dir", "launcher"})
     return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
+
+
+def training_arguments(config: RunConfig, *, output_dir: Path, max_steps: int):
+    """The `SAMIConfig` (TrainingArguments) of one training stage, from the run config."""
+    from sami.trainer import SAMIConfig
+
+    tr = config.training
+    fields = tr.model_dump(exclude={"trainer_args"})
+    return SAMIConfig(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        seed=config.seed,
+        n_constitutions=config.sampling.n_constitutions,
+        **fields,
+        **tr.trainer_args,
+    )
+
+
+def train_from_config(
+    config: RunConfig, *, model_ref: str, samples_path: Path, output_dir: Path, max_steps: int
+) -> Path:
+    """Train one iteration's checkpoint as the run config says (in this process). TensorBoard logs, when
+    `training.report_to` names it, land in the checkpoint folder's `runs/`."""
+    from sami.trainer import train_sami
+
+    args = training_arguments(config, output_dir=output_dir, max_steps=max_steps)
+    return train_sami(model_ref, samples_path, output_dir, args, lora=config.model.lora)
 
 
 class Pipeline:
@@ -74,7 +102,9 @@ class Pipeline:
             if self.config.writer is not None:
                 from sami.writer import write_constitutions_from_settings
 
-                cset = write_constitutions_from_settings(self.config.writer, seed=self.config.seed)
+                cset = write_constitutions_from_settings(
+                    self.config.writer, seed=self.config.seed, task_type=self.config.prompts.task
+                )
             else:
                 cset = load_constitutions(self.config.constitutions)
             cset.save(path)
@@ -82,10 +112,13 @@ class Pipeline:
         return ConstitutionSet.load(path)
 
     def train_queries(self, t: int) -> list[Query]:
-        queries = [q for src in self.config.data.train for q in load_queries(src)]
-        return iteration_slice(
-            queries, t, n_slices=self.config.data.n_slices, size=self.config.data.train_per_iteration
-        )
+        """Iteration t's slice of each training source (sliced per source, so every source stays represented)."""
+        d = self.config.data
+        return [
+            q
+            for src in d.train
+            for q in iteration_slice(load_queries(src), t, n_slices=d.n_slices, size=d.train_per_iteration)
+        ]
 
     def eval_queries(self) -> list[Query]:
         limit = self.config.data.eval_limit
@@ -109,8 +142,6 @@ class Pipeline:
         self.manifest.finish(name, [out, out.with_suffix(".stats.json")], kept=stats.get("kept"))
 
     def train(self, t: int) -> None:
-        from sami.trainer import train_sami_from_config
-
         name = f"iter-{t}/train"
         if not self._stage(name):
             return
@@ -118,13 +149,12 @@ class Pipeline:
         partial = self.iter_dir(t) / "train.partial"
         shutil.rmtree(partial, ignore_errors=True)  # an interrupted training run restarts from scratch
         start = self.config.model.policy if self.config.iterations.train_from == "base" else self.checkpoint(t - 1)
-        train_sami_from_config(
+        train_from_config(
             self.config,
             model_ref=start,
             samples_path=self.iter_dir(t) / "samples.jsonl",
             output_dir=partial,
             max_steps=self.config.iterations.steps[t - 1],
-            logging_dir=self.run_dir / "tensorboard" / f"iter-{t}",
         )
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
@@ -166,32 +196,6 @@ class Pipeline:
             self.train(t)
             self.evaluate(t, cset)
         index = self.report()
-        self.console.print(metrics_table(index.parent / "summary.json"))
+        self.console.print(summary_table(json.loads((index.parent / "summary.json").read_text(encoding="utf-8"))))
         self.console.print(f"report: {index}")
         return index
-
-
-def metrics_table(summary_path: Path) -> Table:
-    """The per-iteration metrics of a finished run as a rich table."""
-    import json
-
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    table = Table(title="SAMI run")
-    for col in ("iteration", "MI (paper)", "InfoNCE bound", "win vs base", "length-balanced", "mean length +/−"):
-        table.add_column(col, justify="right")
-    for it in summary["iterations"]:
-        base = (it.get("win_rates") or {}).get("base") or {}
-        lengths = it.get("mean_length") or {}
-        table.add_row(
-            str(it["iteration"]),
-            _fmt(it.get("mi")),
-            _fmt(it.get("mi_bound")),
-            _fmt(base.get("win_rate")),
-            _fmt(base.get("length_balanced_win_rate")),
-            f"{_fmt(lengths.get('positive'), 1)} / {_fmt(lengths.get('negative'), 1)}",
-        )
-    return table
-
-
-def _fmt(value, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
