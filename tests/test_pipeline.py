@@ -212,3 +212,20 @@ def test_changed_config_in_the_same_folder_is_refused(tmp_path, tiny_model_dir, 
     cfg = write_config(tmp_path / "cfg.yaml", config)
     assert main(["run", str(cfg), "--output-dir", str(reference_run)]) == 2
     assert "different config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_recipes_are_valid_configs(recipe):
+    from sami.config import parse_config
+
+    config = parse_config(yaml.safe_load(recipe.read_text()), source=str(recipe))
+    assert len(config.iterations.steps) >= config.iterations.count
+    if recipe.name != "demo.yaml":
+        assert config.iterations.count == 3 and config.sampling.n_constitutions == 2
+        assert config.training.bf16 and config.launcher.kind == "accelerate"
+
+
+def test_bundled_demo_is_the_configs_demo():
+    from sami.config import default_config_path
+
+    assert (ROOT / "configs" / "demo.yaml").read_text() == default_config_path().read_text()
