@@ -3,8 +3,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# llama.cpp (the test suite's OpenAI-compatible server) builds from source. This portable AVX2 build runs on any
+# x86-64 CPU with AVX2: a native build can emit AMX or AVX-512 code that crashes on other CPUs of the same pool.
+# pip caches the built wheel; after changing these flags run `.venv/bin/pip cache remove llama_cpp_python`.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-  -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+  -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
   -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
 .PHONY: run test lint format install install-test clean

@@ -1,0 +1,565 @@
+"""The evaluation stage: responses, pairwise judgments against baselines, win rates, MI and lengths.
+
+Files written into the output folder (the run layout of the pipeline):
+
+- `responses.jsonl`: one greedy response per (side, query) under the query's positive constitution: `{"id":
+  "<side>:<query_id>", "query_id", "side": "model" | "<baseline name>", "model", "query", "constitution",
+  "response", "num_tokens"}`.
+- `judgments-<baseline>.jsonl`: one judgment per query (see `sami.evaluation.judges`).
+- `mi_responses.jsonl`: the evaluated model's greedy responses under all C constitutions of each query: `{"id",
+  "query", "constitutions", "responses", "num_tokens"}`.
+- `metrics.json`: `{"model", "n_queries", "n_constitutions", "mi", "mi_bound", "mean_length", "win_rates":
+  {baseline: summary}, ...}`.
+
+Every file grows in chunks that are written atomically, and a rerun skips ids already there, so an interrupted
+evaluation resumes where it stopped and judges each query exactly once. The constitutions of a query (and the
+judge's order and principle shuffle) are drawn from RNGs seeded by the query id, so they do not depend on which
+queries are still to do.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sami.data import Query, QuerySource
+from sami.errors import SamiInputError
+from sami.evaluation.judges import JudgeSettings, PairItem, make_judge
+from sami.evaluation.winrate import summaries_table, summarize
+from sami.generation import GenerationSettings
+from sami.io import JsonlStore, atomic_write_json, read_jsonl
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+TASKS = ("dialogue", "summarization")
+
+
+class BaselineSettings(BaseModel):
+    """A model the evaluated model is compared against."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("default", description="model reference ('default', a folder, a GGUF file, a cached hub id)")
+    style: Literal["base", "chat"] | None = Field(
+        None, description="prompt style for this model (None: the evaluation's); 'chat' for an instruct model"
+    )
+    generation: GenerationSettings | None = Field(
+        None, description="how this baseline generates (None: hf in this process with the evaluation's settings)"
+    )
+
+
+class EvaluationSettings(BaseModel):
+    """How a model is evaluated. In a run, queries and constitutions come from the run config (`data.eval`,
+    `constitutions`); `queries`/`constitutions` here are for the standalone `sami evaluate`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queries: QuerySource | str | None = Field(
+        None, description="evaluation queries (a bundled name, a path or a query source); a run uses data.eval"
+    )
+    limit: int | None = Field(None, ge=1, description="evaluate only the first `limit` queries")
+    constitutions: str | None = Field(
+        None, description="constitution file or bundled name; a run uses its own constitutions"
+    )
+    scheme: str | None = Field(
+        None, description="how the C constitutions of a query are drawn (None: sampling.scheme in a run, else uniform)"
+    )
+    n_constitutions: int | None = Field(
+        None, ge=2, description="C for the intrinsic metrics (None: sampling.n_constitutions in a run, else 2)"
+    )
+    mode: Literal["train", "eval", "heldout"] = Field(
+        "train", description="principle pool: train (in-distribution), eval (all), heldout (held-out principles)"
+    )
+    task: Literal["dialogue", "summarization"] | None = Field(
+        None, description="prompt and judge wording (None: the constitution set's task)"
+    )
+    style: Literal["base", "chat"] = Field("base", description="prompt style of the evaluated model")
+    baselines: dict[str, str | BaselineSettings] = Field(
+        default_factory=dict,
+        description="baselines by name -> model reference or settings; a run always adds 'base' (the base model) "
+        "from iteration 1",
+    )
+    judge: JudgeSettings = Field(default_factory=JudgeSettings, description="the pairwise judge")
+    max_new_tokens: int = Field(128, ge=1, description="response budget (greedy decoding)")
+    batch_size: int = Field(8, ge=1, description="hf generation: prompts per batch; also queries per MI forward")
+    chunk_size: int = Field(8, ge=1, description="queries generated or judged between two writes to disk")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = Field(
+        None, description="weights dtype of the evaluated and baseline models (None: float32)"
+    )
+    device: str | None = Field(None, description="torch device (None: cuda when available, else cpu)")
+    intrinsic: bool = Field(True, description="compute the intrinsic metrics (MI, InfoNCE bound, lengths)")
+    include_eos: bool = Field(True, description="intrinsic metrics: score the end-of-sequence token")
+    seed: int = Field(0, description="seed of the per-query constitutions")
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+def _baseline(spec: str | BaselineSettings) -> BaselineSettings:
+    return spec if isinstance(spec, BaselineSettings) else BaselineSettings(model=str(spec))
+
+
+def _device(settings: EvaluationSettings) -> str:
+    if settings.device:
+        return settings.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _template(task: str, style: str, template=None):
+    from sami.prompts import get_template
+
+    if template is not None and template.style == style:
+        return template
+    return get_template(task, style)
+
+
+def _token_length(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
+
+
+def _free() -> None:
+    """Collect garbage and release cached GPU memory (after dropping the last reference to a model)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def load_side_responses(path: str | Path, side: str = "model") -> dict[str, str]:
+    """`{query_id: response}` of one side of a `responses.jsonl` (e.g. iteration 0's base-model responses)."""
+    return {
+        str(r["query_id"]): str(r["response"])
+        for r in read_jsonl(path)
+        if r.get("side") == side and "query_id" in r and "response" in r
+    }
+
+
+def query_constitutions(cset, queries: Sequence[Query], settings: EvaluationSettings) -> dict[str, list]:
+    """The C constitutions of each query (first = the positive one), seeded by `settings.seed` and the query id."""
+    from sami.constitutions import sample_constitutions
+
+    scheme = settings.scheme or "uniform"
+    n = settings.n_constitutions or 2
+    out = {}
+    for q in queries:
+        rng = random.Random(f"{settings.seed}:{q.id}")
+        out[q.id] = sample_constitutions(cset, scheme, n, rng, query=q, mode=settings.mode)
+    return out
+
+
+class _Progress:
+    """A rich progress bar (quiet when not a terminal)."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
+        )
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        task_id = self.progress.add_task(description, total=total)
+        return lambda n: self.progress.advance(task_id, n)
+
+
+def _generate_side(
+    store: JsonlStore,
+    generator,
+    template,
+    queries: Sequence[Query],
+    positive: dict,
+    *,
+    side: str,
+    label: str,
+    settings: EvaluationSettings,
+    advance: Callable[[int], None],
+) -> None:
+    """Generate the missing greedy responses of one side under each query's positive constitution."""
+    todo = [q for q in queries if f"{side}:{q.id}" not in store]
+    for start in range(0, len(todo), settings.chunk_size):
+        chunk = todo[start : start + settings.chunk_size]
+        prompts = [template.generation_prompt(positive[q.id], q.query) for q in chunk]
+        completions = generator.generate(
+            prompts, max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=template.stop or None
+        )
+        for q, c in zip(chunk, completions, strict=True):
+            if c.finish_reason == "error":
+                log.warning("%s: no response for query %s (%s); a rerun retries it", side, q.id, c.error)
+                continue
+            store.add(
+                {
+                    "id": f"{side}:{q.id}",
+                    "query_id": q.id,
+                    "side": side,
+                    "model": label,
+                    "query": q.query,
+                    "constitution": positive[q.id].to_dict(),
+                    "response": template.postprocess(c.text),
+                    "num_tokens": int(c.num_tokens),
+                }
+            )
+        store.flush()
+        advance(len(chunk))
+
+
+# ---- the stage -----------------------------------------------------------------------------------------
+def run_evaluation(
+    settings: EvaluationSettings,
+    model_ref: str,
+    out_dir: str | Path,
+    *,
+    queries: Sequence[Query] | None = None,
+    cset=None,
+    template=None,
+    model=None,
+    tokenizer=None,
+    model_label: str | None = None,
+    baselines: dict[str, str | BaselineSettings] | None = None,
+    baseline_responses: dict[str, dict[str, str]] | None = None,
+    judge: bool = True,
+    judge_model=None,
+    judge_tokenizer=None,
+    trust_remote_code: bool = False,
+    console=None,
+) -> dict:
+    """Evaluate `model_ref` into `out_dir`; returns the metrics written to `metrics.json`.
+
+    - `queries`/`cset`: the evaluation queries and the `ConstitutionSet` (default: loaded from `settings.queries`
+      and `settings.constitutions`); `template`: a `PromptTemplate` (default: the built-in one for the task/style).
+    - `model`/`tokenizer`: the evaluated model already loaded (else loaded from `model_ref`); `model_label` names it
+      in the records (default `model_ref`).
+    - `baselines`: name -> model reference or `BaselineSettings` (default `settings.baselines`);
+      `baseline_responses`: name -> {query_id: response} already generated (e.g. iteration 0's base responses),
+      used instead of generating; missing ids are generated.
+    - `judge=False` skips judging (e.g. iteration 0 against itself); `judge_model`/`judge_tokenizer`: a loaded
+      local judge model.
+    """
+    from rich.console import Console
+
+    from sami.constitutions import load_constitutions
+    from sami.data import load_queries
+    from sami.generation import make_generator
+    from sami.models import load_model, load_tokenizer
+
+    console = console or Console(stderr=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label = model_label or str(model_ref)
+    specs = settings.baselines if baselines is None else baselines
+    baselines = {name: _baseline(spec) for name, spec in specs.items()}
+    for name in baselines:
+        if name == "model" or not _NAME.match(name):
+            raise SamiInputError(f"baselines: bad name {name!r} (use letters, digits, '_', '-', '.'; not 'model')")
+    baseline_responses = baseline_responses or {}
+
+    # Queries, constitutions, prompts.
+    if queries is None:
+        if settings.queries is None:
+            raise SamiInputError("evaluation.queries: no evaluation queries given")
+        queries = load_queries(settings.queries)
+    queries = list(queries)[: settings.limit] if settings.limit else list(queries)
+    if not queries:
+        raise SamiInputError("evaluation: no queries to evaluate")
+    seen: set[str] = set()
+    for q in queries:
+        if q.id in seen:
+            raise SamiInputError(f"evaluation queries: duplicate id {q.id!r}")
+        seen.add(q.id)
+    if cset is None:
+        if settings.constitutions is None:
+            raise SamiInputError("evaluation.constitutions: no constitution set given")
+        cset = load_constitutions(settings.constitutions)
+    task = settings.task or (cset.task if cset.task in TASKS else "dialogue")
+    template = _template(task, settings.style, template)
+    constitutions = query_constitutions(cset, queries, settings)
+    positive = {qid: cs[0] for qid, cs in constitutions.items()}
+    device = _device(settings)
+
+    responses = JsonlStore(out_dir / "responses.jsonl")
+    mi_store = JsonlStore(out_dir / "mi_responses.jsonl")
+    loaded_here = model is None
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_ref, trust_remote_code=trust_remote_code)
+
+    def evaluated_model():
+        nonlocal model
+        if model is None:
+            model = load_model(model_ref, dtype=settings.dtype, device=device, trust_remote_code=trust_remote_code)
+            model.eval()
+        return model
+
+    gen_settings = GenerationSettings(backend="hf", batch_size=settings.batch_size, dtype=settings.dtype)
+    intrinsic: dict = {}
+    with _Progress(console) as progress:
+        # 1. The evaluated model: responses under the positive constitution, then under all C (intrinsic metrics).
+        todo = [q for q in queries if f"model:{q.id}" not in responses]
+        mi_todo = [q for q in queries if q.id not in mi_store] if settings.intrinsic else []
+        if todo or mi_todo:
+            generator = make_generator(gen_settings, model=evaluated_model(), tokenizer=tokenizer)
+            advance = progress.task(f"responses of {label}", len(todo))
+            _generate_side(
+                responses, generator, template, todo, positive, side="model", label=label, settings=settings,
+                advance=advance,
+            )  # fmt: skip
+            _generate_mi(mi_store, responses, generator, template, mi_todo, constitutions, settings, progress)
+        responses.flush()
+        if settings.intrinsic:
+            from sami.evaluation.metrics import intrinsic_metrics
+
+            ids = {q.id for q in queries}
+            records = [r for r in mi_store.records if str(r["id"]) in ids]
+            intrinsic = intrinsic_metrics(
+                evaluated_model(),
+                tokenizer,
+                records,
+                template=template,
+                batch_size=settings.batch_size,
+                include_eos=settings.include_eos,
+            )
+        generator = None
+        if loaded_here and model is not None:
+            model = None
+            _free()
+
+        # 2. Baselines: precomputed responses first, the rest generated (one baseline model loaded at a time).
+        for name, spec in baselines.items() if judge else ():
+            given = baseline_responses.get(name, {})
+            for q in queries:
+                if f"{name}:{q.id}" not in responses and q.id in given:
+                    responses.add(
+                        {
+                            "id": f"{name}:{q.id}",
+                            "query_id": q.id,
+                            "side": name,
+                            "model": spec.model,
+                            "query": q.query,
+                            "constitution": positive[q.id].to_dict(),
+                            "response": given[q.id],
+                            "num_tokens": _token_length(tokenizer, given[q.id]),
+                        }
+                    )
+            responses.flush()
+            todo = [q for q in queries if f"{name}:{q.id}" not in responses]
+            if not todo:
+                continue
+            gen = spec.generation or gen_settings.model_copy(
+                update={"model": spec.model, "device": device, "trust_remote_code": trust_remote_code}
+            )
+            generator = make_generator(gen)
+            btemplate = _template(task, spec.style or settings.style, template)
+            advance = progress.task(f"responses of baseline {name}", len(todo))
+            _generate_side(
+                responses, generator, btemplate, todo, positive, side=name, label=spec.model, settings=settings,
+                advance=advance,
+            )  # fmt: skip
+            generator = None
+            _free()
+
+        # 3. Judgments, one file per baseline; ids already judged are skipped.
+        by_id = {str(r["id"]): r for r in responses.records}
+        judge_obj = None
+        win_rates: dict[str, dict] = {}
+        for name in baselines if judge else ():
+            store = JsonlStore(out_dir / f"judgments-{name}.jsonl")
+            pending = [
+                q for q in queries if q.id not in store and f"model:{q.id}" in by_id and f"{name}:{q.id}" in by_id
+            ]
+            if pending and judge_obj is None:
+                judge_obj = make_judge(settings.judge, model=judge_model, tokenizer=judge_tokenizer)
+            advance = progress.task(f"judging vs {name}", len(pending))
+            for start in range(0, len(pending), settings.chunk_size):
+                chunk = pending[start : start + settings.chunk_size]
+                items = []
+                for q in chunk:
+                    mine, theirs = by_id[f"model:{q.id}"]["response"], by_id[f"{name}:{q.id}"]["response"]
+                    items.append(
+                        PairItem(
+                            id=q.id,
+                            query=q.query,
+                            constitution=positive[q.id],
+                            model_response=mine,
+                            baseline_response=theirs,
+                            model_length=_token_length(tokenizer, mine),
+                            baseline_length=_token_length(tokenizer, theirs),
+                        )
+                    )
+                for record in judge_obj.judge(items, model=label, baseline=name, task=task):
+                    store.add(record)
+                store.flush()
+                advance(len(chunk))
+            store.flush()
+            ids = {q.id for q in queries}
+            win_rates[name] = summarize([r for r in store.records if str(r["id"]) in ids], seed=settings.seed)
+        if judge_obj is not None:
+            judge_obj.close()
+
+    metrics = {
+        "model": label,
+        "model_ref": str(model_ref),
+        "n_queries": len(queries),
+        "n_constitutions": settings.n_constitutions or 2,
+        "mi": intrinsic.get("mi"),
+        "mi_sem": intrinsic.get("mi_sem"),
+        "mi_bound": intrinsic.get("mi_bound"),
+        "sami_loss": intrinsic.get("sami_loss"),
+        "accuracy": intrinsic.get("accuracy"),
+        "mean_length": intrinsic.get("mean_length") or {},
+        "win_rates": win_rates,
+        "judge": settings.judge.model_dump(mode="json") if win_rates else None,
+    }
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    console.print(metrics_table(metrics))
+    return metrics
+
+
+def _generate_mi(store, responses, generator, template, todo, constitutions, settings, progress) -> None:
+    """Greedy responses of the evaluated model under all C constitutions of each query (mi_responses.jsonl).
+
+    The response under the positive constitution is taken from responses.jsonl when it was written under the
+    same constitution (same prompt, greedy decoding), so it is not generated twice.
+    """
+    advance = progress.task("responses under all constitutions", len(todo))
+    for start in range(0, len(todo), settings.chunk_size):
+        chunk = todo[start : start + settings.chunk_size]
+        slots, prompts = [], []  # (query index, constitution index) of each prompt to generate
+        known: dict[tuple[int, int], tuple[str, int]] = {}
+        by_id = {str(r["id"]): r for r in responses.records}
+        for qi, q in enumerate(chunk):
+            first = by_id.get(f"model:{q.id}")
+            for j, c in enumerate(constitutions[q.id]):
+                if j == 0 and first and first.get("constitution") == c.to_dict():
+                    known[(qi, j)] = (first["response"], int(first.get("num_tokens", 0)))
+                else:
+                    slots.append((qi, j))
+                    prompts.append(template.generation_prompt(c, q.query))
+        completions = []
+        if prompts:
+            completions = generator.generate(
+                prompts, max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=template.stop or None
+            )
+        failed: set[int] = set()
+        for (qi, j), c in zip(slots, completions, strict=True):
+            if c.finish_reason == "error":
+                failed.add(qi)
+            known[(qi, j)] = (template.postprocess(c.text), int(c.num_tokens))
+        for qi, q in enumerate(chunk):
+            if qi in failed:
+                log.warning("mi responses: generation failed for query %s; a rerun retries it", q.id)
+                continue
+            cs = constitutions[q.id]
+            store.add(
+                {
+                    "id": q.id,
+                    "query": q.query,
+                    "constitutions": [c.to_dict() for c in cs],
+                    "responses": [known[(qi, j)][0] for j in range(len(cs))],
+                    "num_tokens": [known[(qi, j)][1] for j in range(len(cs))],
+                }
+            )
+        store.flush()
+        advance(len(chunk))
+
+
+def metrics_table(metrics: dict):
+    """A short rich table: intrinsic metrics, then one column of win rates per baseline."""
+    from rich.console import Group
+    from rich.table import Table
+
+    def fmt(value, digits=3):
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    top = Table(title=f"evaluation of {metrics['model']} ({metrics['n_queries']} queries)")
+    for col in ("MI (paper)", "InfoNCE bound", "mean length +", "mean length −"):
+        top.add_column(col, justify="right")
+    lengths = metrics.get("mean_length") or {}
+    top.add_row(
+        fmt(metrics.get("mi")),
+        fmt(metrics.get("mi_bound")),
+        fmt(lengths.get("positive"), 1),
+        fmt(lengths.get("negative"), 1),
+    )
+    if not metrics.get("win_rates"):
+        return top
+    return Group(top, summaries_table({f"vs {k}": v for k, v in metrics["win_rates"].items()}, title="win rates"))
+
+
+def run_evaluation_from_config(
+    config,
+    *,
+    model_ref: str,
+    model_label: str,
+    queries: Sequence[Query],
+    cset,
+    out_dir: str | Path,
+    base_responses: str | Path | None = None,
+    judge_against_base: bool = True,
+    model=None,
+    tokenizer=None,
+    console=None,
+) -> dict:
+    """The pipeline's evaluation of one iteration, from a `RunConfig`.
+
+    The sampling scheme, C and dtype default to the run's; prompts are the run's templates. From iteration 1 the
+    base model is the baseline 'base', its responses taken from iteration 0's `responses.jsonl` (`base_responses`)
+    where present. Other baselines come from `evaluation.baselines`.
+    """
+    ev: EvaluationSettings = config.evaluation
+    updates: dict[str, Any] = {}
+    if ev.scheme is None:
+        updates["scheme"] = config.sampling.scheme
+    if ev.n_constitutions is None:
+        updates["n_constitutions"] = config.sampling.n_constitutions
+    if ev.dtype is None:
+        updates["dtype"] = config.model.dtype
+    if ev.task is None:
+        updates["task"] = config.prompts.task
+    updates["style"] = config.prompts.style  # the run's template is used
+    settings = ev.model_copy(update=updates)
+    baselines: dict[str, str | BaselineSettings] = {}
+    if judge_against_base:
+        baselines["base"] = BaselineSettings(model=config.model.policy, style=config.prompts.style)
+    baselines.update({k: v for k, v in settings.baselines.items() if k != "base" or not judge_against_base})
+    given = {}
+    if base_responses is not None and Path(base_responses).is_file():
+        given["base"] = load_side_responses(base_responses, side="model")
+    return run_evaluation(
+        settings,
+        model_ref,
+        out_dir,
+        queries=queries,
+        cset=cset,
+        template=config.prompts.build(),
+        model=model,
+        tokenizer=tokenizer,
+        model_label=model_label,
+        baselines=baselines,
+        baseline_responses=given,
+        judge=bool(baselines),
+        trust_remote_code=config.model.trust_remote_code,
+        console=console,
+    )
