@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int`.
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     from sami.errors import SamiInputError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Quiet library chatter (per-load progress bars, advisory warnings); sami draws its own progress bars.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
