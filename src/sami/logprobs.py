@@ -1,0 +1,377 @@
+"""Response log-probabilities under many prompts at once, with prefix sharing.
+
+Token convention (the same everywhere in sami; tests and users rely on it):
+
+* prompt ids   = `tokenizer(prompt).input_ids` (with whatever special tokens the tokenizer adds itself);
+* response ids = `tokenizer(response, add_special_tokens=False).input_ids`, followed by `eos_token_id` when
+  `include_eos` is true;
+* the model sees `prompt ids + response ids` (the ids are concatenated, the joined string is never
+  re-tokenised), and only response tokens are scored: `log π(response | prompt) = Σ_t log π(r_t | prompt, r_<t)`
+  (`normalize="sum"`) or that sum divided by the number of response tokens (`normalize="mean"`).
+
+Prefix sharing: instead of one padded sequence per (prompt, response) pair, each row of the batch holds one
+prompt once, followed by every response of its query. A 4D additive attention mask (0 / -inf) lets each
+response token see the prompt and the earlier tokens of its own response only, `position_ids` restart after the
+prompt for each response, and padding is masked. Prompts are left-padded so that all responses sit in the last
+columns; the LM head runs only there (`logits_to_keep`, through the model's own forward, so DDP and peft wrappers
+work), and the log-softmax is taken in float32 for the predicted tokens only. Attention must be
+`sdpa` or `eager` (a custom 4D mask cannot go through flash attention).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sami.errors import SamiInputError
+
+log = logging.getLogger(__name__)
+
+NORMALIZE = ("mean", "sum")
+_MASK_ATTENTION = ("sdpa", "eager")
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Prompt ids: `tokenizer(prompt).input_ids`, with the tokenizer's own special tokens."""
+    return [list(x) for x in tokenizer(list(prompts)).input_ids]
+
+
+def tokenize_responses(tokenizer, responses: Sequence[str], *, include_eos: bool = True) -> list[list[int]]:
+    """Response ids: `tokenizer(response, add_special_tokens=False).input_ids`, plus `eos_token_id` if asked."""
+    ids = [list(x) for x in tokenizer(list(responses), add_special_tokens=False).input_ids]
+    if include_eos:
+        if tokenizer.eos_token_id is None:
+            raise SamiInputError("include_eos is set but the tokenizer has no eos_token_id")
+        ids = [x + [tokenizer.eos_token_id] for x in ids]
+    return ids
+
+
+@dataclass
+class EncodedExamples:
+    """Token ids of B examples: `prompt_ids[b][i]` and `response_ids[b][j]`, after validation."""
+
+    ids: list[str]
+    prompt_ids: list[list[list[int]]]
+    response_ids: list[list[list[int]]]
+    n_truncated_prompts: int = 0
+
+
+def encode_examples(
+    tokenizer,
+    prompts: Sequence[Sequence[str]],
+    responses: Sequence[Sequence[str]],
+    *,
+    include_eos: bool = True,
+    max_prompt_length: int | None = None,
+    truncate_prompt_left: bool = False,
+    max_response_length: int | None = None,
+    ids: Sequence[Any] | None = None,
+    min_constitutions: int = 2,
+) -> EncodedExamples:
+    """Tokenize B examples with the module's token convention and validate them.
+
+    Raises `SamiInputError` naming the example id for: a prompts/responses count mismatch, fewer than
+    `min_constitutions` prompts, an empty prompt or response, a response longer than `max_response_length`
+    (responses are never truncated), or a prompt longer than `max_prompt_length` unless `truncate_prompt_left`
+    (then the prompt keeps its last `max_prompt_length` tokens, after its BOS token if it starts with one, and the
+    count is returned).
+    """
+    if len(prompts) != len(responses):
+        raise SamiInputError(f"got {len(prompts)} prompt lists but {len(responses)} response lists")
+    ids = [str(i) for i in (ids if ids is not None else range(len(prompts)))]
+    if len(ids) != len(prompts):
+        raise SamiInputError(f"got {len(ids)} ids for {len(prompts)} examples")
+    out = EncodedExamples(ids=ids, prompt_ids=[], response_ids=[])
+    for ex_id, ps, rs in zip(ids, prompts, responses, strict=True):
+        where = f"example {ex_id}"
+        for name, texts in (("prompts", ps), ("responses", rs)):
+            if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+                raise SamiInputError(f"{where}: '{name}' must be a list of strings")
+        if len(ps) != len(rs):
+            raise SamiInputError(f"{where}: {len(ps)} prompts but {len(rs)} responses (need one response per prompt)")
+        if len(ps) < min_constitutions:
+            raise SamiInputError(f"{where}: needs at least {min_constitutions} constitutions, got C={len(ps)}")
+        for j, r in enumerate(rs):
+            if not r.strip():
+                raise SamiInputError(f"{where}: response {j} is empty")
+        p_ids = tokenize_prompts(tokenizer, ps)
+        r_ids = tokenize_responses(tokenizer, rs, include_eos=include_eos)
+        for i, p in enumerate(p_ids):
+            if not p:
+                raise SamiInputError(f"{where}: prompt {i} is empty (no tokens)")
+            if max_prompt_length is not None and len(p) > max_prompt_length:
+                if not truncate_prompt_left:
+                    raise SamiInputError(
+                        f"{where}: prompt {i} has {len(p)} tokens > max_prompt_length={max_prompt_length} "
+                        "(set truncate_prompt_left to cut prompts from the left)"
+                    )
+                bos = tokenizer.bos_token_id
+                keep_bos = bos is not None and p[0] == bos and max_prompt_length > 1
+                p_ids[i] = ([bos] if keep_bos else []) + p[len(p) - max_prompt_length + keep_bos :]
+                out.n_truncated_prompts += 1
+        for j, r in enumerate(r_ids):
+            if max_response_length is not None and len(r) > max_response_length:
+                raise SamiInputError(
+                    f"{where}: response {j} has {len(r)} tokens > max_response_length={max_response_length} "
+                    "(responses are never truncated; raise the limit or drop the example)"
+                )
+        out.prompt_ids.append(p_ids)
+        out.response_ids.append(r_ids)
+    return out
+
+
+def pack_prefix_shared(
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[Sequence[int]]],
+    row_groups: Sequence[int],
+    *,
+    pad_token_id: int,
+) -> dict[str, Any]:
+    """Lay out R rows: row r = `prompt_ids[r]` then every response of group `row_groups[r]`.
+
+    Prompts are left-padded so that every row's responses start at the same column S; rows are right-padded to
+    the longest. Only the last `n_logits = L - S + 1` columns predict response tokens, so the LM head runs on those
+    alone. All groups must have the same number of responses M. Returns a dict of CPU tensors (what a collator
+    returns): `input_ids`, `position_ids`, `segment_ids` ([R, L]; segment 0 = prompt, j + 1 = response j,
+    -1 = padding), `predict_mask` ([R, n_logits]: columns that predict a response token), `target_ids`,
+    `target_index` (row of the flattened [R * n_logits] logits that predicts each target) and `target_pair`
+    (`r * M + j`), all [N] for the N response tokens, plus `n_rows`, `n_responses`, `n_logits` and `num_tokens`
+    (non-padding tokens).
+    """
+    n_rows = len(prompt_ids)
+    if len(row_groups) != n_rows:
+        raise ValueError("row_groups must give one group per prompt row")
+    n_resp = {len(response_ids[g]) for g in set(row_groups)}
+    if len(n_resp) != 1:
+        raise SamiInputError(f"all examples of a batch need the same number of responses, got {sorted(n_resp)}")
+    (m,) = n_resp
+    for r in range(n_rows):
+        if not prompt_ids[r]:
+            raise SamiInputError(f"prompt row {r} is empty (no tokens)")
+        for j, resp in enumerate(response_ids[row_groups[r]]):
+            if not resp:
+                raise SamiInputError(f"response {j} of prompt row {r} is empty (no tokens)")
+    start = max(len(p) for p in prompt_ids)  # S: the column where every row's responses begin
+    totals = [sum(len(x) for x in response_ids[row_groups[r]]) for r in range(n_rows)]
+    width = start + max(totals)
+    n_logits = width - start + 1  # columns S-1 .. L-1
+    input_ids = torch.full((n_rows, width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((n_rows, width), dtype=torch.long)
+    segment_ids = torch.full((n_rows, width), -1, dtype=torch.long)
+    predict_mask = torch.zeros((n_rows, n_logits), dtype=torch.bool)
+    t_index: list[int] = []
+    t_ids: list[int] = []
+    t_pair: list[int] = []
+    for r in range(n_rows):
+        prompt = list(prompt_ids[r])
+        p = len(prompt)
+        input_ids[r, start - p : start] = torch.tensor(prompt)
+        position_ids[r, start - p : start] = torch.arange(p)
+        segment_ids[r, start - p : start] = 0
+        predict_mask[r, 0] = True  # the last prompt token predicts the first token of every response
+        col = 0  # column relative to S - 1 (= index into this row's n_logits kept columns)
+        for j, resp in enumerate(response_ids[row_groups[r]]):
+            n = len(resp)
+            input_ids[r, start + col : start + col + n] = torch.tensor(list(resp))
+            position_ids[r, start + col : start + col + n] = torch.arange(p, p + n)
+            segment_ids[r, start + col : start + col + n] = j + 1
+            predict_mask[r, col + 1 : col + n] = True  # token k predicts token k + 1 of the same response
+            base = r * n_logits
+            t_index.extend([base] + [base + col + 1 + k for k in range(n - 1)])
+            t_ids.extend(resp)
+            t_pair.extend([r * m + j] * n)
+            col += n
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "segment_ids": segment_ids,
+        "predict_mask": predict_mask,
+        "target_ids": torch.tensor(t_ids, dtype=torch.long),
+        "target_index": torch.tensor(t_index, dtype=torch.long),
+        "target_pair": torch.tensor(t_pair, dtype=torch.long),
+        "n_rows": n_rows,
+        "n_responses": m,
+        "n_logits": n_logits,
+        "num_tokens": sum(len(p) for p in prompt_ids) + sum(totals),
+    }
+
+
+def prefix_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive [R, 1, L, L] mask: a token sees earlier tokens of its own segment and the prompt (segment 0).
+
+    Padding (segment -1) sees earlier padding and the prompt, and never is seen by a real token, so no row of the
+    mask is fully masked.
+    """
+    width = segment_ids.shape[1]
+    idx = torch.arange(width, device=segment_ids.device)
+    causal = idx[:, None] >= idx[None, :]
+    seg_q = segment_ids[:, :, None]
+    seg_k = segment_ids[:, None, :]
+    allowed = causal[None] & ((seg_k == seg_q) | ((seg_k == 0) & (seg_q >= 0)))
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    mask.masked_fill_(~allowed, float("-inf"))
+    return mask[:, None]
+
+
+def unwrap_model(model):
+    """The plain transformers model inside DDP/DataParallel and peft wrappers."""
+    while True:
+        if isinstance(model, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            return model
+
+
+def _check_model(base) -> bool:
+    """Check the attention implementation; return whether the forward takes `logits_to_keep`."""
+    impl = getattr(base.config, "_attn_implementation", None)
+    if impl is not None and impl not in _MASK_ATTENTION:
+        raise ValueError(
+            f"prefix-shared log-probs need a 4D attention mask: load the model with attn_implementation='sdpa' "
+            f"or 'eager' (it uses {impl!r})"
+        )
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def packed_logprobs(
+    model, packed: Mapping[str, Any], *, normalize: str = "mean", return_logits: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Run the model on a `pack_prefix_shared` batch; return the [R, M] log-prob matrix.
+
+    `model` may be wrapped (DDP, peft): it is called through its own forward, with `logits_to_keep` so that the LM
+    head runs on the response columns only. With `return_logits`, also return the [K, V] logits of the K positions
+    that predict a response token (`predict_mask`), e.g. for a KL term.
+    """
+    if normalize not in NORMALIZE:
+        raise SamiInputError(f"normalize: expected one of {NORMALIZE}, got {normalize!r}")
+    base = unwrap_model(model)
+    takes_keep = _check_model(base)
+    input_ids = packed["input_ids"]
+    device = input_ids.device
+    n_rows, n_logits = int(packed["n_rows"]), int(packed["n_logits"])
+    dtype = base.get_input_embeddings().weight.dtype
+    mask = prefix_attention_mask(packed["segment_ids"].to(device), dtype)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=packed["position_ids"].to(device),
+        use_cache=False,
+        **({"logits_to_keep": n_logits} if takes_keep else {}),
+    )
+    logits = out.logits[:, -n_logits:]
+    if logits.shape[:2] != (n_rows, n_logits):
+        raise ValueError(f"unexpected logits of shape {tuple(out.logits.shape)} from {type(base).__name__}")
+    logits = logits.reshape(n_rows * n_logits, -1)
+    target_index = packed["target_index"].to(device)
+    target_ids = packed["target_ids"].to(device)
+    target_pair = packed["target_pair"].to(device)
+    # float32 log-softmax, evaluated only where a target needs it: logit(target) - logsumexp(row).
+    logits32 = logits.float()
+    lse = torch.logsumexp(logits32, dim=-1)
+    token_logps = logits32[target_index, target_ids] - lse[target_index]
+    n_pairs = n_rows * int(packed["n_responses"])
+    sums = torch.zeros(n_pairs, dtype=token_logps.dtype, device=device).index_add(0, target_pair, token_logps)
+    if normalize == "mean":
+        counts = torch.bincount(target_pair, minlength=n_pairs).to(sums.dtype)
+        sums = sums / counts
+    matrix = sums.view(n_rows, int(packed["n_responses"]))
+    if return_logits:
+        return matrix, logits[packed["predict_mask"].to(device).flatten()]
+    return matrix
+
+
+def _pad_id(tokenizer) -> int:
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def logprob_matrix(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    *,
+    normalize: str = "mean",
+    include_eos: bool = True,
+) -> torch.Tensor:
+    """`out[i, j] = log π(responses[j] | prompts[i])`, shape [len(prompts), len(responses)], differentiable.
+
+    Token convention: prompt ids = `tokenizer(prompt).input_ids`; response ids =
+    `tokenizer(response, add_special_tokens=False).input_ids` (+ `eos_token_id` if `include_eos`); the two id lists
+    are concatenated and only response tokens are scored. `normalize="mean"` divides by the response token count,
+    `"sum"` keeps the plain sum. Computed with prefix sharing (see the module docstring).
+    """
+    if not prompts or not responses:
+        raise SamiInputError("logprob_matrix needs at least one prompt and one response")
+    for j, r in enumerate(responses):
+        if not isinstance(r, str) or not r.strip():
+            raise SamiInputError(f"response {j} is empty or not a string")
+    prompt_ids = tokenize_prompts(tokenizer, prompts)
+    response_ids = tokenize_responses(tokenizer, responses, include_eos=include_eos)
+    device = unwrap_model(model).get_input_embeddings().weight.device
+    packed = pack_prefix_shared(prompt_ids, [response_ids], [0] * len(prompt_ids), pad_token_id=_pad_id(tokenizer))
+    packed = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in packed.items()}
+    return packed_logprobs(model, packed, normalize=normalize)
+
+
+def batched_logprob_matrices(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[str]],
+    responses: Sequence[Sequence[str]],
+    *,
+    normalize: str = "mean",
+    include_eos: bool = True,
+    max_prompt_length: int | None = None,
+    truncate_prompt_left: bool = False,
+    max_response_length: int | None = None,
+    ids: Sequence[Any] | None = None,
+) -> torch.Tensor:
+    """B SAMI matrices at once: `out[b, i, j] = log π(responses[b][j] | prompts[b][i])`, shape [B, C, C].
+
+    Same token convention and normalisation as `logprob_matrix`. Every example needs C >= 2 prompts and as many
+    responses; C must be the same across the batch. Bad input raises `SamiInputError` naming the example id
+    (`ids[b]`, else its index). Prompts longer than `max_prompt_length` are an error unless `truncate_prompt_left`,
+    which keeps their last tokens and logs how many were cut. Responses are never truncated.
+    """
+    enc = encode_examples(
+        tokenizer,
+        prompts,
+        responses,
+        include_eos=include_eos,
+        max_prompt_length=max_prompt_length,
+        truncate_prompt_left=truncate_prompt_left,
+        max_response_length=max_response_length,
+        ids=ids,
+    )
+    if enc.n_truncated_prompts:
+        log.warning("left-truncated %d prompt(s) to max_prompt_length=%s", enc.n_truncated_prompts, max_prompt_length)
+    packed = pack_encoded(enc, pad_token_id=_pad_id(tokenizer))
+    device = unwrap_model(model).get_input_embeddings().weight.device
+    packed = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in packed.items()}
+    n_examples, c = len(enc.ids), len(enc.prompt_ids[0])
+    return packed_logprobs(model, packed, normalize=normalize).view(n_examples, c, c)
+
+
+def pack_encoded(enc: EncodedExamples, *, pad_token_id: int) -> dict[str, Any]:
+    """Pack B encoded examples into B*C prefix-shared rows (row b*C + i = prompt i of example b)."""
+    sizes = {len(p) for p in enc.prompt_ids}
+    if len(sizes) != 1:
+        first = len(enc.prompt_ids[0])
+        bad = next(i for i, p in zip(enc.ids, enc.prompt_ids, strict=True) if len(p) != first)
+        raise SamiInputError(
+            f"example {bad}: C={len(enc.prompt_ids[enc.ids.index(bad)])} differs from C={first} "
+            "of the first example in the batch"
+        )
+    rows = [p for prompts in enc.prompt_ids for p in prompts]
+    groups = [b for b, prompts in enumerate(enc.prompt_ids) for _ in prompts]
+    return pack_prefix_shared(rows, enc.response_ids, groups, pad_token_id=pad_token_id)

@@ -1,0 +1,404 @@
+"""SAMI training on top of the Hugging Face `Trainer` (in the spirit of TRL's DPO config and trainer).
+
+An example is `{"id", "prompts": [C training prompts], "responses": [C responses]}`, where response j was
+generated under prompt j (constitution j). Each step builds the `[B, C, C]` log-prob matrices with prefix sharing
+(`sami.logprobs`) and minimises the symmetric InfoNCE loss (`sami.loss.sami_loss`), optionally plus
+`beta * KL(π || π_ref)` on the same response positions.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from sami.errors import SamiInputError
+from sami.io import atomic_write_json, iter_jsonl
+from sami.logprobs import NORMALIZE, encode_examples, pack_encoded, packed_logprobs
+from sami.loss import sami_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SAMIConfig(TrainingArguments):
+    """`TrainingArguments` plus the SAMI options. Defaults that differ from `TrainingArguments` are noted."""
+
+    n_constitutions: int | None = field(
+        default=None,
+        metadata={"help": "Constitutions per example (C >= 2). None accepts any C, the same within a batch."},
+    )
+    logprob_normalize: str = field(
+        default="mean",
+        metadata={"help": "'mean': log-prob per response token (the authors' code); 'sum': summed log-prob."},
+    )
+    include_eos: bool = field(
+        default=True, metadata={"help": "Score the end-of-sequence token appended to every response."}
+    )
+    beta: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of a token-level KL(policy || reference) on the response positions; 0 disables it. "
+            "The reference is the model before training (the base model with adapters off under LoRA)."
+        },
+    )
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Longest prompt in tokens; longer ones are an error unless truncated."}
+    )
+    max_response_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest response in tokens (EOS included); longer ones are an error, never truncated."},
+    )
+    truncate_prompt_left: bool = field(
+        default=False,
+        metadata={"help": "Cut prompts longer than max_prompt_length from the left (a warning counts them)."},
+    )
+    merge_lora_on_save: bool = field(
+        default=True,
+        metadata={
+            "help": "Under LoRA, export the final checkpoint with the adapter merged into a plain model folder "
+            "(what `sami.models.load_model` reads). False saves the adapter alone."
+        },
+    )
+    # TrainingArguments defaults changed for SAMI:
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep 'prompts'/'responses' columns."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Logging integrations."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps (SAMI runs are short)."})
+    save_strategy: str = field(
+        default="no", metadata={"help": "Intermediate checkpoints; the final model is exported by train_sami."}
+    )
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer: adamw_torch, rmsprop, sgd, ..."})
+    lr_scheduler_type: str = field(
+        default="constant",
+        metadata={"help": "Learning-rate schedule. Constant: SAMI iterations take only a few optimizer steps."},
+    )
+
+    def __post_init__(self):
+        if self.logprob_normalize not in NORMALIZE:
+            raise SamiInputError(f"logprob_normalize: expected one of {NORMALIZE}, got {self.logprob_normalize!r}")
+        if self.n_constitutions is not None and self.n_constitutions < 2:
+            raise SamiInputError(f"n_constitutions: SAMI needs at least 2, got {self.n_constitutions}")
+        if self.beta < 0:
+            raise SamiInputError(f"beta: must be >= 0, got {self.beta}")
+        for name in ("max_prompt_length", "max_response_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SamiInputError(f"{name}: must be a positive number of tokens, got {value}")
+        super().__post_init__()
+
+
+@dataclass
+class SAMICollator:
+    """Tokenize examples with the `sami.logprobs` convention and pack them into prefix-shared rows."""
+
+    tokenizer: Any
+    include_eos: bool = True
+    max_prompt_length: int | None = None
+    max_response_length: int | None = None
+    truncate_prompt_left: bool = False
+    n_constitutions: int | None = None
+
+    @classmethod
+    def from_config(cls, tokenizer, config: SAMIConfig) -> SAMICollator:
+        return cls(
+            tokenizer,
+            include_eos=config.include_eos,
+            max_prompt_length=config.max_prompt_length,
+            max_response_length=config.max_response_length,
+            truncate_prompt_left=config.truncate_prompt_left,
+            n_constitutions=config.n_constitutions,
+        )
+
+    def encode(self, examples: list[dict]):
+        ids = [str(ex.get("id", i)) for i, ex in enumerate(examples)]
+        if self.n_constitutions is not None:
+            for ex_id, ex in zip(ids, examples, strict=True):
+                if len(ex["prompts"]) != self.n_constitutions:
+                    raise SamiInputError(
+                        f"example {ex_id}: {len(ex['prompts'])} prompts but n_constitutions={self.n_constitutions}"
+                    )
+        return encode_examples(
+            self.tokenizer,
+            [ex["prompts"] for ex in examples],
+            [ex["responses"] for ex in examples],
+            include_eos=self.include_eos,
+            max_prompt_length=self.max_prompt_length,
+            truncate_prompt_left=self.truncate_prompt_left,
+            max_response_length=self.max_response_length,
+            ids=ids,
+        )
+
+    def __call__(self, examples: list[dict]) -> dict[str, Any]:
+        enc = self.encode(examples)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        batch = pack_encoded(enc, pad_token_id=int(pad or 0))
+        batch["ids"] = enc.ids
+        batch["num_truncated_prompts"] = enc.n_truncated_prompts
+        return batch
+
+
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(p || p_ref), both from [K, V] logits, in float32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
+    return (logp.exp() * (logp - ref_logp)).sum(-1).mean()
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+class SAMITrainer(Trainer):
+    """A `Trainer` for the SAMI objective. Overrides collation, `compute_loss`, evaluation steps and logging.
+
+    Logged (averaged over the micro-batches of each logging interval, per process): `sami/loss`,
+    `sami/loss_row`, `sami/loss_col`, `sami/mi_bound`, `sami/accuracy`, `logps/diag`, `logps/offdiag`, `kl`
+    (when beta > 0), and `num_tokens` (cumulative count of non-padding tokens fed to the model, as in TRL).
+    Checkpoints written by `save_model` are the Trainer's own (a safetensors model folder with the tokenizer; the
+    adapter alone under LoRA); `export_checkpoint` writes the final, loadable folder.
+    """
+
+    # compute_loss returns the mean over its micro-batch; the Trainer divides by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model,
+        args: SAMIConfig,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        data_collator=None,
+        ref_model=None,
+        **kwargs,
+    ):
+        if processing_class is None:
+            raise ValueError("SAMITrainer needs the tokenizer as processing_class")
+        if not isinstance(args, SAMIConfig):
+            raise TypeError("SAMITrainer needs a SAMIConfig")
+        if data_collator is None:
+            data_collator = SAMICollator.from_config(processing_class, args)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self._stored_metrics: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        self.num_tokens = 0
+        self.num_truncated_prompts = 0
+        self.ref_model = ref_model
+        if args.beta > 0 and ref_model is None and not _is_peft(unwrap_peft_free(self.model)):
+            # Full fine-tuning: freeze a copy of the starting model (under LoRA, adapters are switched off instead).
+            self.ref_model = copy.deepcopy(unwrap_peft_free(self.model)).eval().requires_grad_(False)
+        if self.ref_model is not None:
+            self.ref_model.to(self.args.device)
+
+    def _ref_logits(self, model, inputs) -> torch.Tensor:
+        with torch.no_grad():
+            if self.ref_model is not None:
+                _, logits = packed_logprobs(self.ref_model, inputs, return_logits=True)
+            else:
+                peft_model = unwrap_peft_free(model)
+                with peft_model.disable_adapter():
+                    _, logits = packed_logprobs(peft_model, inputs, return_logits=True)
+        return logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args: SAMIConfig = self.args
+        mode = "train" if model.training else "eval"
+        matrix, logits = packed_logprobs(model, inputs, normalize=args.logprob_normalize, return_logits=True)
+        c = int(inputs["n_responses"])
+        matrix = matrix.view(-1, c, c)
+        out = sami_loss(matrix)
+        loss = out.loss
+        with torch.no_grad():
+            diag = torch.diagonal(matrix, dim1=-2, dim2=-1)
+            offdiag = (matrix.sum() - diag.sum()) / (matrix.numel() - diag.numel())
+            metrics = {
+                "sami/loss": out.loss.detach(),
+                "sami/loss_row": out.loss_row,
+                "sami/loss_col": out.loss_col,
+                "sami/mi_bound": out.mi_bound,
+                "sami/accuracy": out.accuracy,
+                "logps/diag": diag.mean(),
+                "logps/offdiag": offdiag,
+            }
+        if args.beta > 0:
+            kl = token_kl(logits, self._ref_logits(model, inputs))
+            loss = loss + args.beta * kl
+            metrics["kl"] = kl.detach()
+        del logits
+        for key, value in metrics.items():
+            self._stored_metrics[mode][key].append(float(value))
+        if mode == "train":
+            self.num_tokens += int(inputs["num_tokens"])
+            truncated = int(inputs.get("num_truncated_prompts", 0))
+            if truncated and not self.num_truncated_prompts:
+                log.warning("prompts longer than max_prompt_length=%s are cut from the left", args.max_prompt_length)
+            self.num_truncated_prompts += truncated
+        return (loss, {"logps": matrix.detach()}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), outputs["logps"], None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        stored = self._stored_metrics.pop(mode, {})
+        prefix = "eval_" if mode == "eval" else ""
+        if stored:  # every rank logs at the same steps with the same keys, so these collectives line up
+            keys = sorted(stored)
+            means = torch.tensor([sum(stored[k]) / len(stored[k]) for k in keys], device=self.accelerator.device)
+            means = self.accelerator.reduce(means, reduction="mean")
+            for key, value in zip(keys, means.tolist(), strict=True):
+                logs[prefix + key] = value
+        if mode == "train" and stored:
+            counts = torch.tensor([self.num_tokens, self.num_truncated_prompts], device=self.accelerator.device)
+            num_tokens, truncated = self.accelerator.reduce(counts, reduction="sum").tolist()
+            logs["num_tokens"] = int(num_tokens)
+            if truncated:
+                logs["num_truncated_prompts"] = int(truncated)
+        super().log(logs, start_time)
+
+
+def unwrap_peft_free(model):
+    """Strip DDP/DataParallel wrappers only (keep a peft wrapper)."""
+    while isinstance(model, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model
+
+
+def export_checkpoint(model, tokenizer, output_dir: str | os.PathLike, *, merge_lora: bool = True) -> Path:
+    """Save `model` and `tokenizer` as a safetensors folder that `sami.models.load_model` loads.
+
+    Under LoRA with `merge_lora`, the adapter is merged into the base weights first (in place: the peft wrapper
+    is consumed; call this after training). Without `merge_lora`, only the adapter and tokenizer are saved.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = unwrap_peft_free(model)
+    if _is_peft(model) and merge_lora:
+        model = model.merge_and_unload()
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def load_samples(path: str | os.PathLike):
+    """Read `samples.jsonl` into a `datasets.Dataset` with columns id, prompts, responses.
+
+    Every record needs a unique "id", "prompts" (C >= 2 strings) and "responses" (C non-empty strings); a bad
+    record raises `SamiInputError` naming file:line.
+    """
+    import datasets
+
+    records, seen = [], {}
+    for lineno, rec in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        for key in ("id", "prompts", "responses"):
+            if key not in rec:
+                raise SamiInputError(f"{where}: missing field '{key}'")
+        ex_id = str(rec["id"])
+        if ex_id in seen:
+            raise SamiInputError(f"{where}: duplicate id {ex_id!r} (first on line {seen[ex_id]})")
+        seen[ex_id] = lineno
+        prompts, responses = rec["prompts"], rec["responses"]
+        for key, value in (("prompts", prompts), ("responses", responses)):
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise SamiInputError(f"{where}: '{key}' must be a list of strings (id {ex_id})")
+        if len(prompts) != len(responses):
+            raise SamiInputError(f"{where}: {len(prompts)} prompts but {len(responses)} responses (id {ex_id})")
+        if len(prompts) < 2:
+            raise SamiInputError(f"{where}: needs at least 2 constitutions, got C={len(prompts)} (id {ex_id})")
+        for j, r in enumerate(responses):
+            if not r.strip():
+                raise SamiInputError(f"{where}: response {j} is empty (id {ex_id})")
+        records.append({"id": ex_id, "prompts": prompts, "responses": responses})
+    if not records:
+        raise SamiInputError(f"{path}: no samples")
+    return datasets.Dataset.from_list(records)
+
+
+def validate_samples(dataset, tokenizer, config: SAMIConfig) -> int:
+    """Tokenize every example once, before training, so bad input fails early. Returns the truncated-prompt count."""
+    collator = SAMICollator.from_config(tokenizer, config)
+    truncated = 0
+    sizes = set()
+    for ex in dataset:
+        truncated += collator.encode([ex]).n_truncated_prompts
+        sizes.add(len(ex["prompts"]))
+        if len(sizes) > 1 and config.per_device_train_batch_size > 1:
+            raise SamiInputError(
+                f"example {ex['id']}: C={len(ex['prompts'])} differs from other examples; a batch needs one C "
+                "(set n_constitutions or per_device_train_batch_size=1)"
+            )
+    if truncated:
+        log.warning(
+            "%d prompt(s) will be cut from the left to max_prompt_length=%s",
+            truncated,
+            config.max_prompt_length,
+        )
+    return truncated
+
+
+def train_sami(
+    model_ref,
+    samples_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config: SAMIConfig,
+    *,
+    lora=None,
+    tokenizer_ref: str | os.PathLike | None = None,
+) -> Path:
+    """Train a model with SAMI on `samples.jsonl`; return the checkpoint folder (= `output_dir`).
+
+    `model_ref` is anything `sami.models.load_model` takes (or an already loaded model, then `tokenizer_ref` is
+    needed). `lora` (`LoraSettings` or dict) trains a LoRA adapter, merged on export if `merge_lora_on_save`.
+    Writes the checkpoint (safetensors + tokenizer) and `log_history.json` (written last) into `output_dir`.
+    """
+    from sami.models import apply_lora, load_model, load_tokenizer
+
+    output_dir = Path(output_dir)
+    dataset = load_samples(samples_path)
+    if tokenizer_ref is None:
+        if not isinstance(model_ref, str | os.PathLike):
+            raise SamiInputError("tokenizer_ref is needed when model_ref is a loaded model")
+        tokenizer_ref = model_ref
+    tokenizer = load_tokenizer(tokenizer_ref)
+    validate_samples(dataset, tokenizer, config)
+    args = dataclasses.replace(config, output_dir=str(output_dir))
+    if isinstance(model_ref, str | os.PathLike):
+        model = load_model(model_ref, lora=lora)
+    else:
+        model = apply_lora(model_ref, lora) if lora is not None else model_ref
+    model.train()
+    trainer = SAMITrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # A collective on every rank: gathers the full state dict (FSDP FULL_STATE_DICT, ZeRO-3 16-bit save) and
+        # rank 0 writes safetensors. LoRA adapters are saved unmerged on this path.
+        trainer.save_model(str(output_dir))
+        if trainer.args.should_save:
+            tokenizer.save_pretrained(output_dir)
+    elif trainer.args.should_save:
+        export_checkpoint(trainer.model, tokenizer, output_dir, merge_lora=args.merge_lora_on_save)
+    if trainer.args.should_save:
+        atomic_write_json(output_dir / "log_history.json", trainer.state.log_history)
+    trainer.accelerator.wait_for_everyone()
+    return output_dir
