@@ -1,0 +1,145 @@
+"""The generator protocol shared by every backend, its settings, and `make_generator`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sami.errors import SamiInputError
+
+Prompt = str | list[dict]
+FINISH_REASONS = ("stop", "length", "error")
+
+
+@dataclass
+class Completion:
+    """One generated text. `finish_reason` is "stop" (end of sequence or a stop string), "length" (the
+    token budget ran out) or "error" (the request failed; `error` says why and `text` is empty)."""
+
+    text: str
+    num_tokens: int
+    finish_reason: str
+    error: str | None = None
+
+
+@runtime_checkable
+class TextGenerator(Protocol):
+    """Turns prompts into completions. A `str` prompt is a plain completion; a `list[dict]` is chat messages
+    (the hf backend applies the tokenizer's chat template, the openai backend uses the chat endpoint).
+
+    `temperature=0` is greedy decoding. `stop` strings end a sequence; the returned text is cut before the
+    first one. `seed` makes sampling reproducible. The result has one `Completion` per prompt, in order.
+    """
+
+    def generate(
+        self,
+        prompts: list[Prompt],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> list[Completion]: ...
+
+
+class GenerationSettings(BaseModel):
+    """Which backend generates text, and how. Fields a backend does not use are ignored by it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["hf", "openai", "vllm"] = Field(
+        "hf", description="hf: transformers in this process; openai: an OpenAI-compatible server; vllm: vLLM offline"
+    )
+    model: str = Field(
+        "default", description="hf/vllm: the model ('default', a local folder, a GGUF file or a cached hub id)"
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = Field(
+        None, description="hf/vllm: weights dtype for generation (None: float32 for hf, 'auto' for vllm)"
+    )
+    device: str | None = Field(
+        None, description="hf: torch device for a model it loads (None: cuda if available, else cpu)"
+    )
+    batch_size: int = Field(8, ge=1, description="hf: prompts per forward batch (batches are sorted by length)")
+    num_threads: int | None = Field(None, ge=1, description="hf: torch CPU threads (None: torch's default)")
+    trust_remote_code: bool = Field(False, description="hf/vllm: allow custom model code from the model folder")
+    base_url: str | None = Field(
+        None, description="openai: server URL, e.g. http://127.0.0.1:8000/v1 (None: $OPENAI_BASE_URL or OpenAI)"
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="openai: name of the environment variable holding the API key (never the key)"
+    )
+    model_name: str | None = Field(
+        None, description="openai: model name on the server (None: the first model the server lists)"
+    )
+    max_concurrency: int = Field(8, ge=1, description="openai: requests in flight at once")
+    timeout: float = Field(120.0, gt=0, description="openai: seconds per request before it counts as failed")
+    max_retries: int = Field(5, ge=0, description="openai: retries per request on 429/5xx/connection errors/timeouts")
+    retry_backoff: float = Field(1.0, ge=0, description="openai: seconds before the first retry; doubles each retry")
+    retry_max_backoff: float = Field(30.0, ge=0, description="openai: cap on the wait between retries (seconds)")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="openai: extra JSON fields sent with every request (e.g. {top_k: 1})"
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs to shard the model over")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: fraction of GPU memory to use")
+    max_model_len: int | None = Field(None, ge=1, description="vllm: context length (None: the model's)")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vllm: extra keyword arguments for vllm.LLM(...)"
+    )
+    max_new_tokens: int = Field(350, ge=1, description="default token budget per response")
+    temperature: float = Field(0.0, ge=0, description="default sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="default nucleus sampling mass")
+    seed: int | None = Field(0, description="seed that makes sampling reproducible (None: a fresh one per call)")
+
+
+def make_generator(settings: GenerationSettings | None = None, *, model: Any = None, tokenizer: Any = None):
+    """Build the backend `settings.backend` describes.
+
+    hf: `model`/`tokenizer` are an already loaded model and tokenizer (used as they are), or `model` is a
+    model reference that overrides `settings.model`. vllm: `model` may be a reference (a path) overriding
+    `settings.model`. openai: `model`, if a string, overrides `settings.model_name`.
+    """
+    settings = settings or GenerationSettings()
+    if settings.backend == "hf":
+        from sami.generation.hf import HFGenerator
+
+        return HFGenerator.from_settings(settings, model=model, tokenizer=tokenizer)
+    if settings.backend == "openai":
+        from sami.generation.openai_backend import OpenAIGenerator
+
+        if model is not None and not isinstance(model, str):
+            raise SamiInputError("generation.backend 'openai' cannot use a model object; give its name on the server")
+        return OpenAIGenerator.from_settings(settings, model_name=model)
+    if settings.backend == "vllm":
+        from sami.generation.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator.from_settings(settings, model=model)
+    raise SamiInputError(f"generation.backend: expected hf, openai or vllm, got {settings.backend!r}")
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """`text` cut before the earliest stop string, and whether one was found."""
+    cut = len(text)
+    for s in stop or ():
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut], cut < len(text)
+
+
+def check_request(prompts: list, max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """Raise `SamiInputError` on arguments no backend can honour."""
+    if not isinstance(prompts, list):
+        raise SamiInputError(f"prompts: expected a list of prompts, got {type(prompts).__name__}")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) and not (isinstance(p, list) and all(isinstance(m, dict) for m in p)):
+            raise SamiInputError(f"prompts[{i}]: expected a string or a list of chat messages")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise SamiInputError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise SamiInputError(f"temperature: must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise SamiInputError(f"top_p: must be in (0, 1], got {top_p}")

@@ -1,0 +1,364 @@
+"""The self-generation stage: the current policy writes one response per constitution for each query.
+
+For each query: draw C constitutions with the configured scheme (from a random generator seeded by the run
+seed and the query id, so a rerun, a resumed run or another process draws the same ones), render the
+generation prompts, generate, post-process, filter, and keep the example or record why it was dropped.
+
+Files (`out_path` = `samples.jsonl`):
+- `samples.jsonl`: one record per kept query, the format the trainer reads:
+  `{"id", "query", "constitutions": [C Constitution.to_dict()], "prompts": [C training prompts, rendered to
+  strings], "responses": [C], "meta": {...the query's meta, "labels", "num_tokens", "finish_reasons", ...}}`.
+  Response j was generated under constitution j; constitution 0 is the positive one.
+- `samples.dropped.jsonl`: one record per dropped query: `{"id", "reason", "labels", "responses"}`.
+- `samples.stats.json`: counts, drop reasons, tokens and time.
+
+Both JSON Lines files are rewritten atomically after every chunk of queries, so an interrupted run loses at
+most the chunk in flight; a rerun skips ids already kept or dropped and never writes an id twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sami.constitutions import ConstitutionSet, sample_constitutions
+from sami.errors import SamiInputError
+from sami.io import JsonlStore, atomic_write_json
+from sami.prompts import (
+    REASONING_MAX_NEW_TOKENS,
+    FilterSettings,
+    PromptTemplate,
+    check_responses,
+    reasoning_filters,
+    render_prompt,
+)
+
+if TYPE_CHECKING:
+    from sami.data import Query
+    from sami.generation import TextGenerator
+
+log = logging.getLogger(__name__)
+
+
+def dropped_path(out_path: str | Path) -> Path:
+    """`samples.jsonl` -> `samples.dropped.jsonl`."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + ".dropped.jsonl")
+
+
+def stats_path(out_path: str | Path) -> Path:
+    """`samples.jsonl` -> `samples.stats.json`."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + ".stats.json")
+
+
+def query_rng(seed: int, query_id: str) -> random.Random:
+    """The constitution-sampling generator of one query (string seeds hash deterministically)."""
+    return random.Random(f"sami:{seed}:{query_id}")
+
+
+def generate_samples(
+    generator: TextGenerator,
+    queries: list[Query],
+    cset: ConstitutionSet,
+    out_path: str | Path,
+    *,
+    template: PromptTemplate,
+    filters: FilterSettings | None = None,
+    scheme: str = "uniform",
+    n_constitutions: int = 2,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    chunk_size: int = 8,
+    tokenizer: Any = None,
+    mode: str = "train",
+    reasoning: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Self-generate SAMI training examples into `out_path` (resumable); returns the stats dict.
+
+    `tokenizer` renders chat-style training prompts to strings (default: the generator's tokenizer, if it
+    has one). `filters` defaults to the preset of `template.name`. `max_new_tokens` defaults to 350, or
+    `REASONING_MAX_NEW_TOKENS` (800) with `reasoning`.
+
+    `reasoning` (chain-of-thought data generation): generate with `template.with_reasoning()`, keep only the
+    text after the marker as the response (a query with a completion lacking the marker is dropped as
+    "no_marker"), store the C reasonings in `meta["reasoning"]`, and add `reasoning_filters` to `filters`.
+    The record's `prompts` stay the ordinary training prompts.
+    """
+    reasoning = reasoning or template.marker is not None
+    if reasoning:
+        template = template.with_reasoning()
+    if max_new_tokens is None:
+        max_new_tokens = REASONING_MAX_NEW_TOKENS if reasoning else 350
+    if chunk_size < 1:
+        raise SamiInputError(f"sampling.chunk_size: must be >= 1, got {chunk_size}")
+    filters = filters or FilterSettings.for_task(template.name)
+    if reasoning:
+        filters = reasoning_filters(filters, template.name)
+    tokenizer = tokenizer if tokenizer is not None else getattr(generator, "tokenizer", None)
+    if template.style == "chat" and tokenizer is None:
+        raise SamiInputError("prompt style 'chat' needs the policy tokenizer to render training prompts")
+    console = console or Console(stderr=True)
+    seen_ids: set[str] = set()
+    for q in queries:
+        if q.id in seen_ids:
+            raise SamiInputError(f"query id {q.id!r} appears twice in the queries to generate for")
+        seen_ids.add(q.id)
+
+    out_path = Path(out_path)
+    kept = JsonlStore(out_path)
+    dropped = JsonlStore(dropped_path(out_path))
+    todo = [q for q in queries if q.id not in kept and q.id not in dropped]
+    previous = _read_stats(stats_path(out_path))
+    run = {"queries": 0, "kept": 0, "dropped": 0, "tokens": 0, "seconds": 0.0}
+    start = time.perf_counter()
+
+    def write_stats() -> dict[str, Any]:
+        run["seconds"] = round(time.perf_counter() - start, 3)
+        stats = _stats(queries, kept, dropped, previous, run, scheme, n_constitutions)
+        atomic_write_json(stats_path(out_path), stats)
+        return stats
+
+    columns = [
+        TextColumn("[bold]generate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("queries · kept {task.fields[kept]} · dropped {task.fields[dropped]} · {task.fields[tps]} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    done_before = len(queries) - len(todo)
+    bar = Progress(*columns, console=console, disable=not progress)
+    task = bar.add_task("generate", total=len(queries), completed=done_before, kept=len(kept), dropped=len(dropped))
+    bar.update(task, tps="-")
+    try:
+        with bar:
+            for i in range(0, len(todo), chunk_size):
+                chunk = todo[i : i + chunk_size]
+                _generate_chunk(
+                    generator,
+                    chunk,
+                    cset,
+                    kept,
+                    dropped,
+                    template=template,
+                    filters=filters,
+                    scheme=scheme,
+                    n_constitutions=n_constitutions,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    seed=seed,
+                    tokenizer=tokenizer,
+                    mode=mode,
+                    run=run,
+                )
+                kept.flush()
+                dropped.flush()
+                stats = write_stats()
+                tps = run["tokens"] / max(stats["this_run"]["seconds"], 1e-9)
+                bar.update(task, advance=len(chunk), kept=len(kept), dropped=len(dropped), tps=f"{tps:.1f}")
+    finally:
+        kept.flush()
+        dropped.flush()
+        stats = write_stats()
+    if progress:
+        console.print(drop_table(stats))
+    return stats
+
+
+def _generate_chunk(
+    generator: TextGenerator,
+    chunk: list[Query],
+    cset: ConstitutionSet,
+    kept: JsonlStore,
+    dropped: JsonlStore,
+    *,
+    template: PromptTemplate,
+    filters: FilterSettings,
+    scheme: str,
+    n_constitutions: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    tokenizer: Any,
+    mode: str,
+    run: dict[str, Any],
+) -> None:
+    """Generate all C responses of a chunk of queries in one generator call, then keep or drop each query."""
+    drawn = [
+        sample_constitutions(cset, scheme, n_constitutions, query_rng(seed, q.id), query=q, mode=mode) for q in chunk
+    ]
+    prompts = [template.generation_prompt(c, q.query) for q, cs in zip(chunk, drawn, strict=True) for c in cs]
+    completions = generator.generate(
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=template.stop or None,
+        seed=seed,
+    )
+    if len(completions) != len(prompts):
+        raise RuntimeError(f"the generator returned {len(completions)} completions for {len(prompts)} prompts")
+    pos = 0
+    for q, cs in zip(chunk, drawn, strict=True):
+        outs = completions[pos : pos + len(cs)]
+        pos += len(cs)
+        parts = [template.extract(c.text) for c in outs]  # (reasoning, response) or None: no marker
+        responses = [p[1] if p is not None else c.text.strip() for p, c in zip(parts, outs, strict=True)]
+        num_tokens = [c.num_tokens for c in outs]
+        finish = [c.finish_reason for c in outs]
+        run["tokens"] += sum(num_tokens)
+        run["queries"] += 1
+        labels = [c.label() for c in cs]
+        errors = [c.error for c in outs if c.finish_reason == "error"]
+        if errors:
+            reason = f"error:{errors[0]}"
+        elif any(p is None for p in parts):
+            reason = "no_marker"
+        else:
+            reason = check_responses(responses, cs, filters, num_tokens=num_tokens, finish_reasons=finish)
+        if reason is not None:
+            dropped.add({"id": q.id, "reason": reason, "labels": labels, "responses": responses})
+            run["dropped"] += 1
+            continue
+        kept.add(
+            {
+                "id": q.id,
+                "query": q.query,
+                "constitutions": [c.to_dict() for c in cs],
+                "prompts": [render_prompt(template.training_prompt(c, q.query), tokenizer) for c in cs],
+                "responses": responses,
+                "meta": {
+                    **q.meta,
+                    "labels": labels,
+                    "scheme": scheme,
+                    "num_tokens": num_tokens,
+                    "finish_reasons": finish,
+                    **({"reasoning": [p[0] for p in parts]} if template.marker else {}),
+                },
+            }
+        )
+        run["kept"] += 1
+
+
+def _read_stats(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError):
+        log.warning("%s: unreadable, starting its totals afresh", path)
+        return {}
+
+
+def _stats(
+    queries: list[Query],
+    kept: JsonlStore,
+    dropped: JsonlStore,
+    previous: dict[str, Any],
+    run: dict[str, Any],
+    scheme: str,
+    n_constitutions: int,
+) -> dict[str, Any]:
+    """Totals over the whole file (earlier runs included) plus this run's numbers."""
+    reasons = Counter(str(r["reason"]) for r in dropped.records)
+    kinds = Counter(reason.split(":", 1)[0] for reason in reasons.elements())
+    tokens = int(previous.get("tokens", 0)) + run["tokens"]
+    seconds = float(previous.get("seconds", 0.0)) + run["seconds"]
+    # "previous" already holds the totals of earlier runs; this run's share is added once, not per chunk.
+    return {
+        "queries": len(queries),
+        "done": len(kept) + len(dropped),
+        "kept": len(kept),
+        "dropped": len(dropped),
+        "keep_rate": round(len(kept) / max(len(kept) + len(dropped), 1), 4),
+        "drop_reasons": dict(reasons.most_common()),
+        "drop_kinds": dict(kinds.most_common()),
+        "scheme": scheme,
+        "n_constitutions": n_constitutions,
+        "tokens": tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
+        "this_run": dict(run),
+        "runs": int(previous.get("runs", 0)) + 1,
+    }
+
+
+def drop_table(stats: dict[str, Any]) -> Table:
+    """A rich table of kept/dropped counts and drop reasons."""
+    done = max(stats["done"], 1)
+    table = Table(title=f"self-generation: {stats['kept']} kept, {stats['dropped']} dropped of {stats['done']}")
+    table.add_column("outcome")
+    table.add_column("queries", justify="right")
+    table.add_column("share", justify="right")
+    table.add_row("kept", str(stats["kept"]), f"{stats['kept'] / done:.0%}")
+    for reason, count in stats["drop_reasons"].items():
+        table.add_row(f"dropped: {reason}", str(count), f"{count / done:.0%}")
+    return table
+
+
+def generate_samples_from_config(
+    config: Any,
+    *,
+    policy: str,
+    queries: list[Query],
+    cset: ConstitutionSet,
+    out_path: str | Path,
+    model: Any = None,
+    tokenizer: Any = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the stage as a `RunConfig` describes it, generating with `policy` (a model reference).
+
+    `model`/`tokenizer` may be an already loaded policy (hf backend). `seed` defaults to `config.seed`.
+    """
+    from sami.generation import make_generator
+    from sami.models import load_tokenizer
+
+    settings = config.generation.model_copy(
+        update={
+            "model": str(policy),
+            "dtype": config.generation.dtype or config.model.dtype,
+            "trust_remote_code": config.generation.trust_remote_code or config.model.trust_remote_code,
+        }
+    )
+    generator = make_generator(settings, model=model, tokenizer=tokenizer)
+    template = config.prompts.build()
+    if template.style == "chat" and tokenizer is None and getattr(generator, "tokenizer", None) is None:
+        tokenizer = load_tokenizer(str(policy), trust_remote_code=config.model.trust_remote_code)
+    filters = config.filters or FilterSettings.for_task(config.prompts.task)
+    s = config.sampling
+    return generate_samples(
+        generator,
+        queries,
+        cset,
+        out_path,
+        template=template,
+        filters=filters,
+        scheme=s.scheme,
+        n_constitutions=s.n_constitutions,
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        seed=config.seed if seed is None else seed,
+        chunk_size=s.chunk_size,
+        tokenizer=tokenizer,
+        reasoning=s.reasoning,
+        progress=progress,
+    )
