@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("sami.commands.evaluate", "compare a model against a baseline: win rates, MI, lengths"),
     "winrate": ("sami.commands.winrate", "summarise judgments.jsonl into win rates"),
     "report": ("sami.commands.report", "build the HTML report of a run folder"),
+    "stage": ("sami.commands.stage", "run one stage of a run folder (what `sami run` starts under accelerate launch)"),
 }
 
 

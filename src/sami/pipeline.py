@@ -68,6 +68,16 @@ def train_from_config(
     return train_sami(model_ref, samples_path, output_dir, args, lora=config.model.lora)
 
 
+def train_queries(config: RunConfig, t: int) -> list[Query]:
+    """Iteration t's slice of each training source (sliced per source, so every source stays represented)."""
+    d = config.data
+    return [
+        q
+        for src in d.train
+        for q in iteration_slice(load_queries(src), t, n_slices=d.n_slices, size=d.train_per_iteration)
+    ]
+
+
 class Pipeline:
     """Runs (or resumes) one SAMI experiment described by a `RunConfig` into `run_dir`."""
 
@@ -112,13 +122,7 @@ class Pipeline:
         return ConstitutionSet.load(path)
 
     def train_queries(self, t: int) -> list[Query]:
-        """Iteration t's slice of each training source (sliced per source, so every source stays represented)."""
-        d = self.config.data
-        return [
-            q
-            for src in d.train
-            for q in iteration_slice(load_queries(src), t, n_slices=d.n_slices, size=d.train_per_iteration)
-        ]
+        return train_queries(self.config, t)
 
     def eval_queries(self) -> list[Query]:
         limit = self.config.data.eval_limit
@@ -131,9 +135,18 @@ class Pipeline:
         if not self._stage(name):
             return
         out = self.iter_dir(t) / "samples.jsonl"
-        stats = generate_samples_from_config(
-            self.config, policy=self.checkpoint(t - 1), queries=self.train_queries(t), cset=cset, out_path=out
-        )
+        # Data-parallel generation only for the hf backend; vllm and servers parallelise on their own.
+        if self.config.launcher.kind == "accelerate" and self.config.generation.backend == "hf":
+            from sami.launch import run_stage
+            from sami.sampling import stats_path
+
+            args = ["stage", "generate", "--run-dir", str(self.run_dir), "--iteration", str(t)]
+            run_stage(self.config.launcher, [*args, "--policy", self.checkpoint(t - 1)], what=name)
+            stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
+        else:
+            stats = generate_samples_from_config(
+                self.config, policy=self.checkpoint(t - 1), queries=self.train_queries(t), cset=cset, out_path=out
+            )
         if not stats.get("kept"):
             raise SamiInputError(
                 f"{name}: every generated example was dropped by the filters "
@@ -149,13 +162,20 @@ class Pipeline:
         partial = self.iter_dir(t) / "train.partial"
         shutil.rmtree(partial, ignore_errors=True)  # an interrupted training run restarts from scratch
         start = self.config.model.policy if self.config.iterations.train_from == "base" else self.checkpoint(t - 1)
-        train_from_config(
-            self.config,
-            model_ref=start,
-            samples_path=self.iter_dir(t) / "samples.jsonl",
-            output_dir=partial,
-            max_steps=self.config.iterations.steps[t - 1],
-        )
+        if self.config.launcher.kind == "accelerate":
+            from sami.launch import run_stage
+
+            args = ["stage", "train", "--run-dir", str(self.run_dir), "--iteration", str(t), "--model", start]
+            args += ["--output-dir", str(partial), "--max-steps", str(self.config.iterations.steps[t - 1])]
+            run_stage(self.config.launcher, args, what=name)
+        else:
+            train_from_config(
+                self.config,
+                model_ref=start,
+                samples_path=self.iter_dir(t) / "samples.jsonl",
+                output_dir=partial,
+                max_steps=self.config.iterations.steps[t - 1],
+            )
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         self.manifest.finish(name, [final])

@@ -1,0 +1,61 @@
+"""`sami stage`: one stage of a run folder, as `sami run` launches it under `accelerate launch`.
+
+```
+accelerate launch --num_processes 8 -m sami.cli stage generate --run-dir runs/x --iteration 1 --policy MODEL
+accelerate launch --num_processes 8 --config_file fsdp.yaml -m sami.cli stage train --run-dir runs/x \\
+    --iteration 1 --model MODEL --output-dir runs/x/iter-1/train.partial
+```
+The run folder's `config.yaml` and `constitutions.json` describe the stage; every process reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("stage", choices=["generate", "train"], help="which stage of iteration --iteration")
+    parser.add_argument("--run-dir", required=True, help="the run folder (holds config.yaml, constitutions.json)")
+    parser.add_argument("--iteration", type=int, required=True, help="iteration t >= 1")
+    parser.add_argument("--policy", help="generate: the model that writes the samples (π_{t-1})")
+    parser.add_argument("--model", help="train: the starting model")
+    parser.add_argument("--output-dir", help="train: checkpoint folder (default: iter-t/train.partial)")
+    parser.add_argument("--max-steps", type=int, help="train: optimizer steps (default: iterations.steps[t-1])")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sami.config import load_config
+    from sami.constitutions import ConstitutionSet
+    from sami.errors import SamiInputError
+    from sami.pipeline import train_from_config, train_queries
+
+    run_dir = Path(args.run_dir)
+    config = load_config(run_dir / "config.yaml")
+    t = args.iteration
+    if not 1 <= t <= config.iterations.count:
+        raise SamiInputError(f"--iteration: expected 1..{config.iterations.count}, got {t}")
+    iter_dir = run_dir / f"iter-{t}"
+    if args.stage == "generate":
+        from sami.distributed import generate_samples_distributed
+
+        cset = ConstitutionSet.load(run_dir / "constitutions.json")
+        policy = args.policy or (config.model.policy if t == 1 else str(run_dir / f"iter-{t - 1}" / "train"))
+        generate_samples_distributed(
+            config,
+            policy=policy,
+            queries=train_queries(config, t),
+            cset=cset,
+            out_path=iter_dir / "samples.jsonl",
+            progress=not args.no_progress,
+        )
+        return 0
+    train_from_config(
+        config,
+        model_ref=args.model or config.model.policy,
+        samples_path=iter_dir / "samples.jsonl",
+        output_dir=Path(args.output_dir) if args.output_dir else iter_dir / "train.partial",
+        max_steps=args.max_steps or config.iterations.steps[t - 1],
+    )
+    return 0

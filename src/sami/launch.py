@@ -1,0 +1,149 @@
+"""Running `sami` stages under `accelerate launch`.
+
+The shipped accelerate configs (`ddp`, `fsdp`, `zero3`) live in `sami/assets/accelerate/`; a launcher `config`
+is one of those names or a path to any accelerate config file. Without a GPU the stage runs with `--cpu` (gloo).
+
+```
+accelerate_command(["train", "--samples", "s.jsonl", ...], num_processes=8, config="fsdp")
+# -> [python, -m, accelerate.commands.launch, --num_processes, 8, --config_file, .../fsdp.yaml, ...,
+#     -m, sami.cli, train, --samples, s.jsonl, ...]
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sami.errors import SamiInputError
+
+log = logging.getLogger(__name__)
+
+ACCELERATE_CONFIGS = ("ddp", "fsdp", "zero3")
+
+
+def accelerate_config_path(ref: str | os.PathLike) -> Path:
+    """A shipped accelerate config by name (`ddp`, `fsdp`, `zero3`) or an existing config file path."""
+    name = str(ref)
+    if name in ACCELERATE_CONFIGS:
+        return Path(str(resources.files("sami") / "assets" / "accelerate" / f"{name}.yaml"))
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise SamiInputError(
+            f"accelerate config {name!r}: not a shipped config ({', '.join(ACCELERATE_CONFIGS)}) nor an existing file"
+        )
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return torch.cuda.is_available()
+
+
+def accelerate_command(
+    sami_args: list[str],
+    *,
+    num_processes: int = 1,
+    config: str | os.PathLike | None = None,
+    extra_args: list[str] | tuple[str, ...] = (),
+    cpu: bool | None = None,
+    main_process_port: int | None = None,
+) -> list[str]:
+    """The argv that runs `sami SAMI_ARGS...` under `accelerate launch` with `num_processes` processes.
+
+    `cpu` defaults to "no CUDA device here"; on CPU the processes talk over gloo and `config` is ignored (the
+    shipped configs target GPUs). Without a `config`, several GPU processes run plain DDP. `extra_args` go
+    to `accelerate launch` unchanged, after the generated ones, so they win.
+    """
+    if num_processes < 1:
+        raise SamiInputError(f"launcher.num_processes: must be >= 1, got {num_processes}")
+    cpu = (not _has_gpu()) if cpu is None else cpu
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
+    cmd += ["--num_machines", "1", "--dynamo_backend", "no"]
+    if config is not None:
+        path = accelerate_config_path(config)
+        if cpu:
+            log.warning("no GPU: ignoring accelerate config %s and running %d CPU processes", path, num_processes)
+        else:
+            cmd += ["--config_file", str(path)]
+    if cpu:
+        # `accelerate launch --cpu` starts a single process (several CPU processes need mpirun); the torchrun
+        # launcher behind --multi_gpu starts N processes, and ACCELERATE_USE_CPU (see `launch_env`) makes them
+        # form a gloo group on the CPU.
+        cmd += ["--multi_gpu"] if num_processes > 1 else ["--cpu"]
+        cmd += ["--mixed_precision", "no"]
+    elif config is None:
+        cmd += ["--mixed_precision", "no"] + (["--multi_gpu"] if num_processes > 1 else [])
+    if num_processes > 1 and "--main_process_port" not in extra_args:
+        cmd += ["--main_process_port", str(main_process_port or _free_port())]
+    cmd += list(extra_args)
+    cmd += ["-m", "sami.cli", *sami_args]
+    return cmd
+
+
+def launch_env(*, cpu: bool | None = None) -> dict[str, str]:
+    """Environment for the launched processes: CPU-only runs need ACCELERATE_USE_CPU so every rank (the
+    Trainer's and `sami.distributed`'s) joins a gloo process group; one thread per rank avoids oversubscription."""
+    cpu = (not _has_gpu()) if cpu is None else cpu
+    env = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")} if cpu else {}
+    return env
+
+
+def launcher_command(launcher: Any, sami_args: list[str]) -> list[str]:
+    """`accelerate_command` from a `LauncherSettings` (kind, num_processes, config, extra_args)."""
+    return accelerate_command(
+        sami_args,
+        num_processes=launcher.num_processes,
+        config=launcher.config,
+        extra_args=list(launcher.extra_args),
+    )
+
+
+def run_launched(cmd: list[str], *, what: str, env: dict[str, str] | None = None) -> None:
+    """Run a launch command in the foreground (its output goes to this terminal); raise if it fails.
+
+    An exit status of 2 is the child's input error (already printed); it becomes a `SamiInputError` here.
+    """
+    log.info("launching %s: %s", what, " ".join(cmd))
+    child_env = {**os.environ, **launch_env(), **(env or {})}
+    result = subprocess.run(cmd, env=child_env, check=False)
+    if result.returncode == 2:
+        raise SamiInputError(f"{what}: failed under accelerate launch (see the error above)")
+    if result.returncode != 0:
+        raise RuntimeError(f"{what}: `accelerate launch` exited with status {result.returncode}")
+
+
+def run_stage(launcher: Any, sami_args: list[str], *, what: str) -> None:
+    """Run `sami SAMI_ARGS...` as configured by `launcher` (a `LauncherSettings` with kind 'accelerate')."""
+    run_launched(launcher_command(launcher, sami_args), what=what)
+
+
+def relaunch_argv(argv: list[str], drop: dict[str, bool]) -> list[str]:
+    """`argv` without the launcher options in `drop` (option -> takes a value), to re-run under accelerate."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name, eq, _ = arg.partition("=")
+        if name in drop:
+            skip = drop[name] and not eq
+            continue
+        out.append(arg)
+    return out
