@@ -13,6 +13,14 @@ Custom templates (`TemplateSettings`) use the named fields `{constitution}` and 
 Substitution is literal (no `str.format`), so other braces in a template need no escaping, but any other
 `{word}` placeholder is rejected as a likely typo.
 
+Chain-of-thought generation (`PromptTemplate.with_reasoning`, turned on by `sampling.reasoning`): the
+*generation* prompt asks for reasoning about how the constitution applies to the query first, then a marker
+line, then the response. Markers: "Assistant:" (dialogue) and "Summary:" (summarization), in both styles.
+`PromptTemplate.extract` splits a completion at the FIRST marker that starts a line (the model's own
+continuation after its answer, e.g. another "Summary:" line or a new "Human:" turn, is cut off, as are the
+template's stop strings); a completion without the marker yields None (drop reason "no_marker"). Training
+prompts stay the ordinary ones: the reasoning is never trained on.
+
 `check_responses` applies `FilterSettings` to the C post-processed responses of one query and returns
 why the example is dropped, or None to keep it. A reason is `kind` or `kind:detail` (e.g.
 "leftover:[insert"); `reason.split(":", 1)[0]` is the kind.
@@ -21,7 +29,7 @@ why the example is dropped, or None to keep it. A reason is `kind` or `kind:deta
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -118,6 +126,101 @@ _BUILTIN: dict[str, dict[str, Any]] = {
 }
 
 
+# Chain-of-thought (reasoning) generation prompts. Training prompts are the ordinary ones above.
+REASONING_MARKERS: dict[str, str] = {"dialogue": "Assistant:", "summarization": "Summary:"}
+REASONING_MAX_NEW_TOKENS = 800
+REASONING_BANNED: dict[str, list[str]] = {
+    "dialogue": ["principles", "constitution"],
+    "summarization": ["principles", "constitution", "summary"],
+}
+
+_DIALOGUE_REASONING_INSTRUCTION = (
+    "System: The text below is a conversation between a human and an AI assistant. Before it replies, the "
+    "assistant reasons step by step about how each principle of the constitution applies to the human's "
+    'message. Then it writes a line that starts with "Assistant:" followed by a reply that follows every '
+    "principle. The reply never mentions the principles or the constitution."
+)
+_DIALOGUE_REASONING_EXAMPLE = """### Format example
+Constitution:
+[insert the numbered principles here]
+
+Human: [insert the human's message here]
+
+Reasoning: [insert how each principle applies to this message here]
+
+Assistant: [insert a reply that follows the principles here]
+
+Human: [insert the next message here]
+
+### Conversation"""
+_DIALOGUE_REASONING_BODY = """Constitution:
+{constitution}
+
+Human: {query}
+
+Reasoning:"""
+
+_SUMMARY_REASONING_INSTRUCTION = (
+    "System: Write a summary of the post below. First reason step by step about how each principle of the "
+    'constitution applies to this post. Then write a line that starts with "Summary:" followed by a summary '
+    "that follows every principle. The summary never mentions the principles or the constitution."
+)
+_SUMMARY_REASONING_EXAMPLE = """### Format example
+Constitution:
+[insert the numbered principles here]
+
+POST: [insert the post here]
+
+Reasoning: [insert how each principle applies to this post here]
+
+Summary: The post [insert a summary that follows the principles here]
+
+### Post to summarize"""
+_SUMMARY_REASONING_BODY = """Constitution:
+{constitution}
+
+POST: {query}
+
+Reasoning:"""
+
+_REASONING_CHAT_TAIL = (
+    '\n\nFirst write "Reasoning:" and reason step by step about how each principle applies to {what}. Then '
+    'write a line that starts with "{marker}" followed by the {answer} alone; the {answer} never mentions the '
+    "principles or the constitution."
+)
+
+_REASONING: dict[str, dict[str, dict[str, Any]]] = {
+    "dialogue": {
+        "base": {
+            "generation": f"{_DIALOGUE_REASONING_INSTRUCTION}\n\n{_DIALOGUE_REASONING_EXAMPLE}\n"
+            f"{_DIALOGUE_REASONING_BODY}",
+            "system": None,
+            "stop": ["Human:", "###", "\n\nHuman"],
+        },
+        "chat": {
+            "generation": "{query}",
+            "system": _BUILTIN["dialogue"]["chat"]["system"]
+            + _REASONING_CHAT_TAIL.format(what="the user's message", marker="Assistant:", answer="reply"),
+            "stop": ["\nHuman:", "\nUser:"],
+        },
+    },
+    "summarization": {
+        "base": {
+            "generation": f"{_SUMMARY_REASONING_INSTRUCTION}\n\n{_SUMMARY_REASONING_EXAMPLE}\n"
+            f"{_SUMMARY_REASONING_BODY}",
+            "system": None,
+            "stop": ["###", "Human:", "\n\nPOST:"],
+        },
+        "chat": {
+            "generation": _BUILTIN["summarization"]["chat"]["generation"],
+            "system": _BUILTIN["summarization"]["chat"]["system"]
+            + _REASONING_CHAT_TAIL.format(what="this post", marker="Summary:", answer="summary"),
+            "stop": ["\nHuman:", "\nUser:", "\n\nPOST:"],
+        },
+    },
+}
+
+
 def _fill(template: str, constitution: str, query: str) -> str:
     values = {"constitution": constitution, "query": query}
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
@@ -145,7 +248,8 @@ class PromptTemplate:
     `generation`/`training` are template texts with `{constitution}` and `{query}` (for chat: the user
     message); `system` is the chat system message (may hold the fields too). `stop` are the strings a
     generator stops at; `response_prefix` is the part of the response already written in the generation
-    prompt ("The post"), prepended again by `postprocess`.
+    prompt ("The post"), prepended again by `postprocess`. `generation_system` replaces `system` in the
+    generation prompt only; `marker` is set for chain-of-thought generation (see `with_reasoning`).
     """
 
     name: str
@@ -155,20 +259,23 @@ class PromptTemplate:
     stop: list[str] = field(default_factory=list)
     system: str | None = None
     response_prefix: str = ""
+    generation_system: str | None = None
+    marker: str | None = None
 
-    def _build(self, template: str, constitution: Constitution | str, query: str) -> Prompt:
+    def _build(self, template: str, constitution: Constitution | str, query: str, system: str | None = None) -> Prompt:
         text = constitution if isinstance(constitution, str) else constitution.render()
+        system = self.system if system is None else system
         if self.style == "chat":
             messages = []
-            if self.system:
-                messages.append({"role": "system", "content": _fill(self.system, text, query)})
+            if system:
+                messages.append({"role": "system", "content": _fill(system, text, query)})
             messages.append({"role": "user", "content": _fill(template, text, query)})
             return messages
         return _fill(template, text, query)
 
     def generation_prompt(self, constitution: Constitution | str, query: str) -> Prompt:
         """The prompt the policy generates its response from (base style: with the format example)."""
-        return self._build(self.generation, constitution, query)
+        return self._build(self.generation, constitution, query, self.generation_system)
 
     def training_prompt(self, constitution: Constitution | str, query: str) -> Prompt:
         """The prompt the response is scored under in training and evaluation (no example block)."""
@@ -189,6 +296,45 @@ class PromptTemplate:
             sep = "" if text[0] in "',.:;!?" else " "
             text = f"{self.response_prefix}{sep}{text}"
         return text
+
+    def with_reasoning(self) -> PromptTemplate:
+        """The chain-of-thought variant: the built-in reasoning generation prompt of this task and style
+        (a custom generation text is replaced), its stop strings and marker; the training prompt (and
+        chat system message of training) is unchanged. Responses get no `response_prefix`: the model
+        writes the whole response after the marker."""
+        if self.marker is not None:
+            return self
+        spec = _REASONING[self.name][self.style]
+        return replace(
+            self,
+            generation=spec["generation"],
+            generation_system=spec["system"],
+            stop=list(spec["stop"]),
+            response_prefix="",
+            marker=REASONING_MARKERS[self.name],
+        )
+
+    def extract(self, text: str) -> tuple[str, str] | None:
+        """Split a completion into (reasoning, post-processed response), or None if it has no marker.
+
+        Without a `marker` the whole text is the response and the reasoning is "". With one, the response
+        starts after the FIRST occurrence of the marker at the start of a line and ends at the next such
+        occurrence (a repeated marker starts a second answer) or at a stop string (`postprocess`). A
+        leading "Reasoning:" label is removed from the reasoning.
+        """
+        if self.marker is None:
+            return "", self.postprocess(text)
+        at_line_start = re.compile(r"(?m)^[ \t]*" + re.escape(self.marker))
+        first = at_line_start.search(text)
+        if first is None:
+            return None
+        reasoning = text[: first.start()].strip()
+        reasoning = reasoning.removeprefix("Reasoning:").strip()
+        rest = text[first.end() :]
+        again = at_line_start.search(rest)
+        if again is not None:
+            rest = rest[: again.start()]
+        return reasoning, self.postprocess(rest)
 
 
 class TemplateSettings(BaseModel):
@@ -249,13 +395,17 @@ class TemplateSettings(BaseModel):
         )
 
 
-def get_template(name: str = "dialogue", style: str = "base", **custom: Any) -> PromptTemplate:
+def get_template(
+    name: str = "dialogue", style: str = "base", *, reasoning: bool = False, **custom: Any
+) -> PromptTemplate:
     """A built-in template ("dialogue" or "summarization", style "base" or "chat"); keyword arguments are
-    `TemplateSettings` fields (generation, training, system, stop, response_prefix)."""
+    `TemplateSettings` fields (generation, training, system, stop, response_prefix). `reasoning=True`
+    gives the chain-of-thought generation variant (`PromptTemplate.with_reasoning`)."""
     try:
-        return TemplateSettings(task=name, style=style, **custom).build()
+        template = TemplateSettings(task=name, style=style, **custom).build()
     except ValidationError as e:
         raise SamiInputError(f"prompt template: {_first_error(e)}") from None
+    return template.with_reasoning() if reasoning else template
 
 
 def _first_error(e: ValidationError) -> str:
@@ -329,6 +479,16 @@ class FilterSettings(BaseModel):
             return cls(**{**preset, **overrides})
         except ValidationError as e:
             raise SamiInputError(f"filters: {_first_error(e)}") from None
+
+
+def reasoning_filters(settings: FilterSettings, task: str) -> FilterSettings:
+    """`settings` plus the chain-of-thought "talks about the task" filter: `REASONING_BANNED[task]`
+    ("principles", "constitution"; summarization also "summary") added to `extra_banned`."""
+    if task not in REASONING_BANNED:
+        raise SamiInputError(f"task: expected 'dialogue' or 'summarization', got {task!r}")
+    have = {w.lower() for w in settings.extra_banned}
+    extra = [w for w in REASONING_BANNED[task] if w.lower() not in have]
+    return settings.model_copy(update={"extra_banned": [*settings.extra_banned, *extra]})
 
 
 def check_responses(
