@@ -264,8 +264,9 @@ def test_bad_scheme_mode_and_n():
 def test_the_documented_example_file_loads(tmp_path):
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "constitutions.md").read_text()
-    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    doc = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = doc.split("## Write your own constitution", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "my_principles.yaml"
     path.write_text(example)
     cset = load_constitutions(str(path))
