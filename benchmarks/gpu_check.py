@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generation import build_prompts  # noqa: E402
-from train_step import build_inputs  # noqa: E402
+from train_step import build_inputs, reference_matrices  # noqa: E402
 
 from sami.logprobs import batched_logprob_matrices  # noqa: E402
 from sami.loss import sami_loss  # noqa: E402
@@ -55,31 +55,6 @@ def build_model(vocab: int, tiny: bool, device: str, dtype: torch.dtype):
     return model
 
 
-def reference(model, tokenizer, prompts: list[list[str]], responses: list[list[str]]) -> torch.Tensor:
-    """B·C² padded rows (prompt_i + response_j), full-vocabulary logits, float32 log-softmax."""
-    pairs = []
-    for ps, rs in zip(prompts, responses, strict=True):
-        r_ids = [tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for r in rs]
-        for p in ps:
-            p_ids = tokenizer(p).input_ids
-            pairs += [(p_ids, r) for r in r_ids]
-    width = max(len(a) + len(b) for a, b in pairs)
-    ids = torch.full((len(pairs), width), tokenizer.pad_token_id)
-    att = torch.zeros((len(pairs), width), dtype=torch.long)
-    lab = torch.zeros((len(pairs), width), dtype=torch.bool)
-    for k, (a, b) in enumerate(pairs):
-        ids[k, : len(a) + len(b)] = torch.tensor(a + b)
-        att[k, : len(a) + len(b)] = 1
-        lab[k, len(a) : len(a) + len(b)] = True
-    dev = next(model.parameters()).device
-    ids, att, lab = ids.to(dev), att.to(dev), lab.to(dev)
-    logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits
-    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    lab = lab[:, 1:]
-    c = len(prompts[0])
-    return ((logps * lab).sum(-1) / lab.sum(-1)).view(len(prompts), c, c)
-
-
 def prefix(model, tokenizer, prompts, responses) -> torch.Tensor:
     return batched_logprob_matrices(model, tokenizer, prompts, responses, normalize="mean")
 
@@ -95,7 +70,7 @@ def train_step_table(model, tokenizer, device: str, batch: int, cs: list[int], r
         p1, r1 = build_inputs(tokenizer, c)
         prompts, responses = [p1] * batch, [r1] * batch
         results, mats = {}, {}
-        for name, fn in (("prefix", prefix), ("reference", reference)):
+        for name, fn in (("prefix", prefix), ("reference", reference_matrices)):
             times, peak, error = [], None, None
             try:
                 for rep in range(reps + 1):

@@ -65,13 +65,15 @@ def build_inputs(tokenizer, c: int) -> tuple[list[str], list[str]]:
     return prompts, responses
 
 
-def reference_matrix(model, tokenizer, prompts: list[str], responses: list[str]) -> torch.Tensor:
-    """The C² formulation: one right-padded row per (prompt, response) pair, logits over the full vocabulary."""
+def reference_matrices(model, tokenizer, prompts: list[list[str]], responses: list[list[str]]) -> torch.Tensor:
+    """The C² formulation for B queries: one right-padded row per (query, prompt, response), logits over the full
+    vocabulary, float32 log-softmax, mean log-prob of the response tokens (EOS included). Returns [B, C, C]."""
     pairs = []
-    for p in prompts:
-        p_ids = tokenizer(p).input_ids
-        for r in responses:
-            pairs.append((p_ids, tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]))
+    for ps, rs in zip(prompts, responses, strict=True):
+        r_ids = [tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for r in rs]
+        for p in ps:
+            p_ids = tokenizer(p).input_ids
+            pairs += [(p_ids, r) for r in r_ids]
     width = max(len(a) + len(b) for a, b in pairs)
     input_ids = torch.full((len(pairs), width), tokenizer.pad_token_id)
     attention_mask = torch.zeros((len(pairs), width), dtype=torch.long)
@@ -86,8 +88,13 @@ def reference_matrix(model, tokenizer, prompts: list[str], responses: list[str])
     logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     token_logps = logps.gather(-1, input_ids[:, 1:, None]).squeeze(-1) * labels_mask[:, 1:]
     matrix = token_logps.sum(-1) / labels_mask[:, 1:].sum(-1)
-    c = len(prompts)
-    return matrix.view(1, c, c)
+    c = len(prompts[0])
+    return matrix.view(len(prompts), c, c)
+
+
+def reference_matrix(model, tokenizer, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    """One query's [1, C, C] reference matrix."""
+    return reference_matrices(model, tokenizer, [prompts], [responses])
 
 
 def prefix_matrix(model, tokenizer, prompts: list[str], responses: list[str]) -> torch.Tensor:
