@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -40,20 +41,42 @@ def build_prompts(tokenizer, n: int, prompt_tokens: int) -> list[str]:
     return prompts
 
 
-def time_hf(model, tokenizer, prompts: list[str], batch: int, new_tokens: int, repeats: int) -> tuple[float, float]:
-    """Best and mean tokens/s of HFGenerator over `repeats` runs of `prompts` at `batch`."""
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of this process, or of process `pid` (from /proc)."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(run, repeats: int, pid: int | None = None) -> tuple[float, float, float]:
+    """(best tokens/s, mean tokens/s, tokens per CPU-second) over `repeats` calls of `run() -> new tokens`.
+
+    Tokens per CPU-second does not count time the process waited for a CPU, so on a busy machine it is a
+    better estimate of what one idle core does (with one thread; with more, spinning threads inflate it).
+    """
+    rates, per_cpu = [], []
+    for _ in range(repeats):
+        cpu, start = cpu_seconds(pid), time.perf_counter()
+        tokens = run()
+        rates.append(tokens / (time.perf_counter() - start))
+        per_cpu.append(tokens / max(cpu_seconds(pid) - cpu, 1e-9))
+    return max(rates), sum(rates) / len(rates), max(per_cpu)
+
+
+def time_hf(model, tokenizer, prompts: list[str], batch: int, new_tokens: int, repeats: int):
+    """HFGenerator on `prompts` at `batch`, every sequence forced to `new_tokens` tokens."""
     from sami.generation.hf import HFGenerator
 
     gen = HFGenerator(model, tokenizer, batch_size=batch)
     gen.generate(prompts[:1], max_new_tokens=2)  # warm-up
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def run() -> int:
         outs = gen.generate(prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-        elapsed = time.perf_counter() - start
         assert all(o.num_tokens == new_tokens for o in outs), [o.num_tokens for o in outs]
-        rates.append(sum(o.num_tokens for o in outs) / elapsed)
-    return max(rates), sum(rates) / len(rates)
+        return sum(o.num_tokens for o in outs)
+
+    return measure(run, repeats)
 
 
 def time_reference(model, tokenizer, prompts: list[str], batch: int, new_tokens: int, repeats: int):
@@ -61,16 +84,16 @@ def time_reference(model, tokenizer, prompts: list[str], batch: int, new_tokens:
     import torch
 
     tokenizer.padding_side = "left"
-    rates = []
+
+    def run() -> int:
+        for s in range(0, len(prompts), batch):
+            enc = tokenizer(prompts[s : s + batch], return_tensors="pt", padding=True)
+            model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        return len(prompts) * new_tokens
+
     with torch.inference_mode():
         model.generate(**tokenizer(prompts[:1], return_tensors="pt"), max_new_tokens=2)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for s in range(0, len(prompts), batch):
-                enc = tokenizer(prompts[s : s + batch], return_tensors="pt", padding=True)
-                model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-            rates.append(len(prompts) * new_tokens / (time.perf_counter() - start))
-    return max(rates), sum(rates) / len(rates)
+        return measure(run, repeats)
 
 
 def start_server(threads: int) -> tuple[subprocess.Popen, str]:
@@ -100,18 +123,14 @@ def start_server(threads: int) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
 
 
-def time_server(url: str, prompts: list[str], concurrency: int, new_tokens: int, repeats: int):
+def time_server(url: str, prompts: list[str], concurrency: int, new_tokens: int, repeats: int, pid: int | None):
+    """The completions endpoint of a server, `concurrency` requests in flight, forced to `new_tokens` tokens."""
     from sami.generation.openai_backend import OpenAIGenerator
 
     gen = OpenAIGenerator(url, max_concurrency=concurrency, extra_body={"min_tokens": new_tokens})
     gen.generate(prompts[:1], max_new_tokens=2)  # warm-up
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        outs = gen.generate(prompts, max_new_tokens=new_tokens)
-        elapsed = time.perf_counter() - start
-        rates.append(sum(o.num_tokens for o in outs) / elapsed)
-    return max(rates), sum(rates) / len(rates)
+    result = measure(lambda: sum(o.num_tokens for o in gen.generate(prompts, max_new_tokens=new_tokens)), repeats, pid)
+    return result if pid is not None else (*result[:2], float("nan"))
 
 
 def main() -> None:
@@ -143,17 +162,21 @@ def main() -> None:
     tokenizer = load_tokenizer("default")
     prompts = build_prompts(tokenizer, max(max(args.batches), args.server_prompts), args.prompt_tokens)
     mean_len = sum(len(tokenizer(x).input_ids) for x in prompts) / len(prompts)
-    print(
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
-    )
+    cpu = platform.processor() or platform.machine()
+    print(f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"load average at start: {os.getloadavg()[0]:.1f} (other processes share these CPUs)")
     print(f"prompts: {len(prompts)} x ~{mean_len:.0f} tokens, {args.new_tokens} new tokens each")
     rows = []
 
-    def report(engine: str, setting: str, n: int, best: float, mean: float) -> None:
-        rows.append({"engine": engine, "setting": setting, "prompts": n, "best_tok_s": best, "mean_tok_s": mean})
-        print(f"| {engine} | {setting} | {n} | {best:.1f} | {mean:.1f} |", flush=True)
+    def report(engine: str, setting: str, n: int, result: tuple[float, float, float]) -> None:
+        best, mean, per_cpu = result
+        rows.append(
+            {"engine": engine, "setting": setting, "prompts": n, "best": best, "mean": mean, "per_cpu_s": per_cpu}
+        )
+        print(f"| {engine} | {setting} | {n} | {best:.1f} | {mean:.1f} | {per_cpu:.1f} |", flush=True)
 
-    print("| engine | setting | prompts | tokens/s (best) | tokens/s (mean) |\n|---|---|---|---|---|")
+    print("| engine | setting | prompts | tokens/s (best) | tokens/s (mean) | tokens per CPU-s |")
+    print("|---|---|---|---|---|---|")
     settings = list(args.dtypes) + (["int8-dynamic"] if args.int8 else [])
     for dtype in settings:
         if dtype == "int8-dynamic":  # an experiment only: torch.ao dynamic quantization is deprecated
@@ -167,11 +190,11 @@ def main() -> None:
             model = load_model("default", dtype=dtype).eval()
         for batch in args.batches:
             some = prompts[: args.prompts_at_batch_1 if batch == 1 else batch]
-            best, mean = time_hf(model, tokenizer, some, batch, args.new_tokens, args.repeats)
-            report("sami hf", f"{dtype}, batch {batch}", len(some), best, mean)
+            result = time_hf(model, tokenizer, some, batch, args.new_tokens, args.repeats)
+            report("sami hf", f"{dtype}, batch {batch}", len(some), result)
             if args.reference:
-                best, mean = time_reference(model, tokenizer, some, batch, args.new_tokens, args.repeats)
-                report("transformers generate()", f"{dtype}, batch {batch}", len(some), best, mean)
+                result = time_reference(model, tokenizer, some, batch, args.new_tokens, args.repeats)
+                report("transformers generate()", f"{dtype}, batch {batch}", len(some), result)
         del model
 
     if not args.no_server:
@@ -179,12 +202,13 @@ def main() -> None:
         try:
             some = prompts[: args.server_prompts]
             for c in args.concurrency:
-                best, mean = time_server(url, some, c, args.new_tokens, args.repeats)
-                report("llama.cpp server (completions)", f"GGUF, concurrency {c}", len(some), best, mean)
+                result = time_server(url, some, c, args.new_tokens, args.repeats, proc.pid if proc else None)
+                report("llama.cpp server (completions)", f"GGUF Q4_1, concurrency {c}", len(some), result)
         finally:
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=20)
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -22,7 +22,7 @@ def test_default_model_loads_and_knows_english(default_model, default_tokenizer,
     assert next(default_model.parameters()).dtype == torch.float32
     assert default_tokenizer.eos_token_id == 2 and default_tokenizer.pad_token_id == 2
     post = json.loads((shared_data / "tldr" / "validation.jsonl").open().readline())["query"]
-    ids = default_tokenizer(post, return_tensors="pt").input_ids[:, :200]
+    ids = default_tokenizer(post, return_tensors="pt").input_ids[:, :128]
     shuffled = ids[:, torch.randperm(ids.shape[1], generator=torch.Generator().manual_seed(0))]
     with torch.no_grad():
         nll = default_model(input_ids=ids, labels=ids).loss.item()
@@ -96,9 +96,14 @@ def test_cli_bad_samples_exit_2_without_traceback(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_cli_unknown_model_exit_2_without_traceback(tmp_path):
+def test_cli_unknown_model_exit_2(tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    from sami.cli import main
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     samples = tmp_path / "samples.jsonl"
     samples.write_text('{"id": "a", "prompts": ["x", "y"], "responses": ["z", "w"]}\n')
-    out = run_cli("train", "--samples", str(samples), "--model", "nobody/nothing", "--output-dir", str(tmp_path / "o"))
-    assert out.returncode == 2
-    assert "Traceback" not in out.stderr and "nobody/nothing" in out.stderr
+    assert main(["train", "--samples", str(samples), "--model", "nobody/nothing", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sami train: error: model 'nobody/nothing'") and "cache" in err

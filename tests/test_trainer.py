@@ -53,8 +53,8 @@ def real_records(shared_data, n=2):
     records = []
     for i in range(n):
         prompts = [
-            f"Principle: {principles[0]['principle']}\n\nPOST: {posts[i][:240]}\n\nTL;DR:",
-            f"Principle: {principles[0]['antithesis']}\n\nPOST: {posts[i][:240]}\n\nTL;DR:",
+            f"Principle: {principles[0]['principle']}\n\nPOST: {posts[i][:200]}\n\nTL;DR:",
+            f"Principle: {principles[0]['antithesis']}\n\nPOST: {posts[i][:200]}\n\nTL;DR:",
         ]
         responses = [" " + posts[n + i][:60].strip(), " " + posts[2 * n + i][:120].strip()]
         records.append({"id": f"tldr-{i}", "prompts": prompts, "responses": responses})
@@ -235,19 +235,18 @@ def test_real_data_steps_lower_the_loss_and_move_every_parameter(
     records = real_records(shared_data)
     model = load_model(default_model_path).train()
     start = snapshot(model)
-
-    def batch_loss() -> float:
-        with torch.no_grad():
-            matrix = batched_logprob_matrices(
-                model, default_tokenizer, [r["prompts"] for r in records], [r["responses"] for r in records]
-            )
-        return sami_loss(matrix).loss.item()
-
-    before = batch_loss()
-    cfg = config(tmp_path, max_steps=3, learning_rate=2e-5, per_device_train_batch_size=2)
-    dataset = Dataset.from_list(records)
-    SAMITrainer(model=model, args=cfg, train_dataset=dataset, processing_class=default_tokenizer).train()
-    after = batch_loss()
+    cfg = config(tmp_path, max_steps=2, learning_rate=2e-5, per_device_train_batch_size=2)
+    trainer = SAMITrainer(
+        model=model, args=cfg, train_dataset=Dataset.from_list(records), processing_class=default_tokenizer
+    )
+    trainer.train()
+    # Every step sees the whole batch: the loss logged at step 1 is the loss before any update.
+    before = trainer.state.log_history[0]["sami/loss"]
+    with torch.no_grad():
+        matrix = batched_logprob_matrices(
+            model, default_tokenizer, [r["prompts"] for r in records], [r["responses"] for r in records]
+        )
+    after = sami_loss(matrix).loss.item()
     assert after < before - 1e-3
     unchanged = [n for n, p in model.named_parameters() if p.requires_grad and torch.equal(p.detach(), start[n])]
     assert not unchanged

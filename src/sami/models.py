@@ -168,6 +168,8 @@ def load_model(
     path, kwargs = resolve_model_path(name_or_path)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if kwargs.get("local_files_only"):  # the adapter lookup would otherwise go to the network
+        kwargs["adapter_kwargs"] = {"local_files_only": True}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
