@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sami.io import JsonlStore, atomic_write_json, read_jsonl, write_jsonl
-from sami.sampling import dropped_path, generate_samples_from_config, stats_path
+from sami.sampling import _read_stats, dropped_path, generate_samples_from_config, stats_path
 
 if TYPE_CHECKING:
     from sami.constitutions import ConstitutionSet
@@ -136,8 +136,8 @@ def merge_shards(
     dropped = merged([dropped_path(out_path), *map(dropped_path, shards)])
     kept_ids = {str(r["id"]) for r in kept}
     dropped = [r for r in dropped if str(r["id"]) not in kept_ids]
-    previous = _read_json(stats_path(out_path))
-    shard_stats = [_read_json(stats_path(p)) for p in shards]
+    previous = _read_stats(stats_path(out_path))
+    shard_stats = [_read_stats(stats_path(p)) for p in shards]
     write_jsonl(out_path, kept)
     write_jsonl(dropped_path(out_path), dropped)
     reasons = Counter(str(r["reason"]) for r in dropped)
@@ -166,15 +166,3 @@ def merge_shards(
         for path in (shard, dropped_path(shard), stats_path(shard)):
             path.unlink(missing_ok=True)
     return stats
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError):
-        log.warning("%s: unreadable, starting its totals afresh", path)
-        return {}
