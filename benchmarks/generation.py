@@ -64,11 +64,12 @@ def measure(run, repeats: int, pid: int | None = None) -> tuple[float, float, fl
     return max(rates), sum(rates) / len(rates), max(per_cpu)
 
 
-def time_hf(model, tokenizer, prompts: list[str], batch: int, new_tokens: int, repeats: int):
-    """HFGenerator on `prompts` at `batch`, every sequence forced to `new_tokens` tokens."""
+def time_hf(model, tokenizer, prompts: list[str], batch: int, new_tokens: int, repeats: int, prefill=None):
+    """HFGenerator on `prompts` at `batch` (`prefill` prompts per prefill forward, None: its default), every
+    sequence forced to `new_tokens` tokens."""
     from sami.generation.hf import HFGenerator
 
-    gen = HFGenerator(model, tokenizer, batch_size=batch)
+    gen = HFGenerator(model, tokenizer, batch_size=batch, prefill_batch_size=prefill)
     gen.generate(prompts[:1], max_new_tokens=2)  # warm-up
 
     def run() -> int:
@@ -146,6 +147,9 @@ def main() -> None:
     p.add_argument(
         "--int8", action="store_true", help="also time float32 with int8 dynamic quantization of the Linear layers"
     )
+    p.add_argument(
+        "--whole-prefill", action="store_true", help="also time the hf backend prefilling each batch in one forward"
+    )
     p.add_argument("--no-server", action="store_true", help="skip the llama.cpp server")
     p.add_argument("--base-url", help="use this running server instead of starting llama.cpp")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
@@ -192,6 +196,9 @@ def main() -> None:
             some = prompts[: args.prompts_at_batch_1 if batch == 1 else batch]
             result = time_hf(model, tokenizer, some, batch, args.new_tokens, args.repeats)
             report("sami hf", f"{dtype}, batch {batch}", len(some), result)
+            if args.whole_prefill and batch > 8:
+                result = time_hf(model, tokenizer, some, batch, args.new_tokens, args.repeats, prefill=batch)
+                report("sami hf, one prefill forward", f"{dtype}, batch {batch}", len(some), result)
             if args.reference:
                 result = time_reference(model, tokenizer, some, batch, args.new_tokens, args.repeats)
                 report("transformers generate()", f"{dtype}, batch {batch}", len(some), result)

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# As the CLI does: idle OpenMP threads sleep, so tests sharing the cores with a server or a subprocess do not stall.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SAMI_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -160,6 +160,7 @@ def test_two_process_generation_matches_one_process_and_survives_a_kill(tmp_path
     assert not shard_paths(out)
     stats = json.loads((two / "iter-1" / "samples.stats.json").read_text())
     assert stats["processes"] == 2 and stats["kept"] + stats["dropped"] == 8 == stats["queries"]
+    assert stats["seed"] == 1  # the run seed 0 + iteration 1, through `sami stage generate` on both ranks
 
     # A rerun of a finished stage adds nothing.
     finish(launch([*stage, "--run-dir", str(two)]))

@@ -45,6 +45,19 @@ def test_greedy_batched_equals_one_by_one(gen, prompts, default_model, default_t
 
 
 @pytest.mark.slow
+def test_prefill_in_parts_equals_one_prefill(gen, prompts, default_model, default_tokenizer):
+    whole = HFGenerator(default_model, default_tokenizer, batch_size=8, prefill_batch_size=8)
+    parts = HFGenerator(default_model, default_tokenizer, batch_size=8, prefill_batch_size=3)  # 3 + 3 + 2 rows
+    a = whole.generate(prompts, max_new_tokens=12)
+    b = parts.generate(prompts, max_new_tokens=12)
+    assert [c.text for c in a] == [c.text for c in b]
+    assert [c.finish_reason for c in a] == [c.finish_reason for c in b]
+    assert gen.prefill_batch_size == 8  # the CPU default
+    with pytest.raises(SamiInputError, match="prefill_batch_size"):
+        HFGenerator(default_model, default_tokenizer, prefill_batch_size=0)
+
+
+@pytest.mark.slow
 def test_stop_string_cuts_and_ends_the_sequence(gen, prompts):
     full = gen.generate(prompts[:1], max_new_tokens=24)[0]
     assert full.finish_reason == "length" and full.num_tokens == 24

@@ -82,7 +82,8 @@ def test_end_to_end_writes_every_file(reference_run):
         assert (run / name).is_file(), name
     for t in (1, 2):
         assert (run / f"iter-{t}" / "samples.jsonl").is_file()
-        assert (run / f"iter-{t}" / "samples.stats.json").is_file()
+        stats = json.loads((run / f"iter-{t}" / "samples.stats.json").read_text())
+        assert stats["seed"] == t  # run seed 0 + t: each iteration draws its own constitutions and samples
         assert (run / f"iter-{t}" / "train" / "config.json").is_file()
         assert (run / f"iter-{t}" / "train" / "log_history.json").is_file()
         assert (run / f"iter-{t}" / "eval" / "judgments-base.jsonl").is_file()

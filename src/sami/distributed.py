@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sami.io import JsonlStore, atomic_write_json, read_jsonl, write_jsonl
-from sami.sampling import _read_stats, dropped_path, generate_samples_from_config, stats_path
+from sami.sampling import dropped_path, generate_samples_from_config, read_stats, sample_stats, stats_path
 
 if TYPE_CHECKING:
     from sami.constitutions import ConstitutionSet
@@ -74,18 +73,20 @@ def generate_samples_distributed(
     queries: list[Query],
     cset: ConstitutionSet,
     out_path: str | Path,
+    seed: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any] | None:
     """Run the self-generation stage of a `RunConfig` across all processes of the current launch.
 
-    Every rank must call this with the same arguments. Returns the merged stats on rank 0 and None elsewhere.
+    Every rank must call this with the same arguments (`seed` as in `generate_samples_from_config`). Returns the
+    merged stats on rank 0 and None elsewhere.
     With one process and no shards on disk, it is exactly `generate_samples_from_config`.
     """
     out_path = Path(out_path)
     state = process_state()
     if state.num_processes == 1 and not shard_paths(out_path):
         return generate_samples_from_config(
-            config, policy=policy, queries=queries, cset=cset, out_path=out_path, progress=progress
+            config, policy=policy, queries=queries, cset=cset, out_path=out_path, seed=seed, progress=progress
         )
     rank, world = state.process_index, state.num_processes
     if config.generation.backend == "hf" and config.generation.device is None:
@@ -104,6 +105,7 @@ def generate_samples_distributed(
             queries=mine,
             cset=cset,
             out_path=shard_path(out_path, rank),
+            seed=seed,
             progress=progress and state.is_main_process,
         )
     seconds = time.perf_counter() - start
@@ -136,31 +138,23 @@ def merge_shards(
     dropped = merged([dropped_path(out_path), *map(dropped_path, shards)])
     kept_ids = {str(r["id"]) for r in kept}
     dropped = [r for r in dropped if str(r["id"]) not in kept_ids]
-    previous = _read_stats(stats_path(out_path))
-    shard_stats = [_read_stats(stats_path(p)) for p in shards]
+    previous = read_stats(stats_path(out_path))
+    shard_stats = [read_stats(stats_path(p)) for p in shards]
     write_jsonl(out_path, kept)
     write_jsonl(dropped_path(out_path), dropped)
-    reasons = Counter(str(r["reason"]) for r in dropped)
-    kinds = Counter(reason.split(":", 1)[0] for reason in reasons.elements())
-    tokens = int(previous.get("tokens", 0)) + sum(int(s.get("tokens", 0)) for s in shard_stats)
-    total_seconds = float(previous.get("seconds", 0.0)) + max([seconds, *(s.get("seconds", 0.0) for s in shard_stats)])
-    s = getattr(config, "sampling", None)
-    stats = {
-        "queries": len(queries),
-        "done": len(kept) + len(dropped),
-        "kept": len(kept),
-        "dropped": len(dropped),
-        "keep_rate": round(len(kept) / max(len(kept) + len(dropped), 1), 4),
-        "drop_reasons": dict(reasons.most_common()),
-        "drop_kinds": dict(kinds.most_common()),
-        "scheme": s.scheme if s is not None else previous.get("scheme"),
-        "n_constitutions": s.n_constitutions if s is not None else previous.get("n_constitutions"),
-        "tokens": tokens,
-        "seconds": round(total_seconds, 3),
-        "tokens_per_second": round(tokens / total_seconds, 2) if total_seconds > 0 else None,
-        "processes": world,
-        "runs": int(previous.get("runs", 0)) + 1,
+    run = {
+        "tokens": sum(int(s.get("tokens", 0)) for s in shard_stats),
+        "seconds": max([seconds, *(s.get("seconds", 0.0) for s in shard_stats)]),
     }
+    sampling = getattr(config, "sampling", None)
+    given = next((s for s in shard_stats if s), previous)  # what the shards (or an earlier merge) were run with
+    stats = sample_stats(
+        len(queries), kept, dropped, previous, run,
+        scheme=sampling.scheme if sampling is not None else given.get("scheme"),
+        n_constitutions=sampling.n_constitutions if sampling is not None else given.get("n_constitutions"),
+        seed=given.get("seed"),
+    )  # fmt: skip
+    stats["processes"] = world
     atomic_write_json(stats_path(out_path), stats)
     for shard in shards:
         for path in (shard, dropped_path(shard), stats_path(shard)):

@@ -68,6 +68,11 @@ def train_from_config(
     return train_sami(model_ref, samples_path, output_dir, args, lora=config.model.lora)
 
 
+def iteration_seed(config: RunConfig, t: int) -> int:
+    """The self-generation seed of iteration t: each iteration draws its own constitutions and samples."""
+    return config.seed + t
+
+
 def train_queries(config: RunConfig, t: int) -> list[Query]:
     """Iteration t's slice of each training source (sliced per source, so every source stays represented)."""
     d = config.data
@@ -145,7 +150,12 @@ class Pipeline:
             stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
         else:
             stats = generate_samples_from_config(
-                self.config, policy=self.checkpoint(t - 1), queries=self.train_queries(t), cset=cset, out_path=out
+                self.config,
+                policy=self.checkpoint(t - 1),
+                queries=self.train_queries(t),
+                cset=cset,
+                out_path=out,
+                seed=iteration_seed(self.config, t),
             )
         if not stats.get("kept"):
             raise SamiInputError(

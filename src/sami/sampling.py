@@ -122,13 +122,16 @@ def generate_samples(
     kept = JsonlStore(out_path)
     dropped = JsonlStore(dropped_path(out_path))
     todo = [q for q in queries if q.id not in kept and q.id not in dropped]
-    previous = _read_stats(stats_path(out_path))
+    previous = read_stats(stats_path(out_path))
     run = {"queries": 0, "kept": 0, "dropped": 0, "tokens": 0, "seconds": 0.0}
     start = time.perf_counter()
 
     def write_stats() -> dict[str, Any]:
         run["seconds"] = round(time.perf_counter() - start, 3)
-        stats = _stats(queries, kept, dropped, previous, run, scheme, n_constitutions)
+        stats = sample_stats(
+            len(queries), kept.records, dropped.records, previous, run,
+            scheme=scheme, n_constitutions=n_constitutions, seed=seed,
+        )  # fmt: skip
         atomic_write_json(stats_path(out_path), stats)
         return stats
 
@@ -256,7 +259,8 @@ def _generate_chunk(
         run["kept"] += 1
 
 
-def _read_stats(path: Path) -> dict[str, Any]:
+def read_stats(path: Path) -> dict[str, Any]:
+    """A `samples.stats.json` ({} when missing or unreadable)."""
     if not path.exists():
         return {}
     try:
@@ -266,23 +270,26 @@ def _read_stats(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _stats(
-    queries: list[Query],
-    kept: JsonlStore,
-    dropped: JsonlStore,
+def sample_stats(
+    n_queries: int,
+    kept: list[dict],
+    dropped: list[dict],
     previous: dict[str, Any],
     run: dict[str, Any],
-    scheme: str,
-    n_constitutions: int,
+    *,
+    scheme: str | None,
+    n_constitutions: int | None,
+    seed: int | None,
 ) -> dict[str, Any]:
-    """Totals over the whole file (earlier runs included) plus this run's numbers."""
-    reasons = Counter(str(r["reason"]) for r in dropped.records)
+    """Totals over the whole file (earlier runs, in `previous`, included) plus this run's numbers (`run`: at
+    least `tokens` and `seconds`)."""
+    reasons = Counter(str(r["reason"]) for r in dropped)
     kinds = Counter(reason.split(":", 1)[0] for reason in reasons.elements())
-    tokens = int(previous.get("tokens", 0)) + run["tokens"]
-    seconds = float(previous.get("seconds", 0.0)) + run["seconds"]
+    tokens = int(previous.get("tokens", 0)) + int(run["tokens"])
+    seconds = float(previous.get("seconds", 0.0)) + float(run["seconds"])
     # "previous" already holds the totals of earlier runs; this run's share is added once, not per chunk.
     return {
-        "queries": len(queries),
+        "queries": n_queries,
         "done": len(kept) + len(dropped),
         "kept": len(kept),
         "dropped": len(dropped),
@@ -291,6 +298,7 @@ def _stats(
         "drop_kinds": dict(kinds.most_common()),
         "scheme": scheme,
         "n_constitutions": n_constitutions,
+        "seed": seed,
         "tokens": tokens,
         "seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from sami.config import load_config
     from sami.constitutions import ConstitutionSet
     from sami.errors import SamiInputError
-    from sami.pipeline import train_from_config, train_queries
+    from sami.pipeline import iteration_seed, train_from_config, train_queries
 
     run_dir = Path(args.run_dir)
     config = load_config(run_dir / "config.yaml")
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             queries=train_queries(config, t),
             cset=cset,
             out_path=iter_dir / "samples.jsonl",
+            seed=iteration_seed(config, t),
             progress=not args.no_progress,
         )
         return 0

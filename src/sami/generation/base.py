@@ -63,6 +63,12 @@ class GenerationSettings(BaseModel):
         None, description="hf: torch device for a model it loads (None: cuda if available, else cpu)"
     )
     batch_size: int = Field(8, ge=1, description="hf: prompts per forward batch (batches are sorted by length)")
+    prefill_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="hf: prompts per prefill forward within a batch (None: 8 on CPU, where smaller prefill GEMMs "
+        "run faster, the whole batch elsewhere)",
+    )
     num_threads: int | None = Field(None, ge=1, description="hf: torch CPU threads (None: torch's default)")
     trust_remote_code: bool = Field(False, description="hf/vllm: allow custom model code from the model folder")
     base_url: str | None = Field(

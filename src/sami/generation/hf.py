@@ -32,16 +32,23 @@ class HFGenerator:
     """A `TextGenerator` over a transformers model and its tokenizer.
 
     Prompts are tokenized (chat messages through the tokenizer's chat template), sorted by length and run
-    in batches of `batch_size` with left padding; results come back in the original order. The model is
-    used as it is (dtype, device); `from_settings` loads one when given a reference.
+    in batches of `batch_size` with left padding; results come back in the original order. The prompts of a
+    batch are prefilled `prefill_batch_size` at a time into one KV cache (default: 8 on CPU, where that is ~10%
+    faster than one large forward, and the whole batch elsewhere). The model is used as it is (dtype, device);
+    `from_settings` loads one when given a reference.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8):
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, prefill_batch_size: int | None = None):
         if batch_size < 1:
             raise SamiInputError(f"generation.batch_size: must be >= 1, got {batch_size}")
+        if prefill_batch_size is not None and prefill_batch_size < 1:
+            raise SamiInputError(f"generation.prefill_batch_size: must be >= 1, got {prefill_batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        if prefill_batch_size is None:
+            prefill_batch_size = 8 if _device_type(model) == "cpu" else batch_size
+        self.prefill_batch_size = prefill_batch_size
         # A peft model injects its adapters into the base model's modules; its forward is that of the base.
         self._net = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = inspect.signature(self._net.forward).parameters
@@ -70,7 +77,7 @@ class HFGenerator:
             model.eval()
         elif tokenizer is None:
             raise SamiInputError("the hf generator needs the tokenizer of the model it was given")
-        return cls(model, tokenizer, batch_size=settings.batch_size)
+        return cls(model, tokenizer, batch_size=settings.batch_size, prefill_batch_size=settings.prefill_batch_size)
 
     # ---- prompts -------------------------------------------------------------------------------------
     def prompt_text(self, prompt: Prompt) -> str:
@@ -170,6 +177,27 @@ class HFGenerator:
             new_cache = out.past_key_values
         return out.logits[:, -1, :], new_cache
 
+    def _prefill(self, input_ids, attention_mask, position_ids, capacity: int):
+        """Run the prompts through the model, `prefill_batch_size` rows at a time; the rows' caches are then
+        joined into one (only caches of `_PreallocatedLayer`s can be joined; otherwise one forward)."""
+        import torch
+
+        n, rows = len(input_ids), self.prefill_batch_size
+        first = self._new_cache(capacity)
+        if rows >= n or first is None or not all(hasattr(layer, "join_rows") for layer in first.layers):
+            return self._forward(input_ids, attention_mask, position_ids, first)
+        logits, caches = [], []
+        for s in range(0, n, rows):
+            cache = first if s == 0 else self._new_cache(capacity)
+            lg, cache = self._forward(
+                input_ids[s : s + rows], attention_mask[s : s + rows], position_ids[s : s + rows], cache
+            )
+            logits.append(lg)
+            caches.append(cache)
+        for i, layer in enumerate(first.layers):
+            layer.join_rows([c.layers[i] for c in caches[1:]])
+        return torch.cat(logits), first
+
     def _generate_batch(
         self,
         batch_ids: list[list[int]],
@@ -205,7 +233,7 @@ class HFGenerator:
         generated: list[list[int]] = [[] for _ in range(n)]
         finish: list[str] = ["length"] * n
         active = list(range(n))  # batch rows still generating -> their index in this batch
-        logits, cache = self._forward(input_ids, mask, positions, self._new_cache(width + max_new_tokens))
+        logits, cache = self._prefill(input_ids, mask, positions, width + max_new_tokens)
         for step in range(max_new_tokens):
             logits = logits.float()
             if step < min_new_tokens and len(eos):
@@ -262,6 +290,7 @@ class HFGenerator:
 
 
 def _preallocated_layer_class():
+    import torch
     from transformers.cache_utils import DynamicLayer
 
     class PreallocatedLayer(DynamicLayer):
@@ -301,6 +330,14 @@ def _preallocated_layer_class():
                 self._k, self._v = self._k[indices], self._v[indices]
                 self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
 
+        def join_rows(self, others: list) -> None:
+            """Append the rows of other layers filled to the same length (a batch prefilled in parts)."""
+            if any(o.length != self.length for o in others):
+                raise ValueError("only caches of the same length can be joined")
+            self._k = torch.cat([self._k, *(o._k for o in others)])
+            self._v = torch.cat([self._v, *(o._v for o in others)])
+            self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
         def crop(self, tokens_to_remove: int) -> None:
             raise NotImplementedError("this cache only grows")
 
@@ -318,6 +355,12 @@ def _PreallocatedLayer(capacity: int):  # noqa: N802 - builds the class lazily, 
 
 
 _PREALLOCATED = None
+
+
+def _device_type(model: Any) -> str:
+    """ "cpu", "cuda", ... of the model's parameters ("cpu" when it cannot be told)."""
+    device = getattr(model, "device", None)
+    return getattr(device, "type", None) or "cpu"
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
