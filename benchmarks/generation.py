@@ -6,6 +6,7 @@ same work. Time includes the prompt prefill. Run from the project root:
 
     .venv/bin/python benchmarks/generation.py                 # hf fp32/bf16 at batch 1, 8, 32 + llama.cpp
     .venv/bin/python benchmarks/generation.py --no-server --batches 8 --dtypes bfloat16 --reference
+    .venv/bin/python benchmarks/generation.py --no-server --sami-prompts --dtypes float32   # prefix sharing
 """
 
 from __future__ import annotations
@@ -41,6 +42,24 @@ def build_prompts(tokenizer, n: int, prompt_tokens: int) -> list[str]:
     return prompts
 
 
+def build_sami_prompts(n: int) -> list[str]:
+    """`n` of SAMI's own base-style dialogue generation prompts: bundled HH-RLHF queries, each under a pair of
+    the paper's constitutions (all prompts share the template's instructions and format example)."""
+    from sami.constitutions import load_constitutions, sample_constitutions
+    from sami.data import load_queries
+    from sami.prompts import get_template
+    from sami.sampling import query_rng
+
+    template, cset = get_template("dialogue", "base"), load_constitutions("hh_opus")
+    prompts = []
+    for q in load_queries("hh_helpful_train"):
+        for c in sample_constitutions(cset, "paper-dialogue", 2, query_rng(0, q.id), query=q):
+            prompts.append(template.generation_prompt(c, q.query))
+        if len(prompts) >= n:
+            return prompts[:n]
+    raise SystemExit(f"only {len(prompts)} prompts available")
+
+
 def cpu_seconds(pid: int | None = None) -> float:
     """CPU time (user + system) of this process, or of process `pid` (from /proc)."""
     if pid is None:
@@ -64,12 +83,12 @@ def measure(run, repeats: int, pid: int | None = None) -> tuple[float, float, fl
     return max(rates), sum(rates) / len(rates), max(per_cpu)
 
 
-def time_hf(model, tokenizer, prompts: list[str], batch: int, new_tokens: int, repeats: int, prefill=None):
-    """HFGenerator on `prompts` at `batch` (`prefill` prompts per prefill forward, None: its default), every
-    sequence forced to `new_tokens` tokens."""
+def time_hf(model, tokenizer, prompts, batch: int, new_tokens: int, repeats: int, prefill=None, share=True):
+    """HFGenerator on `prompts` at `batch` (`prefill` prompts per prefill forward, None: its default; `share`:
+    compute a common prompt prefix once), every sequence forced to `new_tokens` tokens."""
     from sami.generation.hf import HFGenerator
 
-    gen = HFGenerator(model, tokenizer, batch_size=batch, prefill_batch_size=prefill)
+    gen = HFGenerator(model, tokenizer, batch_size=batch, prefill_batch_size=prefill, share_prefix=share)
     gen.generate(prompts[:1], max_new_tokens=2)  # warm-up
 
     def run() -> int:
@@ -150,6 +169,12 @@ def main() -> None:
     p.add_argument(
         "--whole-prefill", action="store_true", help="also time the hf backend prefilling each batch in one forward"
     )
+    p.add_argument(
+        "--sami-prompts",
+        action="store_true",
+        help="use SAMI's base-style dialogue generation prompts (a shared ~100-token instruction prefix) instead of "
+        "posts, and also time the hf backend without prefix sharing",
+    )
     p.add_argument("--no-server", action="store_true", help="skip the llama.cpp server")
     p.add_argument("--base-url", help="use this running server instead of starting llama.cpp")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
@@ -164,7 +189,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer("default")
-    prompts = build_prompts(tokenizer, max(max(args.batches), args.server_prompts), args.prompt_tokens)
+    n_prompts = max(max(args.batches), args.server_prompts)
+    if args.sami_prompts:
+        prompts = build_sami_prompts(n_prompts)
+    else:
+        prompts = build_prompts(tokenizer, n_prompts, args.prompt_tokens)
     mean_len = sum(len(tokenizer(x).input_ids) for x in prompts) / len(prompts)
     cpu = platform.processor() or platform.machine()
     print(f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -196,6 +225,9 @@ def main() -> None:
             some = prompts[: args.prompts_at_batch_1 if batch == 1 else batch]
             result = time_hf(model, tokenizer, some, batch, args.new_tokens, args.repeats)
             report("sami hf", f"{dtype}, batch {batch}", len(some), result)
+            if args.sami_prompts and batch > 1:
+                result = time_hf(model, tokenizer, some, batch, args.new_tokens, args.repeats, share=False)
+                report("sami hf, no prefix sharing", f"{dtype}, batch {batch}", len(some), result)
             if args.whole_prefill and batch > 8:
                 result = time_hf(model, tokenizer, some, batch, args.new_tokens, args.repeats, prefill=batch)
                 report("sami hf, one prefill forward", f"{dtype}, batch {batch}", len(some), result)

@@ -58,6 +58,27 @@ def test_prefill_in_parts_equals_one_prefill(gen, prompts, default_model, defaul
 
 
 @pytest.mark.slow
+def test_shared_prompt_prefix_gives_the_same_output(shared_data, default_model, default_tokenizer):
+    import random
+
+    from sami.constitutions import load_constitutions, sample_constitutions
+    from sami.prompts import get_template
+
+    template, cset = get_template("dialogue", "base"), load_constitutions("hh_opus")
+    pair = sample_constitutions(cset, "uniform", 2, random.Random(0))
+    sami_prompts = [template.generation_prompt(c, q) for q in _queries(shared_data, 3) for c in pair]
+    shared = HFGenerator(default_model, default_tokenizer, batch_size=6, prefill_batch_size=4)
+    plain = HFGenerator(default_model, default_tokenizer, batch_size=6, share_prefix=False)
+    ids = [shared.encode(p) for p in sami_prompts]
+    assert shared._shared_prefix(ids) >= 50  # the template's instructions and format example
+    assert plain._shared_prefix(ids) == 0
+    a = shared.generate(sami_prompts, max_new_tokens=12, stop=template.stop)
+    b = plain.generate(sami_prompts, max_new_tokens=12, stop=template.stop)
+    assert [c.text for c in a] == [c.text for c in b]
+    assert [c.num_tokens for c in a] == [c.num_tokens for c in b]
+
+
+@pytest.mark.slow
 def test_stop_string_cuts_and_ends_the_sequence(gen, prompts):
     full = gen.generate(prompts[:1], max_new_tokens=24)[0]
     assert full.finish_reason == "length" and full.num_tokens == 24

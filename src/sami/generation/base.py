@@ -69,6 +69,9 @@ class GenerationSettings(BaseModel):
         description="hf: prompts per prefill forward within a batch (None: 8 on CPU, where smaller prefill GEMMs "
         "run faster, the whole batch elsewhere)",
     )
+    share_prefix: bool = Field(
+        True, description="hf: compute the token prefix all prompts of a batch share (template instructions) once"
+    )
     num_threads: int | None = Field(None, ge=1, description="hf: torch CPU threads (None: torch's default)")
     trust_remote_code: bool = Field(False, description="hf/vllm: allow custom model code from the model folder")
     base_url: str | None = Field(
