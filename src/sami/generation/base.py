@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -137,6 +139,23 @@ def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
             if i != -1:
                 cut = min(cut, i)
     return text[:cut], cut < len(text)
+
+
+def prompt_seed(seed: int, prompt_text: str, occurrence: int = 0) -> int:
+    """The sampling seed of one prompt: a hash of the run seed, the prompt text and which repeat it is."""
+    digest = hashlib.sha256(f"{seed}\x00{occurrence}\x00{prompt_text}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def prompt_seeds(seed: int, keys: list[str]) -> list[int]:
+    """One sampling seed per prompt (`keys`: its text): a prompt's draw does not depend on which other prompts
+    share its request, and repeats of one prompt get different seeds."""
+    seen: Counter[str] = Counter()
+    seeds = []
+    for key in keys:
+        seeds.append(prompt_seed(seed, key, seen[key]))
+        seen[key] += 1
+    return seeds
 
 
 def check_request(prompts: list, max_new_tokens: int, temperature: float, top_p: float) -> None:

@@ -8,26 +8,25 @@ depend on which other prompts share its batch.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
 import secrets
-from collections import Counter
 from typing import Any
 
 from sami.errors import SamiInputError
-from sami.generation.base import Completion, GenerationSettings, Prompt, check_request, cut_at_stop
+from sami.generation.base import (
+    Completion,
+    GenerationSettings,
+    Prompt,
+    check_request,
+    cut_at_stop,
+    prompt_seeds,
+)
 
 log = logging.getLogger(__name__)
 
 MIN_SHARED_PREFIX = 16  # tokens: a shorter common prefix is not worth its own forward
-
-
-def prompt_seed(seed: int, prompt_text: str, occurrence: int = 0) -> int:
-    """The sampling seed of one prompt: a hash of the run seed, the prompt text and which repeat it is."""
-    digest = hashlib.sha256(f"{seed}\x00{occurrence}\x00{prompt_text}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class HFGenerator:
@@ -143,11 +142,7 @@ class HFGenerator:
                 raise SamiInputError(f"prompts[{i}]: empty prompt (no tokens)")
         seeds: list[int | None] = [None] * len(prompts)
         if temperature > 0:
-            base = secrets.randbits(63) if seed is None else seed
-            seen: Counter[str] = Counter()
-            for i, t in enumerate(texts):
-                seeds[i] = prompt_seed(base, t, seen[t])
-                seen[t] += 1
+            seeds = list(prompt_seeds(secrets.randbits(63) if seed is None else seed, texts))
         # Longest first: similar lengths share a batch (little padding) and memory peaks at the start.
         order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
         results: list[Completion | None] = [None] * len(prompts)

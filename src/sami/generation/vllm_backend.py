@@ -8,12 +8,10 @@ vLLM is imported only when this backend is built, so the rest of sami works with
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Any
 
 from sami.errors import SamiInputError
-from sami.generation.base import Completion, GenerationSettings, Prompt, check_request, cut_at_stop
-from sami.generation.hf import prompt_seed
+from sami.generation.base import Completion, GenerationSettings, Prompt, check_request, cut_at_stop, prompt_seeds
 
 INSTALL_HINT = "the vllm backend needs vLLM: pip install 'sami[vllm]' (Linux with a CUDA GPU)"
 
@@ -111,17 +109,14 @@ class VLLMGenerator:
         if not prompts:
             return []
         stop = [s for s in (stop or []) if s]
-        seen: Counter[str] = Counter()
-        params = []
-        for p in prompts:
-            key = p if isinstance(p, str) else repr(p)
-            s = prompt_seed(seed, key, seen[key]) if seed is not None else None
-            seen[key] += 1
-            params.append(
-                sampling_params(
-                    self.vllm, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=s
-                )
+        keys = [p if isinstance(p, str) else repr(p) for p in prompts]
+        seeds = prompt_seeds(seed, keys) if seed is not None else [None] * len(prompts)
+        params = [
+            sampling_params(
+                self.vllm, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=s
             )
+            for s in seeds
+        ]
         text_idx = [i for i, p in enumerate(prompts) if isinstance(p, str)]
         chat_idx = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
         results: list[Completion | None] = [None] * len(prompts)
