@@ -23,7 +23,7 @@ def write_lines(path, records):
         ("hh_rlhf/harmless_train.jsonl", 20000),
         ("hh_rlhf/helpful_test.jsonl", 250),
         ("hh_rlhf/harmless_test.jsonl", 250),
-        ("tldr/validation.jsonl", 200),
+        ("tldr/validation.jsonl", 250),
     ],
 )
 def test_shared_jsonl_files_load(shared_data, rel, rows):
