@@ -10,7 +10,7 @@ import pytest
 
 from sami.cli import main
 from sami.errors import SamiInputError
-from sami.evaluation.winrate import SUMMARY_KEYS, fit_length_logistic, summarize
+from sami.evaluation.winrate import SUMMARY_KEYS, summarize
 from sami.io import write_jsonl
 
 
@@ -33,9 +33,9 @@ def test_worked_example():
     assert s["sem"] == pytest.approx(np.std([1, 1, 0, 0.5], ddof=1) / 2)
     low, high = s["ci95"]
     assert 0 <= low <= s["win_rate"] <= high <= 1
-    assert s["notes"] == []
-    # the model's longer response wins: controlling for length lowers the estimate below the raw rate
-    assert 0 < s["length_controlled_win_rate"] < s["win_rate"]
+    # four items are too few for the length-controlled fit's five folds, and the summary says so
+    assert s["length_controlled_win_rate"] is None
+    assert s["notes"] == ["length-controlled: needs at least 5 judgments for its 5-fold fit, got 4"]
 
 
 def test_bootstrap_is_seeded():
@@ -47,7 +47,7 @@ def test_bootstrap_is_seeded():
 def test_all_ties():
     s = summarize(records([0.5] * 5, [3, 9, 4, 4, 1], [4, 4, 4, 4, 4]))
     assert s["win_rate"] == 0.5 and s["length_balanced_win_rate"] == 0.5
-    assert s["length_controlled_win_rate"] == pytest.approx(0.5, abs=1e-9)
+    assert s["length_controlled_win_rate"] == pytest.approx(0.5, abs=1e-6)
     assert s["ties"] == 5 and s["sem"] == 0.0 and s["ci95"] == [0.5, 0.5]
 
 
@@ -64,7 +64,7 @@ def test_single_item():
     s = summarize(records([1], [3], [2]))
     assert s["n"] == 1 and s["win_rate"] == 1.0 and s["sem"] is None and s["ci95"] == [1.0, 1.0]
     assert s["length_balanced_win_rate"] == 1.0
-    assert s["length_controlled_win_rate"] == 1.0  # sd of one difference is 0
+    assert s["length_controlled_win_rate"] is None  # fewer items than the fit's five folds
     json.dumps(s)
 
 
@@ -73,34 +73,106 @@ def test_no_items():
     assert s["n"] == 0 and s["win_rate"] is None and s["notes"]
 
 
-def test_logistic_equals_raw_when_lengths_are_equal():
-    wins = [1, 0, 0.5, 1, 1, 0, 1]
-    s = summarize(records(wins, [7] * 7, [7] * 7))
-    assert s["length_controlled_win_rate"] == s["win_rate"] == pytest.approx(np.mean(wins))
-    # the same difference everywhere (sd = 0) also gives the raw rate
-    s = summarize(records(wins, [9] * 7, [7] * 7))
-    assert s["length_controlled_win_rate"] == s["win_rate"]
+def test_lc_with_no_length_difference_is_the_shrunk_raw_rate():
+    # equal lengths: the length feature is 0 and only the model term is fitted
+    wins = [1, 1, 0.5, 1, 1, 0, 1, 1, 1, 0]
+    s = summarize(records(wins, [7] * 10, [7] * 10))
+    assert s["length_controlled_win_rate"] == pytest.approx(alpacaeval_lc(wins, [7] * 10, [7] * 10), abs=1e-6)
+    assert 0.5 < s["length_controlled_win_rate"] <= s["win_rate"]  # the L1 penalty shrinks towards 0.5
+    s = summarize(records(wins, [9] * 10, [7] * 10))  # the same difference everywhere: sd = 0
+    assert any("all length differences are equal" in note for note in s["notes"])
 
 
-def test_logistic_with_no_length_effect_is_close_to_raw():
-    # wins balanced within each length difference: the slope is 0 and sigmoid(a) is the raw rate
-    wins = [1, 0, 1, 1, 0, 1, 1, 0, 1]
-    diffs = [-5, -5, -5, 0, 0, 0, 5, 5, 5]
-    s = summarize(records(wins, [10 + d for d in diffs], [10] * 9))
-    assert s["length_controlled_win_rate"] == pytest.approx(2 / 3, abs=1e-3)
+def test_lc_needs_five_items():
+    s = summarize(records([1, 0, 1], [1, 2, 3], [3, 2, 1]))
+    assert s["length_controlled_win_rate"] is None and any("at least 5" in note for note in s["notes"])
 
 
-def test_logistic_recovers_intercept():
+def alpacaeval_lc(wins, model_lengths, baseline_lengths) -> float:
+    """The same GLM computed independently: an explicit 5-fold GroupKFold search over LogisticRegressionCV's grid
+    of C, each fit a plain L1 `LogisticRegression` on rows duplicated with weights p and 1 − p, then the best C
+    refitted on everything and read at zero length difference."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+
+    p = np.asarray(wins, dtype=float)
+    delta = np.asarray(baseline_lengths, float) - np.asarray(model_lengths, float)
+    sd = delta.std(ddof=1)
+    z = np.tanh(delta / sd) if sd > 0 else np.zeros_like(delta)
+    x = np.column_stack([z, np.ones_like(z)])
+    xd, yd, wd = np.vstack([x, x]), np.r_[np.ones(len(p)), np.zeros(len(p))], np.r_[p, 1 - p]
+    groups = np.r_[np.arange(len(p)), np.arange(len(p))]
+
+    def fit(c, rows):
+        model = LogisticRegression(C=c, l1_ratio=1.0, solver="liblinear", fit_intercept=False, random_state=123)
+        return model.fit(xd[rows], yd[rows], sample_weight=wd[rows])
+
+    def loss(model, rows):
+        q = np.clip(model.predict_proba(xd[rows])[:, 1], 1e-15, 1 - 1e-15)
+        target = np.where(yd[rows] == 1, wd[rows], 1 - wd[rows])
+        return -np.mean(target * np.log(q) + (1 - target) * np.log(1 - q))
+
+    grid = np.logspace(-4, 4, 10)
+    folds = list(GroupKFold(n_splits=5).split(xd, yd, groups))
+    cv_loss = [np.mean([loss(fit(c, train), test) for train, test in folds]) for c in grid]
+    best = fit(grid[int(np.argmin(cv_loss))], np.arange(len(yd)))
+    return float(best.predict_proba(np.column_stack([np.zeros(len(p)), np.ones(len(p))]))[:, 1].mean())
+
+
+def test_lc_equals_an_independent_fit_with_ties_and_a_strong_length_effect():
     rng = np.random.default_rng(0)
-    z = rng.normal(size=20000)
-    y = (rng.random(z.size) < 1 / (1 + np.exp(-(0.4 + 1.5 * z)))).astype(float)
-    a, b = fit_length_logistic(y, z)
-    assert a == pytest.approx(0.4, abs=0.05) and b == pytest.approx(1.5, abs=0.07)
+    n = 120
+    model_len = rng.integers(20, 400, n)
+    base_len = rng.integers(20, 400, n)
+    z = np.tanh((base_len - model_len) / np.std(base_len - model_len, ddof=1))
+    wins = (rng.random(n) < 1 / (1 + np.exp(-(0.8 - 3.0 * z)))).astype(float)  # the judge likes long answers
+    wins[rng.random(n) < 0.15] = 0.5
+    s = summarize(records(wins.tolist(), model_len.tolist(), base_len.tolist()))
+    assert s["length_controlled_win_rate"] == pytest.approx(alpacaeval_lc(wins, model_len, base_len), abs=1e-6)
+    # with 120 items the cross-validated L1 fit stays close to the unpenalised maximum-likelihood GLM
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.column_stack([np.tanh((base_len - model_len) / np.std(base_len - model_len, ddof=1)), np.ones(n)])
+    mle = LogisticRegression(C=np.inf, fit_intercept=False).fit(
+        np.vstack([x, x]), np.r_[np.ones(n), np.zeros(n)], sample_weight=np.r_[wins, 1 - wins]
+    )
+    assert s["length_controlled_win_rate"] == pytest.approx(1 / (1 + np.exp(-mle.coef_[0][1])), abs=0.02)
 
 
-def test_logistic_separable_stays_finite():
-    a, b = fit_length_logistic(np.array([0.0, 0.0, 1.0, 1.0]), np.array([-1.0, -0.5, 0.5, 1.0]))
-    assert math.isfinite(a) and math.isfinite(b) and b > 5
+def test_lc_removes_a_pure_length_effect():
+    # the model wins exactly when its answer is longer, and it is longer more often than not
+    model_len = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]
+    base_len = [55] * 12
+    wins = [1.0 if m > b else 0.0 for m, b in zip(model_len, base_len, strict=True)]
+    s = summarize(records(wins, model_len, base_len))
+    assert s["win_rate"] == pytest.approx(7 / 12)
+    assert s["length_controlled_win_rate"] < s["win_rate"]
+    assert s["length_controlled_win_rate"] == pytest.approx(alpacaeval_lc(wins, model_len, base_len), abs=1e-6)
+
+
+def test_lc_all_wins_is_degenerate_but_finite_and_noted():
+    s = summarize(records([1] * 8, [5, 9, 3, 7, 2, 8, 6, 4], [4] * 8))
+    assert 0.99 < s["length_controlled_win_rate"] <= 1.0
+    assert any("same outcome" in note for note in s["notes"])
+
+
+def test_subsets_equal_hand_computations():
+    recs = records([1, 0, 1, 0.5, 1, 0], [9, 3, 8, 4, 9, 2], [5, 5, 5, 5, 5, 5])
+    for record, subset in zip(recs, ["helpful"] * 3 + ["harmless"] * 3, strict=True):
+        record["subset"] = subset
+    s = summarize(recs)
+    assert s["win_rate"] == pytest.approx(3.5 / 6) and s["n"] == 6
+    assert set(s["subsets"]) == {"helpful", "harmless"}
+    helpful, harmless = s["subsets"]["helpful"], s["subsets"]["harmless"]
+    assert helpful["win_rate"] == pytest.approx(2 / 3) and helpful["n"] == 3
+    assert harmless["win_rate"] == pytest.approx(0.5) and harmless["ties"] == 1
+    # helpful: longer = items 0, 2 (wins 1, 1), not longer = item 1 (0) -> 0.5
+    assert helpful["length_balanced_win_rate"] == pytest.approx(0.5)
+    # harmless: longer = item 4 (1), not longer = items 3, 5 (0.5, 0) -> (1 + 0.25) / 2
+    assert harmless["length_balanced_win_rate"] == pytest.approx(0.625)
+    assert helpful["sem"] == pytest.approx(np.std([1, 0, 1], ddof=1) / math.sqrt(3))
+    assert "subsets" not in helpful and set(SUMMARY_KEYS) <= set(helpful)
+    assert "subsets" not in summarize(records([1, 0], [1, 2], [2, 1]))
 
 
 def test_bad_records_are_named():
@@ -120,6 +192,21 @@ def test_cli_json(tmp_path, capsys):
     assert set(SUMMARY_KEYS) <= set(summary)
     assert main(["winrate", "summarize", str(path)]) == 0
     assert "75.0%" in capsys.readouterr().out
+
+
+def test_cli_groups_by_subset(tmp_path, capsys):
+    path = tmp_path / "judgments.jsonl"
+    recs = records([1, 0, 1, 1], [1, 2, 3, 4], [2, 2, 2, 2])
+    for record, subset in zip(recs, ["helpful", "harmless", "helpful", "harmless"], strict=True):
+        record["subset"] = subset
+    write_jsonl(path, recs)
+    assert main(["winrate", "summarize", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["win_rate"] == 0.75 and summary["subsets"]["helpful"]["win_rate"] == 1.0
+    assert summary["subsets"]["harmless"]["win_rate"] == 0.5
+    assert main(["winrate", "summarize", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "helpful" in out and "harmless" in out and "100.0%" in out
 
 
 def test_cli_malformed_file(tmp_path, capsys):

@@ -4,7 +4,8 @@ A query source yields `Query(id, query, meta)`. `meta["subset"]` ("helpful"/"har
 `paper-dialogue` constitution scheme reads; `meta["source"]` says where the query came from.
 
 Bundled sources (see `sami/assets/ATTRIBUTION.md`): hh_helpful_train, hh_harmless_train (300 each),
-hh_helpful_test, hh_harmless_test (the paper's 250 + 250 evaluation queries), tldr_validation (the paper's 250 evaluation posts).
+hh_helpful_test, hh_harmless_test (the paper's 250 + 250 evaluation queries), tldr_validation (the paper's 250
+evaluation posts).
 """
 
 from __future__ import annotations

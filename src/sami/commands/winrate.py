@@ -1,4 +1,4 @@
-"""`sami winrate summarize JUDGMENTS.jsonl [--json]`: win rates from judgment records."""
+"""`sami winrate summarize JUDGMENTS.jsonl [--json]`: win rates from judgment records (per subset too)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console()
-    console.print(summaries_table({args.judgments: summary}, title="win rates"))
+    columns = {"all": summary, **summary.get("subsets", {})} if "subsets" in summary else {args.judgments: summary}
+    console.print(summaries_table(columns, title=f"win rates: {args.judgments}"))
     for note in summary["notes"]:
         console.print(f"[dim]note: {note}[/dim]")
     return 0

@@ -1,8 +1,9 @@
 """Win-rate statistics from pairwise judgments: raw, length-balanced and length-controlled, with uncertainty.
 
-Pure numpy, no model. Input records need only `win` (1, 0.5 or 0, from the evaluated model's side),
-`model_length` and `baseline_length` (response lengths in tokens); `status` ("ok" | "tie" | "unparsed" |
-"failed") is counted when present.
+No model. Input records need only `win` (1, 0.5 or 0, from the evaluated model's side), `model_length` and
+`baseline_length` (the lengths the records carry); `status` ("ok" | "tie" | "unparsed" | "failed") is counted
+when present, and `subset` (e.g. "helpful" / "harmless") groups the items: the summary then adds the same
+statistics per subset under `subsets`. The length-controlled rate is AlpacaEval 2's (`length_control`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from sami.errors import SamiInputError
+from sami.evaluation.length_control import length_controlled_win_rate
 from sami.io import iter_jsonl
 
 SUMMARY_KEYS = (
@@ -28,7 +30,6 @@ SUMMARY_KEYS = (
     "failed",
 )
 STATUSES = ("ok", "tie", "unparsed", "failed")
-_L2 = 1e-4  # ridge penalty of the length-controlled fit: keeps it finite when every item is a win or a loss
 
 
 def _number(record: dict, key: str, where: str) -> float:
@@ -57,44 +58,17 @@ def load_judgments(path: str | os.PathLike) -> list[dict]:
     return [check_record(record, f"{path}:{lineno}") for lineno, record in iter_jsonl(path)]
 
 
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+def _subsets(records: Sequence[dict]) -> dict[str, list[dict]]:
+    """Records grouped by their `subset` field, sorted by name; empty when no record carries one."""
+    if not any("subset" in r for r in records):
+        return {}
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        groups.setdefault(str(record.get("subset") or "none"), []).append(record)
+    return {name: groups[name] for name in sorted(groups)}
 
 
-def fit_length_logistic(wins: np.ndarray, z: np.ndarray, *, l2: float = _L2, max_iter: int = 100) -> np.ndarray:
-    """Fit `logit P(win) = a + b·z` to fractional targets `wins` ∈ [0, 1]; returns `[a, b]`.
-
-    Maximises `Σ_i [w_i log p_i + (1 − w_i) log(1 − p_i)] − (l2 / 2)(a² + b²)` by Newton's method (IRLS) with
-    step halving. The objective is strictly concave, so this converges to the unique optimum.
-    """
-    x = np.stack([np.ones_like(z), z], axis=1)
-
-    def objective(beta: np.ndarray) -> float:
-        eta = x @ beta
-        # log p = -softplus(-eta), log(1 - p) = -softplus(eta)
-        return float(np.sum(-wins * np.logaddexp(0, -eta) - (1 - wins) * np.logaddexp(0, eta)) - l2 / 2 * beta @ beta)
-
-    beta = np.zeros(2)
-    current = objective(beta)
-    for _ in range(max_iter):
-        p = 1.0 / (1.0 + np.exp(-(x @ beta)))
-        grad = x.T @ (wins - p) - l2 * beta
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(2)
-        step = np.linalg.solve(hessian, grad)
-        t = 1.0
-        while t > 1e-8:
-            candidate = beta + t * step
-            value = objective(candidate)
-            if value >= current - 1e-12:
-                break
-            t /= 2
-        beta, previous, current = candidate, current, value
-        if np.max(np.abs(t * step)) < 1e-10 or abs(current - previous) < 1e-12:
-            break
-    return beta
-
-
-def summarize(records: Iterable[dict], *, seed: int = 0, n_bootstrap: int = 2000) -> dict:
+def summarize(records: Iterable[dict], *, seed: int = 0, n_bootstrap: int = 2000, by_subset: bool = True) -> dict:
     """Summarise judgment records into win rates.
 
     Every item counts: ties, unparsed and failed judgments have `win = 0.5` (as in the paper) and are also
@@ -104,17 +78,18 @@ def summarize(records: Iterable[dict], *, seed: int = 0, n_bootstrap: int = 2000
     - `length_balanced_win_rate` (the paper's correction): items are split into those where the model's response
       is longer than the baseline's (`model_length > baseline_length`) and the rest; the result is the mean of the
       two halves' win rates. If a half is empty this is said in `notes` and the other half's rate is used.
-    - `length_controlled_win_rate` (in the spirit of AlpacaEval's length control): with `d_i = model_length_i −
-      baseline_length_i` and `s` the population standard deviation of `d`, fit the logistic model
-      `logit P(win_i) = a + b · d_i / s` to the fractional targets `win_i` by maximum likelihood (Newton/IRLS, ridge
-      penalty 1e-4 · (a² + b²) / 2 for stability), and report `sigmoid(a)`: the predicted win rate when both
-      responses have the same length. If `s = 0` (all differences equal) it is the raw win rate.
+    - `length_controlled_win_rate`: AlpacaEval 2's `length_controlled_minimal` GLM (see
+      `sami.evaluation.length_control`): an L1 logistic regression of the preference on
+      `tanh((baseline_length − model_length) / sd)` with 5-fold cross-validation, read at equal lengths. None
+      (with a note) for fewer than 5 items.
     - `sem`: standard error of `win_rate` (sample standard deviation / √n; None when n < 2).
     - `ci95`: `[low, high]` 2.5/97.5 percentiles of `win_rate` over `n_bootstrap` resamples of the items drawn with
       `numpy.random.default_rng(seed)`.
     - `n`, `ties`, `unparsed`, `failed`: counts (a record without `status` counts as a tie when `win = 0.5`).
     - also `mean_model_length`, `mean_baseline_length`, `n_longer` (items where the model's response is longer)
       and `notes` (a list of strings).
+    - `subsets` (only when some record carries `subset`): `{name: summary of that subset's items}` with the same
+      keys (items without a subset are grouped under "none").
 
     With no records the rates are None.
     """
@@ -162,15 +137,15 @@ def summarize(records: Iterable[dict], *, seed: int = 0, n_bootstrap: int = 2000
     else:
         summary["length_balanced_win_rate"] = float(np.mean([half.mean() for half in halves.values()]))
 
-    # Length-controlled win rate: logistic regression on the standardised length difference.
-    diff = model_len - base_len
-    sd = float(diff.std())
-    if sd == 0.0:
-        summary["notes"].append("length-controlled: all length differences are equal; using the raw win rate")
-        summary["length_controlled_win_rate"] = win_rate
-    else:
-        intercept, _ = fit_length_logistic(wins, diff / sd)
-        summary["length_controlled_win_rate"] = _sigmoid(float(intercept))
+    lc, notes = length_controlled_win_rate(wins, model_len, base_len)
+    summary["length_controlled_win_rate"] = lc
+    summary["notes"].extend(notes)
+    subsets = _subsets(records) if by_subset else {}
+    if subsets:
+        summary["subsets"] = {
+            name: summarize(group, seed=seed, n_bootstrap=n_bootstrap, by_subset=False)
+            for name, group in subsets.items()
+        }
     return summary
 
 
