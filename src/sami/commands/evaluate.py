@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style", choices=["base", "chat"], help="prompt style of the evaluated model (default base)")
     parser.add_argument("--scheme", help="constitution scheme for the MI metrics (default uniform)")
     parser.add_argument("--n-constitutions", type=int, help="C for the MI metrics (default 2)")
-    parser.add_argument("--max-new-tokens", type=int, help="response budget (default 128)")
+    parser.add_argument("--max-new-tokens", type=int, help="response budget (default 350, the paper's)")
     parser.add_argument("--batch-size", type=int, help="generation batch size (default 8)")
     parser.add_argument("--chunk-size", type=int, help="queries between two writes to disk (default 8)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], help="weights dtype")

@@ -88,7 +88,7 @@ class EvaluationSettings(BaseModel):
         "from iteration 1",
     )
     judge: JudgeSettings = Field(default_factory=JudgeSettings, description="the pairwise judge")
-    max_new_tokens: int = Field(128, ge=1, description="response budget (greedy decoding)")
+    max_new_tokens: int = Field(350, ge=1, description="response budget (greedy decoding; the paper: 350)")
     batch_size: int = Field(8, ge=1, description="hf generation: prompts per batch; also queries per MI forward")
     chunk_size: int = Field(8, ge=1, description="queries generated or judged between two writes to disk")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = Field(
