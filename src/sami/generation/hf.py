@@ -49,6 +49,7 @@ class HFGenerator:
         batch_size: int = 8,
         prefill_batch_size: int | None = None,
         share_prefix: bool = True,
+        logprobs: bool = False,
     ):
         if batch_size < 1:
             raise SamiInputError(f"generation.batch_size: must be >= 1, got {batch_size}")
@@ -61,6 +62,7 @@ class HFGenerator:
             prefill_batch_size = 8 if _device_type(model) == "cpu" else batch_size
         self.prefill_batch_size = prefill_batch_size
         self.share_prefix = share_prefix
+        self.logprobs = logprobs  # sum the log-probs of the generated tokens into Completion.logprob
         # A peft model injects its adapters into the base model's modules; its forward is that of the base.
         self._net = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = inspect.signature(self._net.forward).parameters
@@ -274,15 +276,21 @@ class HFGenerator:
         generated: list[list[int]] = [[] for _ in range(n)]
         finish: list[str] = ["length"] * n
         ended_eos = [False] * n
+        logps = [0.0] * n
         active = list(range(n))  # batch rows still generating -> their index in this batch
         logits, cache = self._prefill(
             input_ids, mask, positions, shared + width + max_new_tokens, batch_ids[0][:shared]
         )
         for step in range(max_new_tokens):
             logits = logits.float()
+            step_logps = torch.log_softmax(logits, dim=-1) if self.logprobs else None
             if step < min_new_tokens and len(eos):
                 logits[:, eos] = float("-inf")
             tokens = self._pick(logits, temperature, top_p, [generators[r] for r in active] if generators else None)
+            if step_logps is not None:
+                picked = step_logps.gather(-1, tokens[:, None])[:, 0].tolist()
+                for row, lp in zip(active, picked, strict=True):
+                    logps[row] += lp
             keep: list[int] = []
             for k, (row, tok) in enumerate(zip(active, tokens.tolist(), strict=True)):
                 if tok in self.eos_ids:
@@ -317,6 +325,8 @@ class HFGenerator:
                     num_tokens=len(generated[row]),
                     finish_reason=reason,
                     ended_with_eos=ended_eos[row] and not found,
+                    token_ids=list(generated[row]),
+                    logprob=logps[row] if self.logprobs else None,
                 )
             )
         return out
