@@ -171,7 +171,7 @@ def self_generated(model, tok, tmp_path, style, *, n_queries=4, max_new_tokens=1
         gen, queries, load_constitutions("hh_opus"), path, template=template, filters=keep_all,
         max_new_tokens=max_new_tokens, progress=False,
     )  # fmt: skip
-    return template, gen, [rec for _, rec in read_jsonl(path)], path
+    return template, gen, list(read_jsonl(path)), path
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ the boundary between prompt and response has to be restored when the text is tok
   same function, so generation and scoring see the same prompt ids.
 * **response ids** (`encode_responses`) = the ids of `prompt + separator + response`, tokenized as one text, after
   the prompt's own ids. The separator is the whitespace the model wrote before the stored text: recorded by the
-  sampler when it is not a single space (`meta["separators"]`), otherwise inferred: `""` after a prompt that ends
+  sampler and the evaluation (`meta["separators"]`, `separators`), otherwise (hand-written samples, older files)
+  inferred: `""` after a prompt that ends
   in whitespace (a chat template's `assistant\\n`) or for a response that starts with whitespace itself, else
   `" "` (a base prompt ending in "Assistant:", after which a byte-level BPE model writes `ĠSure`). If the
   prompt's ids are not a prefix of the joint ids (the prompt's last token would merge with the response), the

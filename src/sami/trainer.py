@@ -323,8 +323,8 @@ def export_checkpoint(model, tokenizer, output_dir: str | os.PathLike, *, merge_
 
 
 def load_samples(path: str | os.PathLike):
-    """Read `samples.jsonl` into a `datasets.Dataset` with columns id, prompts, responses, separators and
-    ended_with_eos (the last two from the record's meta, None per response when not recorded).
+    """Read `samples.jsonl` into a `datasets.Dataset` with columns id, prompts, responses, plus separators and
+    ended_with_eos (from the records' meta, None per response where a record has none) when any record has them.
 
     Every record needs a unique "id", "prompts" (C >= 2 strings) and "responses" (C non-empty strings); a bad
     record raises `SamiInputError` naming file:line.
@@ -364,6 +364,10 @@ def load_samples(path: str | os.PathLike):
         )
     if not records:
         raise SamiInputError(f"{path}: no samples")
+    for key in ("separators", "ended_with_eos"):
+        if all(x is None for r in records for x in r[key]):
+            for r in records:
+                del r[key]
     return datasets.Dataset.from_list(records)
 
 
