@@ -80,9 +80,11 @@ def test_rectangular_matrix_matches_naive(tiny_model, default_tokenizer):
 
 
 def test_batched_matrices_match_naive_per_query(tiny_model, default_tokenizer):
+    # eos="always": EOS on every response, as the naive reference does (the default, "generated", scores EOS only
+    # where the model ended with it; these responses carry no such record).
     queries = [(PROMPTS, RESPONSES), (PROMPTS[1:][::-1] + ["Be rude."], [" no", " fine.", " Hello there, friend."])]
     got = batched_logprob_matrices(
-        tiny_model, default_tokenizer, [q[0] for q in queries], [q[1] for q in queries], normalize="sum"
+        tiny_model, default_tokenizer, [q[0] for q in queries], [q[1] for q in queries], normalize="sum", eos="always"
     )
     assert got.shape == (2, 3, 3)
     with torch.no_grad():
@@ -93,7 +95,7 @@ def test_batched_matrices_match_naive_per_query(tiny_model, default_tokenizer):
 
 def test_gradients_match_naive(tiny_model, default_tokenizer):
     params = [p for p in tiny_model.parameters()]
-    got = sami_loss(logprob_matrix(tiny_model, default_tokenizer, PROMPTS, RESPONSES)).loss
+    got = sami_loss(logprob_matrix(tiny_model, default_tokenizer, PROMPTS, RESPONSES, eos="always")).loss
     grads = torch.autograd.grad(got, params)
     _, means = naive_logprob_matrix(tiny_model, default_tokenizer, PROMPTS, RESPONSES)
     expected = torch.autograd.grad(sami_loss(means).loss, params)
@@ -180,17 +182,22 @@ def test_prompts_are_cut_from_the_left_only_when_asked(default_tokenizer):
         max_prompt_length=3,
         truncate_prompt_left=True,
         max_response_length=5,
+        eos="always",
     )
     assert enc.prompt_ids[0][0] == full[-3:]
     assert enc.n_truncated_prompts == 1
-    assert enc.response_ids[0][0] == default_tokenizer("x", add_special_tokens=False).input_ids + [2]
+    # The response is written after the (whole) prompt: " x", with the space the model writes there.
+    assert enc.response_ids[0][0] == default_tokenizer(" x", add_special_tokens=False).input_ids + [2]
 
 
 def test_token_convention(default_tokenizer):
-    """Ids are concatenated, never re-tokenised: a response starting without a space stays as tokenised alone."""
-    enc = encode_examples(default_tokenizer, [["Summary:", "b"]], [["ok.", "y"]], include_eos=False)
+    """A stored (left-stripped) response is tokenized as the model wrote it after its prompt (issue 15: this used
+    to assert the ids of "ok." tokenized alone, which byte-level BPE never generates after "Summary:")."""
+    enc = encode_examples(default_tokenizer, [["Summary:", "b\n"]], [["ok.", "y"]], include_eos=False)
     assert enc.prompt_ids[0][0] == default_tokenizer("Summary:").input_ids
-    assert enc.response_ids[0][0] == default_tokenizer("ok.", add_special_tokens=False).input_ids
+    assert enc.response_ids[0][0] == default_tokenizer(" ok.", add_special_tokens=False).input_ids  # ĠOK
+    assert enc.response_ids[0][0] != default_tokenizer("ok.", add_special_tokens=False).input_ids
+    assert enc.response_ids[0][1] == default_tokenizer("y", add_special_tokens=False).input_ids  # after "\n": none
 
 
 def real_examples(shared_data, n_queries=1):
@@ -247,7 +254,12 @@ def test_default_model_batched_on_real_examples(default_model, default_tokenizer
     examples, naive = real_naive
     with torch.no_grad():
         got = batched_logprob_matrices(
-            default_model, default_tokenizer, [e[0] for e in examples], [e[1] for e in examples], normalize="mean"
+            default_model,
+            default_tokenizer,
+            [e[0] for e in examples],
+            [e[1] for e in examples],
+            normalize="mean",
+            eos="always",
         )
     for b in range(2):
         torch.testing.assert_close(got[b].double(), naive[b, True][1], atol=1e-4, rtol=0)
@@ -273,6 +285,7 @@ def test_left_truncation_keeps_the_bos_token():
         [["y", "z"]],
         max_prompt_length=3,
         truncate_prompt_left=True,
+        eos="always",
     )
     assert enc.prompt_ids[0] == [[1, 13, 14], [1, 11]]
     assert enc.response_ids[0] == [[11, 2], [11, 2]]

@@ -70,7 +70,9 @@ def snapshot(model) -> dict[str, torch.Tensor]:
 
 def test_config_defaults_and_validation(tmp_path):
     cfg = SAMIConfig(output_dir=str(tmp_path))
-    assert (cfg.logprob_normalize, cfg.include_eos, cfg.beta, cfg.truncate_prompt_left) == ("mean", True, 0.0, False)
+    # issue 15 changed the EOS default: `eos="generated"` (EOS only where the model ended) replaces include_eos=True.
+    assert (cfg.logprob_normalize, cfg.eos, cfg.beta, cfg.truncate_prompt_left) == ("mean", "generated", 0.0, False)
+    assert cfg.include_eos is None
     assert cfg.remove_unused_columns is False and cfg.optim == "adamw_torch"
     for bad, field in [
         ({"logprob_normalize": "max"}, "logprob_normalize"),
@@ -111,7 +113,7 @@ def test_load_samples_errors_name_file_and_line(tmp_path, record, message):
 def test_collator_errors_name_the_example(default_tokenizer):
     long = {**TOY[1], "responses": [TOY[1]["responses"][0], " word" * 50]}
     with pytest.raises(SamiInputError, match="example q1: response 1 has 51 tokens > max_response_length=20"):
-        SAMICollator(default_tokenizer, max_response_length=20)([TOY[0], long])
+        SAMICollator(default_tokenizer, eos="always", max_response_length=20)([TOY[0], long])  # 50 words + EOS
     with pytest.raises(SamiInputError, match="example q0: 2 prompts but n_constitutions=3"):
         SAMICollator(default_tokenizer, n_constitutions=3)([TOY[0]])
     with pytest.raises(SamiInputError, match="example q0: prompt 0 has .* > max_prompt_length=4"):

@@ -110,7 +110,12 @@ class TrainingSettings(_Section):
     bf16: bool = False
     logging_steps: int = Field(1, ge=1)
     logprob_normalize: Literal["mean", "sum"] = "mean"
-    include_eos: bool = True
+    eos: Literal["generated", "always", "never"] = Field(
+        "generated",
+        description="score EOS for responses the model ended with it (generated), for all (always: the authors' "
+        "TL;DR code) or none (never: their HH release code)",
+    )
+    include_eos: bool | None = Field(None, description="older spelling of eos: true = always, false = never")
     beta: float = Field(
         0.0, ge=0.0, description="weight of the token-level KL to the base model (0 = off, as in the paper)"
     )

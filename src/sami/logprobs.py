@@ -1,13 +1,19 @@
 """Response log-probabilities under many prompts at once, with prefix sharing.
 
-Token convention (the same everywhere in sami; tests and users rely on it):
+Token convention (the same everywhere in sami: the trainer's collator, the evaluation's MI, `logprob_matrix`
+and `batched_logprob_matrices`; the rule and why it was chosen are in `sami.tokens`):
 
-* prompt ids   = `tokenizer(prompt).input_ids` (with whatever special tokens the tokenizer adds itself);
-* response ids = `tokenizer(response, add_special_tokens=False).input_ids`, followed by `eos_token_id` when
-  `include_eos` is true;
-* the model sees `prompt ids + response ids` (the ids are concatenated, the joined string is never
-  re-tokenised), and only response tokens are scored: `log π(response | prompt) = Σ_t log π(r_t | prompt, r_<t)`
-  (`normalize="sum"`) or that sum divided by the number of response tokens (`normalize="mean"`).
+* prompt ids   = `tokenizer(prompt).input_ids`, without adding special tokens again to a text that already starts
+  with BOS (a rendered chat template): one BOS, as in generation;
+* response ids = the ids the model generated after the prompt: `prompt + separator + response` is tokenized as one
+  text and the ids after the prompt's own ids are the response's (the separator restores the whitespace the
+  sampler stripped; a byte-level BPE model writes `ĠSure` after "Assistant:"). Response j is tokenized after its
+  own prompt j (the one it was written under) and the same ids are scored under every prompt;
+* EOS is appended by the policy `eos`: "generated" (default; only where the model ended with EOS), "always" or
+  "never" (`include_eos=True/False` is the older spelling of the last two);
+* the model sees `prompt ids + response ids` (concatenated ids), and only response tokens are scored:
+  `log π(response | prompt) = Σ_t log π(r_t | prompt, r_<t)` (`normalize="sum"`) or that sum divided by the
+  number of response tokens (`normalize="mean"`).
 
 Prefix sharing: instead of one padded sequence per (prompt, response) pair, each row of the batch holds one
 prompt once, followed by every response of its query. A 4D additive attention mask (0 / -inf) lets each
@@ -29,6 +35,7 @@ from typing import Any
 import torch
 
 from sami.errors import SamiInputError
+from sami.tokens import encode_prompts, encode_responses, eos_flags, resolve_eos
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +44,28 @@ _MASK_ATTENTION = ("sdpa", "eager")
 
 
 def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """Prompt ids: `tokenizer(prompt).input_ids`, with the tokenizer's own special tokens."""
-    return [list(x) for x in tokenizer(list(prompts)).input_ids]
+    """Prompt ids (`sami.tokens.encode_prompts`): the tokenizer's own special tokens, one BOS at most."""
+    return encode_prompts(tokenizer, prompts)
 
 
-def tokenize_responses(tokenizer, responses: Sequence[str], *, include_eos: bool = True) -> list[list[int]]:
-    """Response ids: `tokenizer(response, add_special_tokens=False).input_ids`, plus `eos_token_id` if asked."""
-    ids = [list(x) for x in tokenizer(list(responses), add_special_tokens=False).input_ids]
-    if include_eos:
-        if tokenizer.eos_token_id is None:
-            raise SamiInputError("include_eos is set but the tokenizer has no eos_token_id")
-        ids = [x + [tokenizer.eos_token_id] for x in ids]
-    return ids
+def tokenize_responses(
+    tokenizer,
+    responses: Sequence[str],
+    *,
+    prompts: Sequence[str],
+    eos: str | None = None,
+    include_eos: bool | None = None,
+    separators: Sequence[str | None] | None = None,
+    ended_with_eos: Sequence[Any] | None = None,
+    prompt_ids: Sequence[Sequence[int]] | None = None,
+    where: str = "",
+) -> list[list[int]]:
+    """Response ids: `responses[j]` as the model wrote it after `prompts[j]` (`sami.tokens.encode_responses`),
+    plus EOS as the policy `eos` (or the older `include_eos`) says, `ended_with_eos[j]` for "generated"."""
+    flags = eos_flags(resolve_eos(eos, include_eos), len(responses), ended_with_eos)
+    return encode_responses(
+        tokenizer, prompts, responses, separators=separators, eos=flags, prompt_ids=prompt_ids, where=where
+    )
 
 
 @dataclass
@@ -66,7 +83,10 @@ def encode_examples(
     prompts: Sequence[Sequence[str]],
     responses: Sequence[Sequence[str]],
     *,
-    include_eos: bool = True,
+    eos: str | None = None,
+    include_eos: bool | None = None,
+    separators: Sequence[Sequence[str | None] | None] | None = None,
+    ended_with_eos: Sequence[Sequence[Any] | None] | None = None,
     max_prompt_length: int | None = None,
     truncate_prompt_left: bool = False,
     max_response_length: int | None = None,
@@ -75,19 +95,26 @@ def encode_examples(
 ) -> EncodedExamples:
     """Tokenize B examples with the module's token convention and validate them.
 
+    Response j of example b is tokenized after its own prompt `prompts[b][j]`, with `separators[b]` (per
+    response; None: inferred) and EOS by the policy `eos` (`ended_with_eos[b]` per response for "generated").
     Raises `SamiInputError` naming the example id for: a prompts/responses count mismatch, fewer than
     `min_constitutions` prompts, an empty prompt or response, a response longer than `max_response_length`
     (responses are never truncated), or a prompt longer than `max_prompt_length` unless `truncate_prompt_left`
     (then the prompt keeps its last `max_prompt_length` tokens, after its BOS token if it starts with one, and the
-    count is returned).
+    count is returned), or a prompt whose ids are not a prefix of prompt + response (`sami.tokens`).
     """
+    policy = resolve_eos(eos, include_eos)
+    n_examples = len(prompts)
+    for name, per_example in (("separators", separators), ("ended_with_eos", ended_with_eos)):
+        if per_example is not None and len(per_example) != n_examples:
+            raise SamiInputError(f"got {len(per_example)} {name} lists for {n_examples} examples")
     if len(prompts) != len(responses):
         raise SamiInputError(f"got {len(prompts)} prompt lists but {len(responses)} response lists")
     ids = [str(i) for i in (ids if ids is not None else range(len(prompts)))]
     if len(ids) != len(prompts):
         raise SamiInputError(f"got {len(ids)} ids for {len(prompts)} examples")
     out = EncodedExamples(ids=ids, prompt_ids=[], response_ids=[])
-    for ex_id, ps, rs in zip(ids, prompts, responses, strict=True):
+    for b, (ex_id, ps, rs) in enumerate(zip(ids, prompts, responses, strict=True)):
         where = f"example {ex_id}"
         for name, texts in (("prompts", ps), ("responses", rs)):
             if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
@@ -100,7 +127,16 @@ def encode_examples(
             if not r.strip():
                 raise SamiInputError(f"{where}: response {j} is empty")
         p_ids = tokenize_prompts(tokenizer, ps)
-        r_ids = tokenize_responses(tokenizer, rs, include_eos=include_eos)
+        r_ids = tokenize_responses(
+            tokenizer,
+            rs,
+            prompts=ps,
+            eos=policy,
+            separators=separators[b] if separators is not None else None,
+            ended_with_eos=ended_with_eos[b] if ended_with_eos is not None else None,
+            prompt_ids=p_ids,
+            where=where,
+        )
         for i, p in enumerate(p_ids):
             if not p:
                 raise SamiInputError(f"{where}: prompt {i} is empty (no tokens)")
@@ -301,14 +337,20 @@ def logprob_matrix(
     responses: Sequence[str],
     *,
     normalize: str = "mean",
-    include_eos: bool = True,
+    eos: str | None = None,
+    include_eos: bool | None = None,
+    separators: Sequence[str | None] | None = None,
+    ended_with_eos: Sequence[Any] | None = None,
 ) -> torch.Tensor:
     """`out[i, j] = log π(responses[j] | prompts[i])`, shape [len(prompts), len(responses)], differentiable.
 
-    Token convention: prompt ids = `tokenizer(prompt).input_ids`; response ids =
-    `tokenizer(response, add_special_tokens=False).input_ids` (+ `eos_token_id` if `include_eos`); the two id lists
-    are concatenated and only response tokens are scored. `normalize="mean"` divides by the response token count,
-    `"sum"` keeps the plain sum. Computed with prefix sharing (see the module docstring).
+    What is scored (module docstring): response j's ids are those it gets when written after its own prompt,
+    `prompts[j]` (`prompts[0]` when the matrix is not square), as one text `prompt + separator + response`
+    (`separators[j]`, default inferred: " " after a prompt that does not end in whitespace); they are scored after
+    every prompt's ids (one BOS). EOS: `eos="generated"` (default) appends it to response j only when
+    `ended_with_eos[j]` is True (none when not given), "always" to all, "never" to none; `include_eos=True/False`
+    means "always"/"never". `normalize="mean"` divides by the response token count (EOS included), `"sum"` keeps
+    the plain sum. Computed with prefix sharing (see the module docstring).
     """
     if not prompts or not responses:
         raise SamiInputError("logprob_matrix needs at least one prompt and one response")
@@ -316,7 +358,18 @@ def logprob_matrix(
         if not isinstance(r, str) or not r.strip():
             raise SamiInputError(f"response {j} is empty or not a string")
     prompt_ids = tokenize_prompts(tokenizer, prompts)
-    response_ids = tokenize_responses(tokenizer, responses, include_eos=include_eos)
+    square = len(prompts) == len(responses)
+    own = list(prompts) if square else [prompts[0]] * len(responses)
+    response_ids = tokenize_responses(
+        tokenizer,
+        responses,
+        prompts=own,
+        eos=eos,
+        include_eos=include_eos,
+        separators=separators,
+        ended_with_eos=ended_with_eos,
+        prompt_ids=prompt_ids if square else [prompt_ids[0]] * len(responses),
+    )
     device = unwrap_model(model).get_input_embeddings().weight.device
     packed = pack_prefix_shared(prompt_ids, [response_ids], [0] * len(prompt_ids), pad_token_id=_pad_id(tokenizer))
     packed = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in packed.items()}
@@ -330,7 +383,10 @@ def batched_logprob_matrices(
     responses: Sequence[Sequence[str]],
     *,
     normalize: str = "mean",
-    include_eos: bool = True,
+    eos: str | None = None,
+    include_eos: bool | None = None,
+    separators: Sequence[Sequence[str | None] | None] | None = None,
+    ended_with_eos: Sequence[Sequence[Any] | None] | None = None,
     max_prompt_length: int | None = None,
     truncate_prompt_left: bool = False,
     max_response_length: int | None = None,
@@ -338,16 +394,20 @@ def batched_logprob_matrices(
 ) -> torch.Tensor:
     """B SAMI matrices at once: `out[b, i, j] = log π(responses[b][j] | prompts[b][i])`, shape [B, C, C].
 
-    Same token convention and normalisation as `logprob_matrix`. Every example needs C >= 2 prompts and as many
-    responses; C must be the same across the batch. Bad input raises `SamiInputError` naming the example id
-    (`ids[b]`, else its index). Prompts longer than `max_prompt_length` are an error unless `truncate_prompt_left`,
-    which keeps their last tokens and logs how many were cut. Responses are never truncated.
+    Same token convention and normalisation as `logprob_matrix`: response j of example b is tokenized after
+    `prompts[b][j]` with `separators[b][j]`, EOS by `eos` and `ended_with_eos[b][j]`. Every example needs C >= 2
+    prompts and as many responses; C must be the same across the batch. Bad input raises `SamiInputError` naming
+    the example id (`ids[b]`, else its index). Prompts longer than `max_prompt_length` are an error unless
+    `truncate_prompt_left`, which keeps their last tokens and logs how many were cut. Responses are never truncated.
     """
     enc = encode_examples(
         tokenizer,
         prompts,
         responses,
+        eos=eos,
         include_eos=include_eos,
+        separators=separators,
+        ended_with_eos=ended_with_eos,
         max_prompt_length=max_prompt_length,
         truncate_prompt_left=truncate_prompt_left,
         max_response_length=max_response_length,

@@ -297,6 +297,18 @@ class PromptTemplate:
             text = f"{self.response_prefix}{sep}{text}"
         return text
 
+    def separator(self, text: str) -> str:
+        """The whitespace the model wrote before the response `extract(text)` returns (the stored response has
+        none): the text's leading whitespace (after the marker, with one), or " " for a response that starts with
+        `response_prefix` (the generation prompt wrote it after a space, "Summary: The post")."""
+        if self.marker is not None:
+            first = re.compile(r"(?m)^[ \t]*" + re.escape(self.marker)).search(text)
+            text = text[first.end() :] if first is not None else text
+        body = text.lstrip()
+        if self.response_prefix and body and not body.startswith(self.response_prefix):
+            return " "
+        return text[: len(text) - len(body)]
+
     def with_reasoning(self) -> PromptTemplate:
         """The chain-of-thought variant: the built-in reasoning generation prompt of this task and style
         (a custom generation text is replaced), its stop strings and marker; the training prompt (and

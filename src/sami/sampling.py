@@ -7,8 +7,11 @@ generation prompts, generate, post-process, filter, and keep the example or reco
 Files (`out_path` = `samples.jsonl`):
 - `samples.jsonl`: one record per kept query, the format the trainer reads:
   `{"id", "query", "constitutions": [C Constitution.to_dict()], "prompts": [C training prompts, rendered to
-  strings], "responses": [C], "meta": {...the query's meta, "labels", "num_tokens", "finish_reasons", ...}}`.
-  Response j was generated under constitution j; constitution 0 is the positive one.
+  strings], "responses": [C], "meta": {...the query's meta, "labels", "num_tokens", "finish_reasons",
+  "separators", "ended_with_eos", ...}}`. Response j was generated under constitution j; constitution 0 is the
+  positive one. Responses are stored without their leading whitespace; `separators[j]` is the whitespace the
+  model wrote before response j and `ended_with_eos[j]` whether it ended it with EOS (True), a stop string or
+  the budget (False), or the backend cannot tell (None): the trainer scores exactly those ids (`sami.tokens`).
 - `samples.dropped.jsonl`: one record per dropped query: `{"id", "reason", "labels", "responses"}`.
 - `samples.stats.json`: counts, drop reasons, tokens and time.
 
@@ -225,6 +228,8 @@ def _generate_chunk(
         responses = [p[1] if p is not None else c.text.strip() for p, c in zip(parts, outs, strict=True)]
         num_tokens = [c.num_tokens for c in outs]
         finish = [c.finish_reason for c in outs]
+        separators = [template.separator(c.text) for c in outs]
+        ended = [c.ended_with_eos for c in outs]
         run["tokens"] += sum(num_tokens)
         run["queries"] += 1
         labels = [c.label() for c in cs]
@@ -252,6 +257,8 @@ def _generate_chunk(
                     "scheme": scheme,
                     "num_tokens": num_tokens,
                     "finish_reasons": finish,
+                    "separators": separators,
+                    "ended_with_eos": ended,
                     **({"reasoning": [p[0] for p in parts]} if template.marker else {}),
                 },
             }

@@ -24,6 +24,7 @@ from sami.errors import SamiInputError
 from sami.io import atomic_write_json, iter_jsonl
 from sami.logprobs import NORMALIZE, encode_examples, pack_encoded, packed_logprobs
 from sami.loss import sami_loss
+from sami.tokens import resolve_eos, response_context
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,15 @@ class SAMIConfig(TrainingArguments):
         default="mean",
         metadata={"help": "'mean': log-prob per response token (the authors' code); 'sum': summed log-prob."},
     )
-    include_eos: bool = field(
-        default=True, metadata={"help": "Score the end-of-sequence token appended to every response."}
+    eos: str = field(
+        default="generated",
+        metadata={
+            "help": "Which responses get an end-of-sequence token scored: 'generated' (those the model ended with "
+            "EOS, as recorded in the samples), 'always' (the authors' TL;DR code) or 'never' (their HH release code)."
+        },
+    )
+    include_eos: bool | None = field(
+        default=None, metadata={"help": "Older spelling of eos: true = 'always', false = 'never' (None: use eos)."}
     )
     beta: float = field(
         default=0.0,
@@ -86,6 +94,12 @@ class SAMIConfig(TrainingArguments):
             raise SamiInputError(f"logprob_normalize: expected one of {NORMALIZE}, got {self.logprob_normalize!r}")
         if self.n_constitutions is not None and self.n_constitutions < 2:
             raise SamiInputError(f"n_constitutions: SAMI needs at least 2, got {self.n_constitutions}")
+        if self.include_eos is not None:
+            mapped = "always" if self.include_eos else "never"
+            if self.eos not in ("generated", mapped):
+                raise SamiInputError(f"include_eos={self.include_eos} contradicts eos={self.eos!r}; set only eos")
+            self.eos = mapped
+        self.eos = resolve_eos(self.eos)
         if self.beta < 0:
             raise SamiInputError(f"beta: must be >= 0, got {self.beta}")
         for name in ("max_prompt_length", "max_response_length"):
@@ -97,10 +111,15 @@ class SAMIConfig(TrainingArguments):
 
 @dataclass
 class SAMICollator:
-    """Tokenize examples with the `sami.logprobs` convention and pack them into prefix-shared rows."""
+    """Tokenize examples with the `sami.logprobs` convention and pack them into prefix-shared rows.
+
+    An example's optional "separators" and "ended_with_eos" (per response, from the sample's meta) restore the
+    whitespace the model wrote before each response and say which responses it ended with EOS (`eos="generated"`).
+    """
 
     tokenizer: Any
-    include_eos: bool = True
+    eos: str | None = None
+    include_eos: bool | None = None
     max_prompt_length: int | None = None
     max_response_length: int | None = None
     truncate_prompt_left: bool = False
@@ -110,7 +129,7 @@ class SAMICollator:
     def from_config(cls, tokenizer, config: SAMIConfig) -> SAMICollator:
         return cls(
             tokenizer,
-            include_eos=config.include_eos,
+            eos=config.eos,
             max_prompt_length=config.max_prompt_length,
             max_response_length=config.max_response_length,
             truncate_prompt_left=config.truncate_prompt_left,
@@ -129,7 +148,10 @@ class SAMICollator:
             self.tokenizer,
             [ex["prompts"] for ex in examples],
             [ex["responses"] for ex in examples],
+            eos=self.eos,
             include_eos=self.include_eos,
+            separators=[ex.get("separators") for ex in examples],
+            ended_with_eos=[ex.get("ended_with_eos") for ex in examples],
             max_prompt_length=self.max_prompt_length,
             truncate_prompt_left=self.truncate_prompt_left,
             max_response_length=self.max_response_length,
@@ -301,7 +323,8 @@ def export_checkpoint(model, tokenizer, output_dir: str | os.PathLike, *, merge_
 
 
 def load_samples(path: str | os.PathLike):
-    """Read `samples.jsonl` into a `datasets.Dataset` with columns id, prompts, responses.
+    """Read `samples.jsonl` into a `datasets.Dataset` with columns id, prompts, responses, plus separators and
+    ended_with_eos (from the records' meta, None per response where a record has none) when any record has them.
 
     Every record needs a unique "id", "prompts" (C >= 2 strings) and "responses" (C non-empty strings); a bad
     record raises `SamiInputError` naming file:line.
@@ -329,9 +352,22 @@ def load_samples(path: str | os.PathLike):
         for j, r in enumerate(responses):
             if not r.strip():
                 raise SamiInputError(f"{where}: response {j} is empty (id {ex_id})")
-        records.append({"id": ex_id, "prompts": prompts, "responses": responses})
+        separators, ended = response_context(rec, len(responses))
+        records.append(
+            {
+                "id": ex_id,
+                "prompts": prompts,
+                "responses": responses,
+                "separators": separators or [None] * len(responses),
+                "ended_with_eos": ended or [None] * len(responses),
+            }
+        )
     if not records:
         raise SamiInputError(f"{path}: no samples")
+    for key in ("separators", "ended_with_eos"):
+        if all(x is None for r in records for x in r[key]):
+            for r in records:
+                del r[key]
     return datasets.Dataset.from_list(records)
 
 

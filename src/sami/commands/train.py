@@ -13,6 +13,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "optim": "optim",
     "beta": "beta",
     "logprob_normalize": "logprob_normalize",
+    "eos": "eos",
     "include_eos": "include_eos",
     "max_prompt_length": "max_prompt_length",
     "max_response_length": "max_response_length",
@@ -37,7 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optim", default=None, help="adamw_torch (default), rmsprop, sgd, ...")
     parser.add_argument("--beta", type=float, default=None, help="weight of the KL to the starting model (0)")
     parser.add_argument("--logprob-normalize", choices=["mean", "sum"], default=None)
-    parser.add_argument("--include-eos", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--eos",
+        choices=["generated", "always", "never"],
+        default=None,
+        help="score EOS where the model ended (generated, default), always or never",
+    )
+    parser.add_argument(
+        "--include-eos", action=argparse.BooleanOptionalAction, default=None, help="older spelling of --eos"
+    )
     parser.add_argument("--max-prompt-length", type=int, default=None)
     parser.add_argument("--max-response-length", type=int, default=None)
     parser.add_argument("--truncate-prompt-left", action="store_true", default=None)
@@ -56,8 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
-    """The SAMIConfig fields set on the command line."""
-    return {field: getattr(args, flag) for flag, field in CONFIG_FLAGS.items() if getattr(args, flag) is not None}
+    """The SAMIConfig fields set on the command line (--eos or --include-eos replaces both of the config's)."""
+    out = {field: getattr(args, flag) for flag, field in CONFIG_FLAGS.items() if getattr(args, flag) is not None}
+    if "eos" in out:
+        out.setdefault("include_eos", None)
+    elif "include_eos" in out:
+        out["eos"] = "generated"
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

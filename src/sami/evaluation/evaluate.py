@@ -96,7 +96,10 @@ class EvaluationSettings(BaseModel):
     )
     device: str | None = Field(None, description="torch device (None: cuda when available, else cpu)")
     intrinsic: bool = Field(True, description="compute the intrinsic metrics (MI, InfoNCE bound, lengths)")
-    include_eos: bool = Field(True, description="intrinsic metrics: score the end-of-sequence token")
+    eos: Literal["generated", "always", "never"] = Field(
+        "generated", description="intrinsic metrics: score EOS where the model ended (generated), always or never"
+    )
+    include_eos: bool | None = Field(None, description="older spelling of eos: true = always, false = never")
     seed: int = Field(0, description="seed of the per-query constitutions")
 
 
@@ -221,6 +224,8 @@ def _generate_side(
                     "constitution": positive[q.id].to_dict(),
                     "response": template.postprocess(c.text),
                     "num_tokens": int(c.num_tokens),
+                    "separator": template.separator(c.text),
+                    "ended_with_eos": c.ended_with_eos,
                 }
             )
         store.flush()
@@ -339,6 +344,7 @@ def run_evaluation(
                 records,
                 template=template,
                 batch_size=settings.batch_size,
+                eos=settings.eos if settings.include_eos is None else None,
                 include_eos=settings.include_eos,
             )
         generator = None
@@ -447,13 +453,18 @@ def _generate_mi(store, responses, generator, template, todo, constitutions, set
     for start in range(0, len(todo), settings.chunk_size):
         chunk = todo[start : start + settings.chunk_size]
         slots, prompts = [], []  # (query index, constitution index) of each prompt to generate
-        known: dict[tuple[int, int], tuple[str, int]] = {}
+        known: dict[tuple[int, int], tuple[str, int, str | None, bool | None]] = {}
         by_id = {str(r["id"]): r for r in responses.records}
         for qi, q in enumerate(chunk):
             first = by_id.get(f"model:{q.id}")
             for j, c in enumerate(constitutions[q.id]):
                 if j == 0 and first and first.get("constitution") == c.to_dict():
-                    known[(qi, j)] = (first["response"], int(first.get("num_tokens", 0)))
+                    known[(qi, j)] = (
+                        first["response"],
+                        int(first.get("num_tokens", 0)),
+                        first.get("separator"),
+                        first.get("ended_with_eos"),
+                    )
                 else:
                     slots.append((qi, j))
                     prompts.append(template.generation_prompt(c, q.query))
@@ -466,7 +477,12 @@ def _generate_mi(store, responses, generator, template, todo, constitutions, set
         for (qi, j), c in zip(slots, completions, strict=True):
             if c.finish_reason == "error":
                 failed.add(qi)
-            known[(qi, j)] = (template.postprocess(c.text), int(c.num_tokens))
+            known[(qi, j)] = (
+                template.postprocess(c.text),
+                int(c.num_tokens),
+                template.separator(c.text),
+                c.ended_with_eos,
+            )
         for qi, q in enumerate(chunk):
             if qi in failed:
                 log.warning("mi responses: generation failed for query %s; a rerun retries it", q.id)
@@ -479,6 +495,8 @@ def _generate_mi(store, responses, generator, template, todo, constitutions, set
                     "constitutions": [c.to_dict() for c in cs],
                     "responses": [known[(qi, j)][0] for j in range(len(cs))],
                     "num_tokens": [known[(qi, j)][1] for j in range(len(cs))],
+                    "separators": [known[(qi, j)][2] for j in range(len(cs))],
+                    "ended_with_eos": [known[(qi, j)][3] for j in range(len(cs))],
                 }
             )
         store.flush()

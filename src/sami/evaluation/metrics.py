@@ -70,7 +70,8 @@ def intrinsic_metrics(
     *,
     template: PromptTemplate | None = None,
     batch_size: int = 4,
-    include_eos: bool = True,
+    eos: str | None = None,
+    include_eos: bool | None = None,
 ) -> dict[str, Any]:
     """MI estimates and lengths of one model from its responses under C constitutions per query.
 
@@ -79,15 +80,21 @@ def intrinsic_metrics(
     rendered training prompts (then `template` is not needed). Otherwise prompts are
     `render_prompt(template.training_prompt(c_i, query), tokenizer)`. Queries with an empty response are left out
     of the MI estimates (counted in `n_skipped`) but kept in the lengths. `batch_size` = queries per forward.
+    Responses are scored with the `sami.logprobs` token convention: a record's optional "separators" and
+    "ended_with_eos" (per response) restore the boundary and, with `eos="generated"` (default), say which
+    responses get EOS; `include_eos=True/False` is the older spelling of eos "always"/"never".
 
     Returns `{"n_queries", "n_constitutions", "n_skipped", "mi", "mi_sem", "mi_bound", "sami_loss", "accuracy",
     "mean_length": {...}}`; `mi_sem` is the standard error of `mi` over queries (None with fewer than 2).
     """
     from sami.logprobs import batched_logprob_matrices, tokenize_responses
+    from sami.tokens import resolve_eos, response_context
+
+    policy = resolve_eos(eos, include_eos)
 
     if not records:
         raise SamiInputError("intrinsic metrics need at least one query with responses")
-    examples = []  # (id, prompts, responses, constitutions)
+    examples = []  # (id, prompts, responses, separators, ended_with_eos)
     all_constitutions, all_lengths = [], []
     for record in records:
         rid = record.get("id", "?")
@@ -110,7 +117,7 @@ def intrinsic_metrics(
             prompts = [render_prompt(template.training_prompt(c, query), tokenizer) for c in constitutions]
         else:
             raise SamiInputError(f"query {rid}: no 'prompts' in the record and no template to build them")
-        examples.append((str(rid), prompts, responses))
+        examples.append((str(rid), prompts, responses, *response_context(record, len(responses))))
 
     scored = [ex for ex in examples if all(r.strip() for r in ex[2])]
     per_query_mi: list[float] = []
@@ -128,11 +135,18 @@ def intrinsic_metrics(
                     [ex[1] for ex in chunk],
                     [ex[2] for ex in chunk],
                     normalize="sum",
-                    include_eos=include_eos,
+                    eos=policy,
+                    separators=[ex[3] for ex in chunk],
+                    ended_with_eos=[ex[4] for ex in chunk],
                     ids=[ex[0] for ex in chunk],
                 ).float()
                 # Mean log-probs = sum / number of scored response tokens (the logprobs module's own convention).
-                token_ids = [tokenize_responses(tokenizer, ex[2], include_eos=include_eos) for ex in chunk]
+                token_ids = [
+                    tokenize_responses(
+                        tokenizer, ex[2], prompts=ex[1], eos=policy, separators=ex[3], ended_with_eos=ex[4]
+                    )
+                    for ex in chunk
+                ]
                 counts = torch.tensor([[len(x) for x in ids] for ids in token_ids], dtype=summed.dtype)
                 counts = counts.to(summed.device)
                 mean = summed / counts[:, None, :]

@@ -18,12 +18,22 @@ FINISH_REASONS = ("stop", "length", "error")
 @dataclass
 class Completion:
     """One generated text. `finish_reason` is "stop" (end of sequence or a stop string), "length" (the
-    token budget ran out) or "error" (the request failed; `error` says why and `text` is empty)."""
+    token budget ran out) or "error" (the request failed; `error` says why and `text` is empty).
+
+    `ended_with_eos` tells the two kinds of "stop" apart: True when the model ended the text with its
+    end-of-sequence token, False when a stop string cut it (or the budget ran out, or it failed), None when the
+    backend cannot tell (a server that cuts stop strings itself and does not say why it stopped). `text` keeps
+    the whitespace the model wrote first (e.g. the space of `ĠSure`). The hf backend also gives `token_ids`, the
+    generated ids (EOS left out, stop-string tokens kept), and with `logprobs` on, `logprob`: the model's summed
+    log-probability (temperature 1) of those ids plus the EOS when `ended_with_eos`."""
 
     text: str
     num_tokens: int
     finish_reason: str
     error: str | None = None
+    ended_with_eos: bool | None = None
+    token_ids: list[int] | None = None
+    logprob: float | None = None
 
 
 @runtime_checkable

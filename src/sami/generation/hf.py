@@ -23,6 +23,7 @@ from sami.generation.base import (
     cut_at_stop,
     prompt_seeds,
 )
+from sami.tokens import encode_prompts
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class HFGenerator:
         batch_size: int = 8,
         prefill_batch_size: int | None = None,
         share_prefix: bool = True,
+        logprobs: bool = False,
     ):
         if batch_size < 1:
             raise SamiInputError(f"generation.batch_size: must be >= 1, got {batch_size}")
@@ -60,6 +62,7 @@ class HFGenerator:
             prefill_batch_size = 8 if _device_type(model) == "cpu" else batch_size
         self.prefill_batch_size = prefill_batch_size
         self.share_prefix = share_prefix
+        self.logprobs = logprobs  # sum the log-probs of the generated tokens into Completion.logprob
         # A peft model injects its adapters into the base model's modules; its forward is that of the base.
         self._net = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = inspect.signature(self._net.forward).parameters
@@ -68,6 +71,7 @@ class HFGenerator:
         probe = self._new_cache(1)  # prefix sharing and prefill in parts need this module's cache layers
         self._own_cache = probe is not None and all(hasattr(layer, "join_rows") for layer in probe.layers)
         self.eos_ids = _eos_ids(model, tokenizer)
+        self._anchor: list[int] | None = None  # token ids of "a", for decode_continuation
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
 
@@ -108,10 +112,11 @@ class HFGenerator:
         return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
 
     def encode(self, prompt: Prompt, text: str | None = None) -> list[int]:
-        """Token ids of a prompt (a string gets the tokenizer's usual special tokens; a chat text has them).
-        `text` is the prompt's `prompt_text`, if already known."""
+        """Token ids of a prompt: a string as scoring encodes it (`sami.tokens.encode_prompts`: the tokenizer's
+        special tokens, one BOS at most); a chat text has its special tokens already. `text` is the prompt's
+        `prompt_text`, if already known."""
         if isinstance(prompt, str):
-            return list(self.tokenizer(prompt).input_ids)
+            return encode_prompts(self.tokenizer, [prompt])[0]
         text = text if text is not None else self.prompt_text(prompt)
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
@@ -270,19 +275,27 @@ class HFGenerator:
 
         generated: list[list[int]] = [[] for _ in range(n)]
         finish: list[str] = ["length"] * n
+        ended_eos = [False] * n
+        logps = [0.0] * n
         active = list(range(n))  # batch rows still generating -> their index in this batch
         logits, cache = self._prefill(
             input_ids, mask, positions, shared + width + max_new_tokens, batch_ids[0][:shared]
         )
         for step in range(max_new_tokens):
             logits = logits.float()
+            step_logps = torch.log_softmax(logits, dim=-1) if self.logprobs else None
             if step < min_new_tokens and len(eos):
                 logits[:, eos] = float("-inf")
             tokens = self._pick(logits, temperature, top_p, [generators[r] for r in active] if generators else None)
+            if step_logps is not None:
+                picked = step_logps.gather(-1, tokens[:, None])[:, 0].tolist()
+                for row, lp in zip(active, picked, strict=True):
+                    logps[row] += lp
             keep: list[int] = []
             for k, (row, tok) in enumerate(zip(active, tokens.tolist(), strict=True)):
                 if tok in self.eos_ids:
                     finish[row] = "stop"
+                    ended_eos[row] = True
                     continue
                 generated[row].append(tok)
                 if stop and step + 1 >= min_new_tokens:
@@ -304,11 +317,35 @@ class HFGenerator:
 
         out = []
         for row in range(n):
-            text = self.tokenizer.decode(generated[row], skip_special_tokens=True)
-            text, found = cut_at_stop(text, stop)
+            text, found = cut_at_stop(self.decode_continuation(generated[row]), stop)
             reason = "stop" if found else finish[row]
-            out.append(Completion(text=text, num_tokens=len(generated[row]), finish_reason=reason))
+            out.append(
+                Completion(
+                    text=text,
+                    num_tokens=len(generated[row]),
+                    finish_reason=reason,
+                    ended_with_eos=ended_eos[row] and not found,
+                    token_ids=list(generated[row]),
+                    logprob=logps[row] if self.logprobs else None,
+                )
+            )
         return out
+
+    def decode_continuation(self, ids: list[int]) -> str:
+        """The text of generated ids as written after a prompt, leading whitespace included.
+
+        Decoding the ids alone drops a leading space for SentencePiece tokenizers (`▁Sure` -> "Sure"); decoding
+        them after an anchor token ("a") and removing the anchor's text keeps it, for byte-level BPE alike.
+        """
+        plain = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if self._anchor is None:
+            anchor = list(self.tokenizer("a", add_special_tokens=False).input_ids)
+            ok = self.tokenizer.decode(anchor, skip_special_tokens=True) == "a"
+            self._anchor = anchor if ok else []
+        if not self._anchor or not ids:
+            return plain
+        joined = self.tokenizer.decode(self._anchor + list(ids), skip_special_tokens=True)
+        return joined[1:] if joined.startswith("a") and joined[1:].strip() == plain.strip() else plain
 
     @staticmethod
     def _pick(logits, temperature: float, top_p: float, generators):

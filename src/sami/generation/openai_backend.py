@@ -174,7 +174,12 @@ class OpenAIGenerator:
         if num_tokens is None:
             num_tokens = len(text.split())  # the server reported no usage: a rough count
         reason = "length" if choice.finish_reason == "length" and not found else "stop"
-        return Completion(text=text, num_tokens=int(num_tokens), finish_reason=reason)
+        return Completion(
+            text=text,
+            num_tokens=int(num_tokens),
+            finish_reason=reason,
+            ended_with_eos=_ended_with_eos(choice, found, stop),
+        )
 
     def _with_retries(self, call, abort: threading.Event, what: str = "request"):
         import openai
@@ -226,6 +231,21 @@ class OpenAIGenerator:
         if self._secret:
             text = text.replace(self._secret, "***")
         return text
+
+
+def _ended_with_eos(choice: Any, found: bool, stop: list[str]) -> bool | None:
+    """Whether the server's "stop" was the model's EOS: yes without stop strings; with them, only a server that
+    says why it stopped can tell (vLLM's `stop_reason`: None for EOS; llama.cpp's `stop_type`: "eos")."""
+    if found or choice.finish_reason != "stop":
+        return False
+    if not stop:
+        return True
+    extra = getattr(choice, "model_extra", None) or {}
+    if extra.get("stop_type") is not None:
+        return extra["stop_type"] == "eos"
+    if "stop_reason" in extra:
+        return extra["stop_reason"] is None
+    return None
 
 
 def _first_choice(resp: Any, url: str):

@@ -136,4 +136,6 @@ def _completion(request_output: Any, stop: list[str]) -> Completion:
     sample = request_output.outputs[0]
     text, found = cut_at_stop(sample.text or "", stop)
     reason = "length" if sample.finish_reason == "length" and not found else "stop"
-    return Completion(text=text, num_tokens=len(sample.token_ids), finish_reason=reason)
+    # vLLM's stop_reason: the stop string or token that ended the sample, None for EOS (or the budget).
+    eos = sample.finish_reason == "stop" and getattr(sample, "stop_reason", None) is None and not found
+    return Completion(text=text, num_tokens=len(sample.token_ids), finish_reason=reason, ended_with_eos=eos)
