@@ -13,6 +13,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "optim": "optim",
     "beta": "beta",
     "logprob_normalize": "logprob_normalize",
+    "logprob_chunk_size": "logprob_chunk_size",
     "include_eos": "include_eos",
     "max_prompt_length": "max_prompt_length",
     "max_response_length": "max_response_length",
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optim", default=None, help="adamw_torch (default), rmsprop, sgd, ...")
     parser.add_argument("--beta", type=float, default=None, help="weight of the KL to the starting model (0)")
     parser.add_argument("--logprob-normalize", choices=["mean", "sum"], default=None)
+    parser.add_argument(
+        "--logprob-chunk-size", type=int, default=None, help="positions per LM-head chunk (default automatic, 0 = off)"
+    )
     parser.add_argument("--include-eos", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--max-prompt-length", type=int, default=None)
     parser.add_argument("--max-response-length", type=int, default=None)
