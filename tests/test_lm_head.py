@@ -230,3 +230,66 @@ def test_flex_attention_block_mask_equals_the_dense_mask(default_tokenizer):
         except (NotImplementedError, RuntimeError) as e:  # e.g. no C++ compiler for inductor
             pytest.skip(f"FlexAttention does not run on this CPU: {str(e).splitlines()[0][:200]}")
     torch.testing.assert_close(flex, dense, **TOL)
+
+
+# ---------------------------------------------------------------- wrappers: DDP and FSDP2 (2 CPU processes, gloo)
+
+
+def _wrapped_worker(rank: int, world: int, port: int, wrapper: str, vocab: int, results) -> None:
+    import torch.distributed as dist
+    from transformers import AutoTokenizer  # noqa: F401  (import before the process group, as the Trainer does)
+
+    from sami.models import default_model_path, load_tokenizer
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        tokenizer = load_tokenizer(default_model_path())
+        torch.manual_seed(0)
+        grads = {}
+        for chunk in (0, 3):
+            model = make_tiny_model(vocab, seed=11, tie_word_embeddings=False).train()
+            if wrapper == "ddp":
+                # find_unused_parameters=True is what the Trainer passes for a transformers model by default
+                wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+            else:
+                from torch.distributed.fsdp import fully_shard
+
+                for layer in model.model.layers:
+                    fully_shard(layer)
+                wrapped = fully_shard(model)
+            packed = packed_batch(tokenizer, 2 + rank, n_queries=1)  # a different C on each rank
+            matrix = packed_logprobs(wrapped, packed, chunk_size=chunk)
+            sami_loss(matrix.view(1, 2 + rank, 2 + rank)).loss.backward()
+            out = {}
+            for name, p in model.named_parameters():
+                g = p.grad
+                out[name] = (g.full_tensor() if hasattr(g, "full_tensor") else g).detach().clone()
+            grads[chunk] = out
+        for name in grads[0]:
+            torch.testing.assert_close(grads[3][name], grads[0][name], **TOL, msg=lambda m, n=name: f"{n}: {m}")
+        assert grads[3]["lm_head.weight"].abs().sum() > 0
+        results[rank] = "ok"
+    except Exception as e:  # reported by the parent
+        results[rank] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp2"])
+def test_chunked_head_under_ddp_and_fsdp2_equals_unchunked(default_tokenizer, wrapper):
+    """The chunked head runs inside the wrapped model's forward: DDP's unused-parameter search finds the
+    (untied) head weight, FSDP2 gathers it for the forward and again for the recomputing backward."""
+    import torch.multiprocessing as mp
+    from conftest import free_port
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(
+            _wrapped_worker,
+            args=(2, free_port(), wrapper, len(default_tokenizer), results),
+            nprocs=2,
+            join=True,
+        )
+        assert dict(results) == {0: "ok", 1: "ok"}
