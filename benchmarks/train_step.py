@@ -222,7 +222,10 @@ def flop_counter():
     def bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
         return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
-    mapping = {}
+    def addmm_(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+    mapping = {aten.addmm_: addmm_}  # in-place addmm is not in torch's registry
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
         mapping[aten._scaled_dot_product_flash_attention_for_cpu] = fwd
         mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = bwd

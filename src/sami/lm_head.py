@@ -96,6 +96,7 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
         )
         bounds = bounds.tolist()
         out = torch.empty(target_pos.shape[0], dtype=torch.float32, device=hidden.device)
+        lse = torch.empty(k, dtype=torch.float32, device=hidden.device)  # kept: the backward needs no reduction
         kl = torch.empty(k if with_kl else 0, dtype=torch.float32, device=hidden.device)
         expect = torch.empty((k, hidden.shape[1]) if store else (0,), dtype=weight.dtype, device=hidden.device)
         expect_kl = torch.empty(
@@ -104,7 +105,8 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
         for c, s in enumerate(range(0, k, chunk_size)):
             e = min(k, s + chunk_size)
             logp = _logits(hidden[s:e], weight, bias)
-            logp -= torch.logsumexp(logp, dim=-1, keepdim=True)
+            lse[s:e] = torch.logsumexp(logp, dim=-1)
+            logp -= lse[s:e, None]
             idx = order[bounds[c] : bounds[c + 1]]
             out[idx] = logp[target_pos[idx] - s, target_ids[idx]]
             if not (with_kl or store):
@@ -130,7 +132,7 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
             ctx.save_for_backward(weight, target_pos, target_ids, expect, expect_kl)
         else:
             ctx.save_for_backward(
-                hidden, weight, bias, target_pos, target_ids, order, ref_hidden, ref_weight, ref_bias
+                hidden, weight, bias, target_pos, target_ids, order, lse, ref_hidden, ref_weight, ref_bias
             )
         return out, kl
 
@@ -145,7 +147,7 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
                 grad += g_kl[:, None] * expect_kl.float()
             grad.index_add_(0, target_pos, g_out[:, None] * weight[target_ids].float())
             return grad.to(weight.dtype), None, None, None, None, None, None, None, None
-        hidden, weight, bias, target_pos, target_ids, order, ref_hidden, ref_weight, ref_bias = ctx.saved_tensors
+        hidden, weight, bias, target_pos, target_ids, order, lse, ref_hidden, ref_weight, ref_bias = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         k, chunk_size, bounds = hidden.shape[0], ctx.chunk_size, ctx.bounds
         g_pos = torch.zeros(k, dtype=torch.float32, device=g_out.device).index_add_(0, target_pos, g_out)
@@ -155,7 +157,7 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
         for c, s in enumerate(range(0, k, chunk_size)):
             e = min(k, s + chunk_size)
             logp = _logits(hidden[s:e], weight, bias)
-            logp -= torch.logsumexp(logp, dim=-1, keepdim=True)
+            logp -= lse[s:e, None]
             p = logp.exp()
             if ctx.with_kl:
                 ref = _logits(ref_hidden[s:e], ref_weight, ref_bias)
@@ -176,7 +178,7 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
             if need_h:
                 torch.mm(grad_z, weight, out=grad_h[s:e])
             if need_w:
-                grad_w.addmm_(grad_z.T, hidden[s:e])
+                torch.addmm(grad_w, grad_z.T, hidden[s:e], out=grad_w)
         if grad_b is not None:
             grad_b = grad_b.to(bias.dtype)
         return grad_h, grad_w, grad_b, None, None, None, None, None, None
