@@ -1,13 +1,18 @@
 """GPU check on a random-weight ~1B llama (built from a config; no weights travel), bf16.
 
-1. One SAMI training step (forward + backward of the loss over B queries): prefix-shared
-   (`sami.logprobs.batched_logprob_matrices`) vs the reference formulation (B·C² right-padded rows, logits over
-   the full vocabulary), same inputs, same process: median time and peak GPU memory (`max_memory_allocated`).
+1. One SAMI training step (forward + backward of the loss over B queries) at the paper's shapes (P prompt, R
+   response tokens, C constitutions; default the four of `train_step.SHAPES`), same inputs, same process:
+   `chunked` (the default path: chunked LM head + log-softmax, boolean sdpa mask), `flex` (the same with
+   FlexAttention block masks: blocks no token may attend are skipped), `unchunked` (full-vocabulary logits and the
+   dense additive mask: the former path) and `reference` (B·C² right-padded rows, logits over the full
+   vocabulary): median time, peak GPU memory (`max_memory_allocated`) and max abs difference to `unchunked`.
+   A variant that runs out of memory is reported as such and the next one runs.
 2. `hf` backend generation throughput at large batch (prompt ≈ 300 tokens, 64 new tokens) beside transformers'
    own `model.generate` on the same prompts.
 
     python benchmarks/gpu_check.py                     # on a CUDA machine
-    python benchmarks/gpu_check.py --tiny --device cpu # a seconds-long smoke run of the same code
+    python benchmarks/gpu_check.py --vocab 128256      # the same with a Llama-3-sized vocabulary
+    python benchmarks/gpu_check.py --tiny --device cpu # a short smoke run of the same code (flex is GPU-only)
 
 The tokenizer is the default model's (49,152 tokens); `SAMI_TOKENIZER` may point at a copied tokenizer folder.
 """
@@ -27,10 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generation import build_prompts  # noqa: E402
-from train_step import build_inputs, reference_matrices  # noqa: E402
+from train_step import SHAPES, ModuloTokenizer, build_inputs, prefix_matrices, reference_matrices  # noqa: E402
 
-from sami.logprobs import batched_logprob_matrices  # noqa: E402
 from sami.loss import sami_loss  # noqa: E402
+
+TRAIN_VARIANTS = ("chunked", "flex", "unchunked", "reference")
 
 
 def load_tok():
@@ -55,8 +61,23 @@ def build_model(vocab: int, tiny: bool, device: str, dtype: torch.dtype):
     return model
 
 
-def prefix(model, tokenizer, prompts, responses) -> torch.Tensor:
-    return batched_logprob_matrices(model, tokenizer, prompts, responses, normalize="mean")
+def set_attention(model, impl: str) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+    else:
+        model.config._attn_implementation = impl
+
+
+def run_train_variant(name: str, model, tokenizer, prompts, responses) -> torch.Tensor:
+    if name == "reference":
+        return reference_matrices(model, tokenizer, prompts, responses)
+    if name == "unchunked":
+        return prefix_matrices(model, tokenizer, prompts, responses, chunk_size=0, dense_mask=True)
+    set_attention(model, "flex_attention" if name == "flex" else "sdpa")
+    try:
+        return prefix_matrices(model, tokenizer, prompts, responses)
+    finally:
+        set_attention(model, "sdpa")
 
 
 def sync(device: str) -> None:
@@ -64,13 +85,16 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def train_step_table(model, tokenizer, device: str, batch: int, cs: list[int], reps: int) -> list[dict]:
-    rows = []
-    for c in cs:
-        p1, r1 = build_inputs(tokenizer, c)
+def train_step_table(
+    model, tokenizer, device: str, batch: int, shapes: list[tuple[int, int, int]], reps: int, variants, step_tokens
+) -> list[dict]:
+    rows, fixed_batch = [], batch
+    for p, r, c in shapes:
+        batch = fixed_batch if fixed_batch > 0 else max(1, step_tokens // (c * (p + c * r)))
+        p1, r1 = build_inputs(getattr(tokenizer, "tok", tokenizer), c, p, r)
         prompts, responses = [p1] * batch, [r1] * batch
         results, mats = {}, {}
-        for name, fn in (("prefix", prefix), ("reference", reference_matrices)):
+        for name in variants:
             times, peak, error = [], None, None
             try:
                 for rep in range(reps + 1):
@@ -80,23 +104,30 @@ def train_step_table(model, tokenizer, device: str, batch: int, cs: list[int], r
                         torch.cuda.reset_peak_memory_stats()
                     sync(device)
                     start = time.perf_counter()
-                    m = fn(model, tokenizer, prompts, responses)
+                    m = run_train_variant(name, model, tokenizer, prompts, responses)
                     sami_loss(m).loss.backward()
                     sync(device)
                     if rep:
                         times.append(time.perf_counter() - start)
                     mats[name] = m.detach().float()
+                    del m
                     if device.startswith("cuda"):
                         peak = torch.cuda.max_memory_allocated() / 2**30
             except torch.OutOfMemoryError as e:
                 error = f"out of memory: {str(e).splitlines()[0][:80]}"
+            except Exception as e:  # e.g. FlexAttention where it cannot run: reported, the others still run
+                error = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
             model.zero_grad(set_to_none=True)
             results[name] = {"time_s": statistics.median(times) if times else None, "peak_gib": peak, "error": error}
-        diff = (mats["prefix"] - mats["reference"]).abs().max().item() if len(mats) == 2 else None
-        for name, r in results.items():
-            ref_t = results["reference"]["time_s"]
-            speedup = ref_t / r["time_s"] if ref_t and r["time_s"] else None
-            rows.append({"C": c, "B": batch, "variant": name, **r, "speedup": speedup, "max_abs_diff": diff})
+        for name, res in results.items():
+            base = results.get("reference", {}).get("time_s")
+            speedup = base / res["time_s"] if base and res["time_s"] else None
+            diff = None
+            if name in mats and "unchunked" in mats and name != "unchunked":
+                diff = (mats[name] - mats["unchunked"]).abs().max().item()
+            rows.append(
+                {"P": p, "R": r, "C": c, "B": batch, "variant": name, **res, "speedup": speedup, "max_abs_diff": diff}
+            )
     return rows
 
 
@@ -129,8 +160,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a tiny model: checks the script, measures nothing")
-    parser.add_argument("--batch", type=int, default=8, help="queries per training step")
-    parser.add_argument("--c", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--batch", type=int, default=0, help="queries per training step (0: from --step-tokens)")
+    parser.add_argument(
+        "--step-tokens", type=int, default=8192, help="with --batch 0: B = max(1, this // (C·(P + C·R)))"
+    )
+    parser.add_argument(
+        "--shapes", nargs="+", default=[",".join(map(str, s)) for s in SHAPES], help="P,R,C of the training step"
+    )
+    parser.add_argument("--variants", nargs="+", default=list(TRAIN_VARIANTS), choices=TRAIN_VARIANTS)
+    parser.add_argument("--vocab", type=int, help="vocabulary of the random model (default: the tokenizer's)")
+    parser.add_argument("--no-generation", action="store_true", help="the training-step table only")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--gen-batches", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--gen-prompts", type=int, default=256)
@@ -139,25 +178,34 @@ def main() -> None:
 
     tokenizer = load_tok()
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
-    model = build_model(len(tokenizer), args.tiny, args.device, dtype)
+    vocab = args.vocab or len(tokenizer)
+    model = build_model(vocab, args.tiny, args.device, dtype)
+    step_tokenizer = tokenizer if vocab == len(tokenizer) else ModuloTokenizer(tokenizer, vocab)
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     n_params = sum(p.numel() for p in model.parameters())
     info = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
     info |= {"torch": torch.__version__, "params": n_params, "dtype": str(dtype)}
     print(json.dumps(info))
     model.train()
-    train = train_step_table(model, tokenizer, args.device, args.batch, args.c, args.reps)
-    print("| C | B | variant | time (s, median) | speed-up | peak GPU memory (GiB) | max abs diff | note |")
+    train = train_step_table(
+        model, step_tokenizer, args.device, args.batch, shapes, args.reps, args.variants, args.step_tokens
+    )
+    print("| P, R, C | B | variant | time (s, median) | vs reference | peak GPU memory (GiB) | max abs diff | note |")
     print("|---|---|---|---|---|---|---|---|")
     for r in train:
         t = f"{r['time_s']:.3f}" if r["time_s"] else "-"
         sp = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
         pk = f"{r['peak_gib']:.1f}" if r["peak_gib"] else "-"
         d = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
-        print(f"| {r['C']} | {r['B']} | {r['variant']} | {t} | {sp} | {pk} | {d} | {r['error'] or ''} |")
-    model.eval()
-    gen = generation_table(model, tokenizer, args.gen_batches, args.gen_prompts, 64)
-    print("| batch | hf backend (tokens/s) | model.generate (tokens/s) |")
-    print("|---|---|---|")
+        shape = f"{r['P']}, {r['R']}, {r['C']}"
+        print(f"| {shape} | {r['B']} | {r['variant']} | {t} | {sp} | {pk} | {d} | {r['error'] or ''} |", flush=True)
+    gen = []
+    if not args.no_generation and vocab == len(tokenizer):
+        model.eval()
+        gen = generation_table(model, tokenizer, args.gen_batches, args.gen_prompts, 64)
+    if gen:
+        print("| batch | hf backend (tokens/s) | model.generate (tokens/s) |")
+        print("|---|---|---|")
     for r in gen:
         print(f"| {r['batch']} | {r['hf_backend_tok_s']:.0f} | {r['model_generate_tok_s']:.0f} |")
     if args.out:

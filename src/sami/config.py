@@ -119,6 +119,12 @@ class TrainingSettings(_Section):
     beta: float = Field(
         0.0, ge=0.0, description="weight of the token-level KL to the base model (0 = off, as in the paper)"
     )
+    logprob_chunk_size: int | None = Field(
+        None,
+        ge=0,
+        description="response positions per chunk of the LM head + log-softmax, which keeps no full-vocabulary "
+        "logits (None = automatic, 0 = unchunked)",
+    )
     max_prompt_length: int | None = None
     max_response_length: int | None = None
     truncate_prompt_left: bool = False

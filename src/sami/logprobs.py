@@ -35,12 +35,13 @@ from typing import Any
 import torch
 
 from sami.errors import SamiInputError
+from sami.lm_head import ReferenceStates, resolve_chunk_size, run_chunked_head, supports_chunked_head
 from sami.tokens import encode_prompts, encode_responses, eos_flags, resolve_eos
 
 log = logging.getLogger(__name__)
 
 NORMALIZE = ("mean", "sum")
-_MASK_ATTENTION = ("sdpa", "eager")
+_MASK_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 
 def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
@@ -237,21 +238,51 @@ def pack_prefix_shared(
     }
 
 
-def prefix_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The additive [R, 1, L, L] mask: a token sees earlier tokens of its own segment and the prompt (segment 0).
+def prefix_attention_allowed(segment_ids: torch.Tensor) -> torch.Tensor:
+    """The boolean [R, L, L] mask (True = attend): a token sees earlier tokens of its own segment and the prompt.
 
-    Padding (segment -1) sees earlier padding and the prompt, and never is seen by a real token, so no row of the
-    mask is fully masked.
+    Padding (segment -1) sees earlier padding only and is never seen by a real token, so no row is fully masked.
     """
     width = segment_ids.shape[1]
     idx = torch.arange(width, device=segment_ids.device)
     causal = idx[:, None] >= idx[None, :]
     seg_q = segment_ids[:, :, None]
     seg_k = segment_ids[:, None, :]
-    allowed = causal[None] & ((seg_k == seg_q) | ((seg_k == 0) & (seg_q >= 0)))
+    return causal[None] & ((seg_k == seg_q) | ((seg_k == 0) & (seg_q >= 0)))
+
+
+def prefix_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The dense additive [R, 1, L, L] mask (0 / -inf) in `dtype`: the reference layout (and what eager needs)."""
+    allowed = prefix_attention_allowed(segment_ids)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
     mask.masked_fill_(~allowed, float("-inf"))
     return mask[:, None]
+
+
+def prefix_block_mask(segment_ids: torch.Tensor):
+    """The same mask as a FlexAttention `BlockMask`: blocks no token of which may attend are skipped entirely."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    segments = segment_ids.contiguous()
+
+    def mask_mod(b, h, q, kv):
+        seg_q, seg_k = segments[b, q], segments[b, kv]
+        return (q >= kv) & ((seg_k == seg_q) | ((seg_k == 0) & (seg_q >= 0)))
+
+    n_rows, width = segments.shape
+    return create_block_mask(mask_mod, B=n_rows, H=None, Q_LEN=width, KV_LEN=width, device=segments.device)
+
+
+def attention_mask_for(base, segment_ids: torch.Tensor, *, dense: bool = False):
+    """The attention mask for `base`'s attention implementation: a `BlockMask` for flex_attention, a boolean
+    [R, 1, L, L] mask for sdpa (a quarter of the float32 mask's bytes, and no float copy kept), the additive
+    mask in the model's dtype for eager. `dense` forces the additive mask (the reference in tests)."""
+    impl = getattr(base.config, "_attn_implementation", None)
+    if not dense and impl == "flex_attention":
+        return prefix_block_mask(segment_ids)
+    if not dense and impl == "sdpa":
+        return prefix_attention_allowed(segment_ids)[:, None]
+    return prefix_attention_mask(segment_ids, base.get_input_embeddings().weight.dtype)
 
 
 def unwrap_model(model):
@@ -270,57 +301,111 @@ def _check_model(base) -> bool:
     impl = getattr(base.config, "_attn_implementation", None)
     if impl is not None and impl not in _MASK_ATTENTION:
         raise ValueError(
-            f"prefix-shared log-probs need a 4D attention mask: load the model with attn_implementation='sdpa' "
-            f"or 'eager' (it uses {impl!r})"
+            f"prefix-shared log-probs need a 4D attention mask: load the model with attn_implementation='sdpa', "
+            f"'eager' or 'flex_attention' (it uses {impl!r})"
         )
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def packed_logprobs(
-    model, packed: Mapping[str, Any], *, normalize: str = "mean", return_logits: bool = False
+    model,
+    packed: Mapping[str, Any],
+    *,
+    normalize: str = "mean",
+    return_logits: bool = False,
+    chunk_size: int | None = None,
+    reference: ReferenceStates | None = None,
+    dense_mask: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Run the model on a `pack_prefix_shared` batch; return the [R, M] log-prob matrix.
 
-    `model` may be wrapped (DDP, peft): it is called through its own forward, with `logits_to_keep` so that the LM
-    head runs on the response columns only. With `return_logits`, also return the [K, V] logits of the K positions
-    that predict a response token (`predict_mask`), e.g. for a KL term.
+    `model` may be wrapped (DDP, FSDP, peft): it is called through its own forward, with `logits_to_keep` so that
+    the LM head runs on the response columns only. The head and log-softmax run in chunks of `chunk_size`
+    positions (`sami.lm_head`; None = automatic, 0 = unchunked) where the model allows it. With `reference`
+    (from `reference_states`), also return the mean over the K predicting positions of KL(π || π_ref) (chunked).
+    With `return_logits` (unchunked), also return the [K, V] logits of the K positions that predict a response
+    token (`predict_mask`). `dense_mask` uses the dense additive attention mask whatever the attention backend.
     """
     if normalize not in NORMALIZE:
         raise SamiInputError(f"normalize: expected one of {NORMALIZE}, got {normalize!r}")
     base = unwrap_model(model)
     takes_keep = _check_model(base)
-    input_ids = packed["input_ids"]
-    device = input_ids.device
+    device = packed["input_ids"].device
     n_rows, n_logits = int(packed["n_rows"]), int(packed["n_logits"])
-    dtype = base.get_input_embeddings().weight.dtype
-    mask = prefix_attention_mask(packed["segment_ids"].to(device), dtype)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=packed["position_ids"].to(device),
-        use_cache=False,
-        **({"logits_to_keep": n_logits} if takes_keep else {}),
-    )
-    logits = out.logits[:, -n_logits:]
+    chunk = resolve_chunk_size(chunk_size, base.config.vocab_size if hasattr(base, "config") else 0)
+    chunked = chunk > 0 and not return_logits and takes_keep and supports_chunked_head(base)
+    if reference is not None and not chunked:
+        raise ValueError("a chunked KL reference needs the chunked head (chunk_size != 0 and a plain linear head)")
+
+    def call():
+        return model(
+            input_ids=packed["input_ids"],
+            attention_mask=attention_mask_for(base, packed["segment_ids"].to(device), dense=dense_mask),
+            position_ids=packed["position_ids"].to(device),
+            use_cache=False,
+            **({"logits_to_keep": n_logits} if takes_keep else {}),
+        )
+
+    if chunked:
+        head = base.get_output_embeddings()
+        token_logps, kl = run_chunked_head(call, head, packed, chunk_size=chunk, reference=reference)
+        matrix = _matrix(token_logps, packed, normalize)
+        return (matrix, kl.mean()) if reference is not None else matrix
+    logits = call().logits[:, -n_logits:]
     if logits.shape[:2] != (n_rows, n_logits):
-        raise ValueError(f"unexpected logits of shape {tuple(out.logits.shape)} from {type(base).__name__}")
+        raise ValueError(f"unexpected logits of shape {tuple(logits.shape)} from {type(base).__name__}")
     logits = logits.reshape(n_rows * n_logits, -1)
     target_index = packed["target_index"].to(device)
     target_ids = packed["target_ids"].to(device)
-    target_pair = packed["target_pair"].to(device)
     # float32 log-softmax, evaluated only where a target needs it: logit(target) - logsumexp(row).
     logits32 = logits.float()
     lse = torch.logsumexp(logits32, dim=-1)
     token_logps = logits32[target_index, target_ids] - lse[target_index]
-    n_pairs = n_rows * int(packed["n_responses"])
-    sums = torch.zeros(n_pairs, dtype=token_logps.dtype, device=device).index_add(0, target_pair, token_logps)
-    if normalize == "mean":
-        counts = torch.bincount(target_pair, minlength=n_pairs).to(sums.dtype)
-        sums = sums / counts
-    matrix = sums.view(n_rows, int(packed["n_responses"]))
+    matrix = _matrix(token_logps, packed, normalize)
     if return_logits:
         return matrix, logits[packed["predict_mask"].to(device).flatten()]
     return matrix
+
+
+def _matrix(token_logps: torch.Tensor, packed: Mapping[str, Any], normalize: str) -> torch.Tensor:
+    """Sum (or mean) the per-token log-probs of each (row, response) pair into the [R, M] matrix."""
+    target_pair = packed["target_pair"].to(token_logps.device)
+    n_rows, n_resp = int(packed["n_rows"]), int(packed["n_responses"])
+    sums = torch.zeros(n_rows * n_resp, dtype=token_logps.dtype, device=token_logps.device)
+    sums = sums.index_add(0, target_pair, token_logps)
+    if normalize == "mean":
+        sums = sums / torch.bincount(target_pair, minlength=n_rows * n_resp).to(sums.dtype)
+    return sums.view(n_rows, n_resp)
+
+
+def reference_states(model, packed: Mapping[str, Any], *, shares_head: bool = False) -> ReferenceStates:
+    """The reference model's hidden states at the K predicting positions (no gradient), and its head weights.
+
+    `shares_head`: the reference is the policy itself with something switched off (peft's `disable_adapter`),
+    so the policy's head is used inside the policy's forward (where FSDP has gathered it) instead of this one.
+    """
+    base = unwrap_model(model)
+    takes_keep = _check_model(base)
+    if not (takes_keep and supports_chunked_head(base)):
+        raise ValueError(f"{type(base).__name__} does not support the chunked LM head")
+    device = packed["input_ids"].device
+    head = base.get_output_embeddings()
+
+    def call():
+        return model(
+            input_ids=packed["input_ids"],
+            attention_mask=attention_mask_for(base, packed["segment_ids"].to(device)),
+            position_ids=packed["position_ids"].to(device),
+            use_cache=False,
+            logits_to_keep=int(packed["n_logits"]),
+        )
+
+    with torch.no_grad():
+        hidden = run_chunked_head(call, head, packed, chunk_size=1, hidden_only=True)
+    if shares_head:
+        return ReferenceStates(hidden)
+    bias = head.bias.detach() if head.bias is not None else None
+    return ReferenceStates(hidden, head.weight.detach(), bias)
 
 
 def _pad_id(tokenizer) -> int:

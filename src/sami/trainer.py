@@ -22,7 +22,8 @@ from transformers import Trainer, TrainingArguments
 
 from sami.errors import SamiInputError
 from sami.io import atomic_write_json, iter_jsonl
-from sami.logprobs import NORMALIZE, encode_examples, pack_encoded, packed_logprobs
+from sami.lm_head import resolve_chunk_size, supports_chunked_head
+from sami.logprobs import NORMALIZE, encode_examples, pack_encoded, packed_logprobs, reference_states, unwrap_model
 from sami.loss import sami_loss
 from sami.tokens import resolve_eos, response_context
 
@@ -56,6 +57,14 @@ class SAMIConfig(TrainingArguments):
         metadata={
             "help": "Weight of a token-level KL(policy || reference) on the response positions; 0 disables it. "
             "The reference is the model before training (the base model with adapters off under LoRA)."
+        },
+    )
+    logprob_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Response positions per chunk of the LM head + log-softmax (`sami.lm_head`): only target "
+            "log-probs (and the KL) are kept and the backward recomputes a chunk's logits. None: automatic "
+            "(about 32 MiB of float32 logits per chunk); 0: unchunked (full-vocabulary logits kept for backward)."
         },
     )
     max_prompt_length: int | None = field(
@@ -102,6 +111,8 @@ class SAMIConfig(TrainingArguments):
         self.eos = resolve_eos(self.eos)
         if self.beta < 0:
             raise SamiInputError(f"beta: must be >= 0, got {self.beta}")
+        if self.logprob_chunk_size is not None and self.logprob_chunk_size < 0:
+            raise SamiInputError(f"logprob_chunk_size: must be >= 0 (0 = unchunked), got {self.logprob_chunk_size}")
         for name in ("max_prompt_length", "max_response_length"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -228,6 +239,7 @@ class SAMITrainer(Trainer):
             self.ref_model.to(self.args.device)
 
     def _ref_logits(self, model, inputs) -> torch.Tensor:
+        """The reference's [K, V] logits (unchunked path)."""
         with torch.no_grad():
             if self.ref_model is not None:
                 _, logits = packed_logprobs(self.ref_model, inputs, return_logits=True)
@@ -237,10 +249,41 @@ class SAMITrainer(Trainer):
                     _, logits = packed_logprobs(peft_model, inputs, return_logits=True)
         return logits
 
+    def _ref_states(self, model, inputs):
+        """The reference's hidden states at the predicting positions (chunked path); under peft with the adapter
+        off, the head is the policy's own and is used inside the policy's forward."""
+        if self.ref_model is not None:
+            return reference_states(self.ref_model, inputs)
+        peft_model = unwrap_peft_free(model)
+        with peft_model.disable_adapter():
+            return reference_states(peft_model, inputs, shares_head=True)
+
+    def _chunked(self, model) -> int:
+        """Chunk size of the LM head for this model (0 = unchunked)."""
+        base = unwrap_model(model)
+        chunk = resolve_chunk_size(self.args.logprob_chunk_size, base.config.vocab_size)
+        refs_ok = self.ref_model is None or supports_chunked_head(unwrap_model(self.ref_model))
+        return chunk if chunk and supports_chunked_head(base) and refs_ok else 0
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: SAMIConfig = self.args
         mode = "train" if model.training else "eval"
-        matrix, logits = packed_logprobs(model, inputs, normalize=args.logprob_normalize, return_logits=True)
+        chunk = self._chunked(model)
+        kl = None
+        if args.beta > 0 and chunk:
+            matrix, kl = packed_logprobs(
+                model,
+                inputs,
+                normalize=args.logprob_normalize,
+                chunk_size=chunk,
+                reference=self._ref_states(model, inputs),
+            )
+        elif args.beta > 0:
+            matrix, logits = packed_logprobs(model, inputs, normalize=args.logprob_normalize, return_logits=True)
+            kl = token_kl(logits, self._ref_logits(model, inputs))
+            del logits
+        else:
+            matrix = packed_logprobs(model, inputs, normalize=args.logprob_normalize, chunk_size=chunk)
         c = int(inputs["n_responses"])
         matrix = matrix.view(-1, c, c)
         out = sami_loss(matrix)
@@ -257,11 +300,9 @@ class SAMITrainer(Trainer):
                 "logps/diag": diag.mean(),
                 "logps/offdiag": offdiag,
             }
-        if args.beta > 0:
-            kl = token_kl(logits, self._ref_logits(model, inputs))
+        if kl is not None:
             loss = loss + args.beta * kl
             metrics["kl"] = kl.detach()
-        del logits
         for key, value in metrics.items():
             self._stored_metrics[mode][key].append(float(value))
         if mode == "train":

@@ -14,6 +14,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "beta": "beta",
     "logprob_normalize": "logprob_normalize",
     "eos": "eos",
+    "logprob_chunk_size": "logprob_chunk_size",
     "include_eos": "include_eos",
     "max_prompt_length": "max_prompt_length",
     "max_response_length": "max_response_length",
@@ -46,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--include-eos", action=argparse.BooleanOptionalAction, default=None, help="older spelling of --eos"
+    )
+    parser.add_argument(
+        "--logprob-chunk-size", type=int, default=None, help="positions per LM-head chunk (default automatic, 0 = off)"
     )
     parser.add_argument("--max-prompt-length", type=int, default=None)
     parser.add_argument("--max-response-length", type=int, default=None)
