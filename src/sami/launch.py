@@ -63,18 +63,32 @@ def accelerate_command(
     extra_args: list[str] | tuple[str, ...] = (),
     cpu: bool | None = None,
     main_process_port: int | None = None,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    main_process_ip: str | None = None,
 ) -> list[str]:
     """The argv that runs `sami SAMI_ARGS...` under `accelerate launch` with `num_processes` processes.
 
-    `cpu` defaults to "no CUDA device here"; on CPU the processes talk over gloo and `config` is ignored (the
-    shipped configs target GPUs). Without a `config`, several GPU processes run plain DDP. `extra_args` go
-    to `accelerate launch` unchanged, after the generated ones, so they win.
+    `num_processes` counts all machines (accelerate's meaning): with `num_machines` > 1 every machine runs this
+    command with its own `machine_rank` and starts `num_processes / num_machines` processes, which meet at
+    `main_process_ip:main_process_port` (machine 0). `cpu` defaults to "no CUDA device here"; on CPU the processes
+    talk over gloo and `config` is ignored (the shipped configs target GPUs). Without a `config`, several GPU
+    processes run plain DDP. `extra_args` go to `accelerate launch` unchanged, after the generated ones, so they
+    win.
     """
     if num_processes < 1:
         raise SamiInputError(f"launcher.num_processes: must be >= 1, got {num_processes}")
+    if num_machines > 1 and (main_process_ip is None or main_process_port is None):
+        raise SamiInputError("launcher: num_machines > 1 needs main_process_ip and main_process_port")
+    if not 0 <= machine_rank < num_machines or num_processes % num_machines:
+        raise SamiInputError(
+            f"launcher: machine_rank {machine_rank} of {num_machines} machines, {num_processes} processes in all"
+        )
     cpu = (not _has_gpu()) if cpu is None else cpu
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
-    cmd += ["--num_machines", "1", "--dynamo_backend", "no"]
+    cmd += ["--num_machines", str(num_machines), "--dynamo_backend", "no"]
+    if num_machines > 1:
+        cmd += ["--machine_rank", str(machine_rank), "--main_process_ip", main_process_ip]
     if config is not None:
         path = accelerate_config_path(config)
         if cpu:
@@ -85,11 +99,11 @@ def accelerate_command(
         # `accelerate launch --cpu` starts a single process (several CPU processes need mpirun); the torchrun
         # launcher behind --multi_gpu starts N processes, and ACCELERATE_USE_CPU (see `launch_env`) makes them
         # form a gloo group on the CPU.
-        cmd += ["--multi_gpu"] if num_processes > 1 else ["--cpu"]
+        cmd += ["--multi_gpu"] if num_processes > 1 or num_machines > 1 else ["--cpu"]
         cmd += ["--mixed_precision", "no"]
     elif config is None:
         cmd += ["--mixed_precision", "no"] + (["--multi_gpu"] if num_processes > 1 else [])
-    if num_processes > 1 and "--main_process_port" not in extra_args:
+    if (num_processes > 1 or num_machines > 1) and "--main_process_port" not in extra_args:
         cmd += ["--main_process_port", str(main_process_port or _free_port())]
     cmd += list(extra_args)
     cmd += ["-m", "sami.cli", *sami_args]
@@ -105,12 +119,16 @@ def launch_env(*, cpu: bool | None = None) -> dict[str, str]:
 
 
 def launcher_command(launcher: Any, sami_args: list[str]) -> list[str]:
-    """`accelerate_command` from a `LauncherSettings` (kind, num_processes, config, extra_args)."""
+    """`accelerate_command` from a `LauncherSettings` (processes, config, machines, extra_args)."""
     return accelerate_command(
         sami_args,
         num_processes=launcher.num_processes,
         config=launcher.config,
         extra_args=list(launcher.extra_args),
+        num_machines=launcher.num_machines,
+        machine_rank=launcher.machine_rank,
+        main_process_ip=launcher.main_process_ip,
+        main_process_port=launcher.main_process_port,
     )
 
 
