@@ -1,0 +1,210 @@
+"""Training resumes inside a stage: kill -9 mid-training, rerun, same weights and log history as without the kill.
+
+A process is killed at a known step by a wrapper script that adds a callback sending SIGKILL to itself (no cleanup,
+as a preemption or an OOM kill would). Runs use one thread per process, so every run reduces in the same order
+and the comparisons are exact up to float32 noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+from test_distributed import _samples
+from test_pipeline import tiny_config, write_config
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from sami.launch import accelerate_command, launch_env
+from sami.trainer import last_checkpoint
+
+pytestmark = pytest.mark.slow
+
+KILLER = """
+import os, signal, sys
+
+from transformers import TrainerCallback
+
+import sami.trainer
+
+STEP, RANK = int(os.environ["SAMI_TEST_KILL_AT_STEP"]), os.environ.get("SAMI_TEST_KILL_RANK", "0")
+
+
+class KillAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == STEP and os.environ.get("RANK", "0") == RANK:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+init = sami.trainer.SAMITrainer.__init__
+
+
+def patched(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    self.add_callback(KillAt())
+
+
+sami.trainer.SAMITrainer.__init__ = patched
+from sami.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+MAX_STEPS, SAVE_STEPS, KILL_AT = 5, 2, 3  # killed after step 3: resumes from checkpoint-2, redoes steps 3-5
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_dir):
+    """8 samples (2 optimizer steps of 4 per epoch: 5 steps cross two epoch boundaries) and a run config with
+    AdamW and a linear schedule with warmup, so the optimizer moments and the scheduler must both be restored."""
+    root = tmp_path_factory.mktemp("resume")
+    cfg = tiny_config(tiny_model_dir)
+    cfg["training"] = {
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": 4,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 2,
+        "report_to": [],
+        "save_steps": SAVE_STEPS,
+    }
+    killer = root / "killer.py"
+    killer.write_text(KILLER)
+    return {
+        "samples": _samples(root / "samples.jsonl"),
+        "config": write_config(root / "cfg.yaml", cfg),
+        "killer": killer,
+        "root": root,
+    }
+
+
+def train_args(setup, out: Path, *extra: str) -> list[str]:
+    args = ["train", "--config", str(setup["config"]), "--samples", str(setup["samples"]), "--output-dir", str(out)]
+    return [*args, "--max-steps", str(MAX_STEPS), *extra]
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_one(setup, out: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
+    """`sami train` in one process (through the killer script when `kill_at` is set)."""
+    entry = [str(setup["killer"])] if kill_at is not None else ["-m", "sami.cli"]
+    kill = {"SAMI_TEST_KILL_AT_STEP": str(kill_at)} if kill_at is not None else {}
+    cmd = [sys.executable, *entry, *train_args(setup, out, *extra)]
+    return subprocess.run(cmd, env=env(**kill), capture_output=True, text=True, timeout=300)
+
+
+def run_two(setup, out: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
+    """`sami train` under `accelerate launch` with 2 CPU processes of 2 queries each (the same global batch)."""
+    args = train_args(setup, out, "--per-device-train-batch-size", "2", *extra)
+    cmd = accelerate_command(args, num_processes=2, cpu=True)
+    kill = {}
+    if kill_at is not None:
+        at = cmd.index("-m", 3)
+        cmd = [*cmd[:at], str(setup["killer"]), *cmd[at + 2 :]]
+        kill = {"SAMI_TEST_KILL_AT_STEP": str(kill_at), "SAMI_TEST_KILL_RANK": "1"}
+    return subprocess.run(cmd, env=env(**launch_env(cpu=True), **kill), capture_output=True, text=True, timeout=300)
+
+
+def ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def step_logs(folder: Path) -> list[dict]:
+    """The per-step entries of log_history.json (the closing summary holds run times and the loss since start)."""
+    return [h for h in json.loads((folder / "log_history.json").read_text()) if "loss" in h]
+
+
+def killed_state(out: Path) -> None:
+    """What a kill after step 3 leaves: the complete checkpoint-2 only, no exported model, no log."""
+    assert last_checkpoint(out) == out / f"{PREFIX_CHECKPOINT_DIR}-{SAVE_STEPS}"
+    assert sorted(p.name for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*")) == [f"{PREFIX_CHECKPOINT_DIR}-2"]
+    assert (out / "checkpoint-2" / "sami_state.json").is_file()
+    assert not (out / "model.safetensors").exists() and not (out / "log_history.json").exists()
+
+
+def finished_state(out: Path) -> None:
+    """The exported folder holds the model and its log, never the resume checkpoints."""
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert not list(out.glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup) -> Path:
+    out = setup["root"] / "uninterrupted"
+    ok(run_one(setup, out))
+    finished_state(out)
+    return out
+
+
+def test_last_checkpoint_skips_folders_cut_short(tmp_path):
+    for step, state in [(2, "{}"), (4, None), (6, '{"log_hist'), (10, "{}")]:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()  # killed while writing checkpoint-10
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert last_checkpoint(tmp_path / "missing") is None
+
+
+def test_killed_single_process_resumes_to_the_same_weights_and_log(setup, uninterrupted):
+    out = setup["root"] / "killed-one"
+    killed = run_one(setup, out, "--resume", kill_at=KILL_AT)
+    assert killed.returncode == -9, (killed.stdout + killed.stderr)[-3000:]
+    killed_state(out)
+    # The rerun goes through the killer too, set to step 2: it survives only if it really starts after step 2.
+    ok(run_one(setup, out, "--resume", kill_at=SAVE_STEPS))
+    finished_state(out)
+    assert max_diff(weights(out), weights(uninterrupted)) < 1e-5
+    resumed, reference = step_logs(out), step_logs(uninterrupted)
+    assert [h["step"] for h in resumed] == list(range(1, MAX_STEPS + 1))
+    assert resumed == reference  # steps 1-2 from the checkpoint, 3-5 recomputed: every value equal
+
+
+def test_without_resume_a_rerun_starts_over(setup):
+    out = setup["root"] / "killed-no-resume"
+    assert run_one(setup, out, kill_at=KILL_AT).returncode == -9
+    # Without --resume the checkpoint is ignored: the rerun passes step 2 again (and is killed there).
+    assert run_one(setup, out, kill_at=SAVE_STEPS).returncode == -9
+
+
+def test_killed_rank_of_two_processes_resumes_to_the_same_weights_and_log(setup, uninterrupted):
+    reference = setup["root"] / "two-uninterrupted"
+    ok(run_two(setup, reference))
+    finished_state(reference)
+    out = setup["root"] / "killed-two"
+    killed = run_two(setup, out, "--resume", kill_at=KILL_AT)  # rank 1 dies; the launcher stops rank 0
+    assert killed.returncode != 0
+    killed_state(out)
+    assert (out / "checkpoint-2" / "rng_state_0.pth").is_file() and (
+        out / "checkpoint-2" / "rng_state_1.pth"
+    ).is_file()
+    ok(run_two(setup, out, "--resume", kill_at=SAVE_STEPS))
+    finished_state(out)
+    assert max_diff(weights(out), weights(reference)) < 1e-5
+    resumed, expected = step_logs(out), step_logs(reference)
+    assert [h["step"] for h in resumed] == list(range(1, MAX_STEPS + 1))
+    assert resumed == expected
+    # Two ranks of 2 queries = one process of 4 (the same global batch), through the resume too.
+    assert max_diff(weights(out), weights(uninterrupted)) < 1e-5
+    for a, b in zip(resumed, step_logs(uninterrupted), strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 and a["num_tokens"] == b["num_tokens"]
