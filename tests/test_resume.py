@@ -208,3 +208,40 @@ def test_killed_rank_of_two_processes_resumes_to_the_same_weights_and_log(setup,
     assert max_diff(weights(out), weights(uninterrupted)) < 1e-5
     for a, b in zip(resumed, step_logs(uninterrupted), strict=True):
         assert abs(a["loss"] - b["loss"]) < 1e-4 and a["num_tokens"] == b["num_tokens"]
+
+
+def test_pipeline_train_stage_resumes_in_its_partial_folder(tmp_path, tiny_model_dir, monkeypatch):
+    """`sami run` keeps an interrupted `train.partial/` and trains into it with resume on (the resume itself is
+    the Trainer's, tested above); the renamed `train/` is what the stage records."""
+    import sami.trainer
+    from sami.config import parse_config
+    from sami.pipeline import Pipeline, config_hash, training_arguments
+
+    config = parse_config(tiny_config(tiny_model_dir))
+    pipeline = Pipeline(config, tmp_path / "run")
+    partial = pipeline.iter_dir(1) / "train.partial"
+    (partial / "checkpoint-2").mkdir(parents=True)
+    (partial / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    seen = {}
+
+    def fake_train_sami(model_ref, samples_path, output_dir, args, *, lora=None, resume=False):
+        seen.update(resume=resume, output_dir=Path(output_dir), checkpoint=last_checkpoint(output_dir))
+        (Path(output_dir) / "config.json").write_text("{}")
+        return Path(output_dir)
+
+    monkeypatch.setattr(sami.trainer, "train_sami", fake_train_sami)
+    pipeline.train(1)
+    assert seen == {"resume": True, "output_dir": partial, "checkpoint": partial / "checkpoint-2"}
+    assert (pipeline.iter_dir(1) / "train" / "config.json").is_file() and not partial.exists()
+    assert pipeline.manifest.done("iter-1/train")
+    # How often training checkpoints does not change results: it is not part of the run's config hash.
+    changed = parse_config(
+        {**tiny_config(tiny_model_dir), "training": {**tiny_config(tiny_model_dir)["training"], "save_steps": 7}}
+    )
+    assert config_hash(changed) == config_hash(config)
+    assert pipeline.config.training.save_steps == 2
+    off = {**tiny_config(tiny_model_dir)["training"], "save_steps": 0}
+    args = training_arguments(
+        parse_config({**tiny_config(tiny_model_dir), "training": off}), output_dir=tmp_path, max_steps=1
+    )
+    assert args.save_strategy == "no"
