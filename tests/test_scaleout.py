@@ -17,7 +17,7 @@ from test_pipeline import tiny_config, write_config
 from sami.cli import main
 from sami.config import parse_config
 from sami.errors import SamiInputError
-from sami.launch import accelerate_command, accelerate_config_path, launcher_command
+from sami.launch import accelerate_command, accelerate_config_path, launch_env, launcher_command, uses_deepspeed
 
 
 def test_launcher_accepts_accelerates_multi_machine_options(tiny_model_dir):
@@ -47,6 +47,16 @@ def test_launcher_accepts_accelerates_multi_machine_options(tiny_model_dir):
             parse_config({**cfg, "launcher": {**cfg["launcher"], **bad}})
     with pytest.raises(SamiInputError, match="main_process_ip"):
         accelerate_command(["train"], num_processes=2, num_machines=2, cpu=True)
+
+
+def test_cpu_launch_keeps_deepspeed_configs_and_drops_the_others():
+    zero3 = accelerate_command(["train"], num_processes=2, config="zero3", cpu=True)
+    assert zero3[zero3.index("--config_file") + 1].endswith("zero3.yaml") and "--multi_gpu" not in zero3
+    assert zero3[zero3.index("--mixed_precision") + 1] == "no" and uses_deepspeed(zero3)
+    assert "ACCELERATE_USE_CPU" not in launch_env(cpu=True, deepspeed=True)
+    fsdp = accelerate_command(["train"], num_processes=2, config="fsdp", cpu=True)
+    assert "--config_file" not in fsdp and "--multi_gpu" in fsdp and not uses_deepspeed(fsdp)
+    assert launch_env(cpu=True)["ACCELERATE_USE_CPU"] == "true"
 
 
 @pytest.mark.slow
@@ -139,3 +149,36 @@ def test_shipped_zero3_config_is_valid_for_accelerate(tmp_path):
     zero = plugin.deepspeed_config["zero_optimization"]
     assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"] is True
     assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == "auto"  # filled in by the Trainer
+
+
+@pytest.mark.slow
+def test_zero3_on_cpu_trains_the_single_process_weights(tmp_path, tiny_model_dir):
+    """`sami train --accelerate-config zero3 --num-processes 2` with DeepSpeed's CPU accelerator (gloo): ZeRO
+    stage 3 partitions the weights, gradients and optimizer states over the two ranks, and the 16-bit-save path
+    gathers them into the final safetensors; the result equals one process with the same global batch."""
+    pytest.importorskip("deepspeed", reason="pip install 'sami[deepspeed]' (make install-test installs it)")
+    from safetensors.torch import load_file
+
+    samples = _samples(tmp_path / "samples.jsonl")
+    common = ["train", "--samples", str(samples), "--model", str(tiny_model_dir), "--max-steps", "2"]
+    common += ["--learning-rate", "1e-3", "--seed", "0", "--report-to", "none"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT / "src")}
+    args = [*common, "--output-dir", str(tmp_path / "zero3"), "--per-device-train-batch-size", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "sami.cli", *args, "--accelerate-config", "zero3", "--num-processes", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,  # the first DeepSpeed launch on a machine compiles its shared-memory op (minutes)
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert main([*common, "--output-dir", str(tmp_path / "one"), "--per-device-train-batch-size", "4"]) == 0
+    one, zero3 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "zero3" / "model.safetensors")
+    start = load_file(Path(tiny_model_dir) / "model.safetensors")
+    assert one.keys() == zero3.keys()
+    assert max((one[k] - zero3[k]).abs().max().item() for k in one) < 1e-5
+    assert max((one[k] - start[k]).abs().max().item() for k in one) > 5e-4
+    assert (tmp_path / "zero3" / "training_args.bin").is_file()  # only the DeepSpeed/FSDP save path writes it
+    logs = json.loads((tmp_path / "zero3" / "log_history.json").read_text())
+    assert [h["step"] for h in logs if "loss" in h] == [1, 2]
+    assert not list((tmp_path / "zero3").glob("checkpoint-*")) and not list((tmp_path / "zero3").glob("global_step*"))

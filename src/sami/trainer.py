@@ -115,7 +115,15 @@ class SAMIConfig(TrainingArguments):
                 raise SamiInputError(f"{name}: must be a positive number of tokens, got {value}")
         if self.save_steps == 0 and self.save_strategy == "steps":
             self.save_strategy = "no"
+        if self.ddp_backend is None and _deepspeed_on_cpu():
+            # accelerate counts the ranks of a DeepSpeed launch only when it is told the backend, which it cannot
+            # infer without an accelerator; DeepSpeed's CPU accelerator uses gloo.
+            self.ddp_backend = "gloo"
         super().__post_init__()
+
+
+def _deepspeed_on_cpu() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not torch.cuda.is_available()
 
 
 @dataclass
