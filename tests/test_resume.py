@@ -20,7 +20,7 @@ from test_distributed import _samples
 from test_pipeline import tiny_config, write_config
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from sami.launch import accelerate_command, launch_env
+from sami.launch import accelerate_command, launch_env, uses_deepspeed
 from sami.trainer import last_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -99,16 +99,19 @@ def run_one(setup, out: Path, *extra: str, kill_at: int | None = None) -> subpro
     return subprocess.run(cmd, env=env(**kill), capture_output=True, text=True, timeout=300)
 
 
-def run_two(setup, out: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
+def run_two(
+    setup, out: Path, *extra: str, kill_at: int | None = None, config: str | None = None
+) -> subprocess.CompletedProcess:
     """`sami train` under `accelerate launch` with 2 CPU processes of 2 queries each (the same global batch)."""
     args = train_args(setup, out, "--per-device-train-batch-size", "2", *extra)
-    cmd = accelerate_command(args, num_processes=2, cpu=True)
+    cmd = accelerate_command(args, num_processes=2, cpu=True, config=config)
     kill = {}
     if kill_at is not None:
         at = cmd.index("-m", 3)
         cmd = [*cmd[:at], str(setup["killer"]), *cmd[at + 2 :]]
         kill = {"SAMI_TEST_KILL_AT_STEP": str(kill_at), "SAMI_TEST_KILL_RANK": "1"}
-    return subprocess.run(cmd, env=env(**launch_env(cpu=True), **kill), capture_output=True, text=True, timeout=300)
+    launch = launch_env(cpu=True, deepspeed=uses_deepspeed(cmd))
+    return subprocess.run(cmd, env=env(**launch, **kill), capture_output=True, text=True, timeout=900)
 
 
 def ok(proc: subprocess.CompletedProcess) -> None:
@@ -245,3 +248,23 @@ def test_pipeline_train_stage_resumes_in_its_partial_folder(tmp_path, tiny_model
         parse_config({**tiny_config(tiny_model_dir), "training": off}), output_dir=tmp_path, max_steps=1
     )
     assert args.save_strategy == "no"
+
+
+def test_killed_rank_under_zero3_resumes_to_the_single_process_weights(setup, uninterrupted):
+    """The same kill and resume under DeepSpeed ZeRO-3 (CPU accelerator, gloo): the checkpoint is DeepSpeed's
+    partitioned one (`global_step2/`), restored by the Trainer through DeepSpeed."""
+    pytest.importorskip("deepspeed", reason="pip install 'sami[deepspeed]' (make install-test installs it)")
+    out = setup["root"] / "killed-zero3"
+    killed = run_two(setup, out, "--resume", kill_at=KILL_AT, config="zero3")
+    assert killed.returncode != 0
+    killed_state(out)
+    assert (out / "checkpoint-2" / "global_step2").is_dir()
+    ok(run_two(setup, out, "--resume", kill_at=SAVE_STEPS, config="zero3"))
+    finished_state(out)
+    assert (out / "training_args.bin").is_file()  # the DeepSpeed save path
+    assert max_diff(weights(out), weights(uninterrupted)) < 1e-5
+    resumed = step_logs(out)
+    assert [h["step"] for h in resumed] == list(range(1, MAX_STEPS + 1))
+    for a, b in zip(resumed, step_logs(uninterrupted), strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 and a["num_tokens"] == b["num_tokens"]
+        assert abs(a["learning_rate"] - b["learning_rate"]) < 1e-12
