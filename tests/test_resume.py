@@ -268,3 +268,57 @@ def test_killed_rank_under_zero3_resumes_to_the_single_process_weights(setup, un
     for a, b in zip(resumed, step_logs(uninterrupted), strict=True):
         assert abs(a["loss"] - b["loss"]) < 1e-4 and a["num_tokens"] == b["num_tokens"]
         assert abs(a["learning_rate"] - b["learning_rate"]) < 1e-12
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_lora_training_interrupted_in_process_resumes_to_the_same_merged_weights(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """Under LoRA the checkpoint holds the adapter (and its optimizer); the resumed, merged export equals the
+    uninterrupted one. The interruption here is an exception after step 3 (the files on disk are those a kill
+    leaves: the kill itself is tested above)."""
+    from transformers import TrainerCallback
+
+    import sami.trainer
+    from sami.models import LoraSettings
+    from sami.trainer import SAMIConfig, train_sami
+
+    samples = _samples(tmp_path / "samples.jsonl")
+
+    def train(out: Path, *, resume: bool) -> Path:
+        cfg = SAMIConfig(
+            output_dir=str(out), per_device_train_batch_size=4, max_steps=MAX_STEPS, save_steps=SAVE_STEPS,
+            learning_rate=1e-2, lr_scheduler_type="linear", seed=0, use_cpu=True, disable_tqdm=True,
+        )  # fmt: skip
+        return train_sami(tiny_model_dir, samples, out, cfg, lora=LoraSettings(r=4), resume=resume)
+
+    reference = train(tmp_path / "reference", resume=False)
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == KILL_AT:
+                raise _Interrupt
+
+    init = sami.trainer.SAMITrainer.__init__
+
+    def patched(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.add_callback(StopAt())
+
+    monkeypatch.setattr(sami.trainer.SAMITrainer, "__init__", patched)
+    out = tmp_path / "interrupted"
+    with pytest.raises(_Interrupt):
+        train(out, resume=True)
+    assert (
+        last_checkpoint(out) == out / "checkpoint-2" and (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    )
+    monkeypatch.setattr(sami.trainer.SAMITrainer, "__init__", init)
+    train(out, resume=True)
+    finished_state(out)
+    assert not (out / "adapter_config.json").exists()  # merged into a plain model folder
+    assert max_diff(weights(out), weights(reference)) < 1e-5
+    assert max_diff(weights(reference), weights(Path(tiny_model_dir))) > 1e-4
+    assert step_logs(out) == step_logs(reference)

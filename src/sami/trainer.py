@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sami.errors import SamiInputError
@@ -477,6 +477,7 @@ def train_sami(
     tokenizer = load_tokenizer(tokenizer_ref)
     validate_samples(dataset, tokenizer, config)
     args = dataclasses.replace(config, output_dir=str(output_dir))
+    set_seed(args.seed)  # a LoRA adapter's random initialisation follows the seed (the Trainer seeds only later)
     if isinstance(model_ref, str | os.PathLike):
         model = load_model(model_ref, lora=lora)
     else:
