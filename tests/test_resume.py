@@ -322,3 +322,33 @@ def test_lora_training_interrupted_in_process_resumes_to_the_same_merged_weights
     assert max_diff(weights(out), weights(reference)) < 1e-5
     assert max_diff(weights(reference), weights(Path(tiny_model_dir))) > 1e-4
     assert step_logs(out) == step_logs(reference)
+
+
+def test_sami_run_killed_mid_training_resumes_the_stage(setup, tmp_path, tiny_model_dir):
+    """`sami run` (local launcher) killed with SIGKILL after step 3 of a 5-step training stage: the rerun keeps
+    `train.partial/checkpoint-2`, finishes the stage from there and ends with the uninterrupted run's files."""
+    cfg = tiny_config(tiny_model_dir)
+    cfg["iterations"] = {"count": 1, "steps": [MAX_STEPS]}
+    cfg["data"]["train_per_iteration"] = 2  # 4 queries: one epoch per step of 4
+    cfg["training"] = {**cfg["training"], "per_device_train_batch_size": 4, "save_steps": SAVE_STEPS}
+    config = write_config(tmp_path / "cfg.yaml", cfg)
+
+    def run(out: Path, kill_at: int | None = None) -> subprocess.CompletedProcess:
+        entry = [str(setup["killer"])] if kill_at is not None else ["-m", "sami.cli"]
+        kill = {"SAMI_TEST_KILL_AT_STEP": str(kill_at)} if kill_at is not None else {}
+        cmd = [sys.executable, *entry, "run", str(config), "--output-dir", str(out)]
+        return subprocess.run(cmd, env=env(**kill), capture_output=True, text=True, timeout=600)
+
+    ok(run(tmp_path / "reference"))
+    out = tmp_path / "killed"
+    assert run(out, kill_at=KILL_AT).returncode == -9
+    partial = out / "iter-1" / "train.partial"
+    assert last_checkpoint(partial) == partial / "checkpoint-2"
+    ok(run(out, kill_at=SAVE_STEPS))  # survives only if the stage resumed after step 2
+    train, ref = out / "iter-1" / "train", tmp_path / "reference" / "iter-1" / "train"
+    finished_state(train)
+    assert not partial.exists()
+    assert max_diff(weights(train), weights(ref)) < 1e-5
+    assert step_logs(train) == step_logs(ref)
+    metrics = [json.loads((r / "iter-1" / "eval" / "metrics.json").read_text()) for r in (out, tmp_path / "reference")]
+    assert abs(metrics[0]["mi"] - metrics[1]["mi"]) < 1e-6
