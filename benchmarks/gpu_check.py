@@ -13,6 +13,7 @@
     python benchmarks/gpu_check.py                     # on a CUDA machine
     python benchmarks/gpu_check.py --vocab 128256      # the same with a Llama-3-sized vocabulary
     python benchmarks/gpu_check.py --tiny --device cpu # a short smoke run of the same code (flex is GPU-only)
+    python benchmarks/gpu_check.py --vllm              # then the vLLM round trip (benchmarks/vllm_check.py)
 
 The tokenizer is the default model's (49,152 tokens); `SAMI_TOKENIZER` may point at a copied tokenizer folder.
 """
@@ -174,6 +175,7 @@ def main() -> None:
     parser.add_argument("--gen-batches", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--gen-prompts", type=int, default=256)
     parser.add_argument("--out", help="write the raw results as JSON here")
+    parser.add_argument("--vllm", action="store_true", help="also run benchmarks/vllm_check.py (vllm vs hf backend)")
     args = parser.parse_args()
 
     tokenizer = load_tok()
@@ -210,6 +212,12 @@ def main() -> None:
         print(f"| {r['batch']} | {r['hf_backend_tok_s']:.0f} | {r['model_generate_tok_s']:.0f} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"info": info, "train": train, "generation": gen}, indent=2))
+    if args.vllm:
+        import vllm_check
+
+        del model
+        out = ["--out", str(Path(args.out).with_suffix(".vllm.json"))] if args.out else []
+        sys.exit(vllm_check.main(["--device", args.device, *out]))
 
 
 if __name__ == "__main__":

@@ -223,6 +223,7 @@ def test_vllm_maps_settings_to_its_api(monkeypatch, tmp_path):
         "seed": 7,
         "trust_remote_code": False,
         "max_model_len": 2048,
+        "enable_prefix_caching": True,  # on unless engine_kwargs turn it off
         "enforce_eager": True,
     }
     prompts = ["a", [{"role": "user", "content": "b"}], "c"]
@@ -244,3 +245,15 @@ def test_vllm_maps_settings_to_its_api(monkeypatch, tmp_path):
     assert sampled[0]["temperature"] == 0.8 and sampled[0]["top_p"] == 0.9 and sampled[0]["stop"] is None
     assert sampled[0]["seed"] is not None and sampled[0]["seed"] != sampled[1]["seed"]  # one seed per prompt
     assert gen.generate(["x"], max_new_tokens=2)[0].finish_reason == "length"
+
+
+def test_vllm_prefix_caching_can_be_turned_off(monkeypatch, tmp_path):
+    import sys
+
+    fake = _FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    (tmp_path / "config.json").write_text("{}")
+    make_generator(GenerationSettings(backend="vllm", model=str(tmp_path)))
+    assert fake.llm_kwargs["enable_prefix_caching"] is True
+    make_generator(GenerationSettings(backend="vllm", model=str(tmp_path), engine_kwargs={"enable_prefix_caching": 0}))
+    assert fake.llm_kwargs["enable_prefix_caching"] == 0

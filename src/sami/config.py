@@ -129,6 +129,9 @@ class TrainingSettings(_Section):
     max_response_length: int | None = None
     truncate_prompt_left: bool = False
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    save_steps: int = Field(
+        2, ge=0, description="resume checkpoint every N optimizer steps inside a training stage (0 = none)"
+    )
     trainer_args: dict[str, Any] = Field(default_factory=dict, description="extra TrainingArguments fields")
 
     @field_validator("trainer_args")
@@ -160,12 +163,34 @@ class IterationSettings(_Section):
 
 
 class LauncherSettings(_Section):
+    """How `sami run` launches its heavy stages; the multi-machine fields are `accelerate launch`'s own options."""
+
     kind: Literal["local", "accelerate"] = Field(
         "local", description="run stages in this process or under accelerate launch"
     )
-    num_processes: int = Field(1, ge=1)
+    num_processes: int = Field(1, ge=1, description="processes over all machines (accelerate's --num_processes)")
     config: str | None = Field(None, description="accelerate config: ddp, fsdp, zero3 or a path")
+    num_machines: int = Field(1, ge=1, description="machines (nodes) taking part in each launch")
+    machine_rank: int = Field(0, ge=0, description="this machine's rank, 0 .. num_machines - 1")
+    main_process_ip: str | None = Field(None, description="address of machine 0 (needed when num_machines > 1)")
+    main_process_port: int | None = Field(None, ge=1, le=65535, description="port on machine 0 (default: a free one)")
     extra_args: list[str] = Field(default_factory=list, description="more `accelerate launch` arguments")
+
+    @model_validator(mode="after")
+    def _machines(self):
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank {self.machine_rank} is not below num_machines {self.num_machines}")
+        if self.num_machines > 1:
+            if self.main_process_ip is None:
+                raise ValueError("main_process_ip is needed when num_machines > 1 (the address of machine 0)")
+            if self.main_process_port is None:
+                raise ValueError("main_process_port is needed when num_machines > 1 (every machine must agree)")
+            if self.num_processes % self.num_machines:
+                raise ValueError(
+                    f"num_processes {self.num_processes} (all machines) is not a multiple of num_machines "
+                    f"{self.num_machines}"
+                )
+        return self
 
 
 class RunConfig(_Section):

@@ -9,8 +9,8 @@ for t in 1..T:
 report
 ```
 Every stage writes its own files atomically and is skipped on a rerun once the manifest lists it. A stage that
-was interrupted resumes (generation and evaluation skip ids already written) or restarts (training writes into
-`train.partial/` and renames it when done).
+was interrupted resumes: generation and evaluation skip ids already written, training continues from the last
+resume checkpoint in `train.partial/` (every `training.save_steps` optimizer steps) and renames the folder when done.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 
 def config_hash(config: RunConfig) -> str:
-    """Hash of everything that changes results (not where the run is written, nor how it is launched)."""
-    data = config.model_dump(mode="json", exclude={"output_dir", "launcher"})
+    """Hash of everything that changes results (not where the run is written, how it is launched, nor how often
+    training checkpoints for resume)."""
+    data = config.model_dump(mode="json", exclude={"output_dir": True, "launcher": True, "training": {"save_steps"}})
     return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
 
 
@@ -60,12 +61,13 @@ def training_arguments(config: RunConfig, *, output_dir: Path, max_steps: int):
 def train_from_config(
     config: RunConfig, *, model_ref: str, samples_path: Path, output_dir: Path, max_steps: int
 ) -> Path:
-    """Train one iteration's checkpoint as the run config says (in this process). TensorBoard logs, when
-    `training.report_to` names it, land in the checkpoint folder's `runs/`."""
+    """Train one iteration's checkpoint as the run config says (in this process), resuming from the newest
+    checkpoint in `output_dir` if an earlier attempt left one. TensorBoard logs, when `training.report_to` names
+    it, land in the checkpoint folder's `runs/`."""
     from sami.trainer import train_sami
 
     args = training_arguments(config, output_dir=output_dir, max_steps=max_steps)
-    return train_sami(model_ref, samples_path, output_dir, args, lora=config.model.lora)
+    return train_sami(model_ref, samples_path, output_dir, args, lora=config.model.lora, resume=True)
 
 
 def iteration_seed(config: RunConfig, t: int) -> int:
@@ -169,8 +171,7 @@ class Pipeline:
         if not self._stage(name):
             return
         final = self.iter_dir(t) / "train"
-        partial = self.iter_dir(t) / "train.partial"
-        shutil.rmtree(partial, ignore_errors=True)  # an interrupted training run restarts from scratch
+        partial = self.iter_dir(t) / "train.partial"  # an interrupted attempt's resume checkpoint stays there
         start = self.config.model.policy if self.config.iterations.train_from == "base" else self.checkpoint(t - 1)
         if self.config.launcher.kind == "accelerate":
             from sami.launch import run_stage

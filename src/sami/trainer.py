@@ -4,21 +4,29 @@ An example is `{"id", "prompts": [C training prompts], "responses": [C responses
 generated under prompt j (constitution j). Each step builds the `[B, C, C]` log-prob matrices with prefix sharing
 (`sami.logprobs`) and minimises the symmetric InfoNCE loss (`sami.loss.sami_loss`), optionally plus
 `beta * KL(π || π_ref)` on the same response positions.
+
+Resume: the Trainer checkpoints every `save_steps` optimizer steps into `output_dir/checkpoint-N` (model,
+optimizer, scheduler, RNG and trainer state; only the newest is kept) plus `sami_state.json` (the token counts).
+`train_sami(..., resume=True)` continues from the newest complete one, and removes them all once the final model
+is exported.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import os
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sami.errors import SamiInputError
 from sami.io import atomic_write_json, iter_jsonl
@@ -28,6 +36,9 @@ from sami.loss import sami_loss
 from sami.tokens import resolve_eos, response_context
 
 log = logging.getLogger(__name__)
+
+SAMI_STATE = "sami_state.json"
+TRAINER_STATE = "trainer_state.json"
 
 
 @dataclass
@@ -90,8 +101,18 @@ class SAMIConfig(TrainingArguments):
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Logging integrations."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps (SAMI runs are short)."})
     save_strategy: str = field(
-        default="no", metadata={"help": "Intermediate checkpoints; the final model is exported by train_sami."}
+        default="steps",
+        metadata={
+            "help": "Resume checkpoints ('steps': every save_steps); the final model is exported by train_sami."
+        },
     )
+    save_steps: float = field(
+        default=2,
+        metadata={
+            "help": "Checkpoint every N optimizer steps (the paper's iterations take 2-6), for resume; 0: never."
+        },
+    )
+    save_total_limit: int | None = field(default=1, metadata={"help": "Keep only the newest resume checkpoint."})
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer: adamw_torch, rmsprop, sgd, ..."})
     lr_scheduler_type: str = field(
         default="constant",
@@ -117,7 +138,17 @@ class SAMIConfig(TrainingArguments):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SamiInputError(f"{name}: must be a positive number of tokens, got {value}")
+        if self.save_steps == 0 and self.save_strategy == "steps":
+            self.save_strategy = "no"
+        if self.ddp_backend is None and _deepspeed_on_cpu():
+            # accelerate counts the ranks of a DeepSpeed launch only when it is told the backend, which it cannot
+            # infer without an accelerator; DeepSpeed's CPU accelerator uses gloo.
+            self.ddp_backend = "gloo"
         super().__post_init__()
+
+
+def _deepspeed_on_cpu() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not torch.cuda.is_available()
 
 
 @dataclass
@@ -332,12 +363,44 @@ class SAMITrainer(Trainer):
             for key, value in zip(keys, means.tolist(), strict=True):
                 logs[prefix + key] = value
         if mode == "train" and stored:
-            counts = torch.tensor([self.num_tokens, self.num_truncated_prompts], device=self.accelerator.device)
-            num_tokens, truncated = self.accelerator.reduce(counts, reduction="sum").tolist()
-            logs["num_tokens"] = int(num_tokens)
+            num_tokens, truncated = self._summed_counts()
+            logs["num_tokens"] = num_tokens
             if truncated:
-                logs["num_truncated_prompts"] = int(truncated)
+                logs["num_truncated_prompts"] = truncated
         super().log(logs, start_time)
+
+    def _summed_counts(self) -> tuple[int, int]:
+        """(tokens fed, prompts truncated) summed over ranks: a collective, every rank calls it."""
+        counts = torch.tensor([self.num_tokens, self.num_truncated_prompts], device=self.accelerator.device)
+        num_tokens, truncated = self.accelerator.reduce(counts, reduction="sum").tolist()
+        return int(num_tokens), int(truncated)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, preceded by `sami_state.json` with the summed token counts (the Trainer
+        writes `trainer_state.json` last, so a folder that has it is complete)."""
+        num_tokens, truncated = self._summed_counts()
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(folder / SAMI_STATE, {"num_tokens": num_tokens, "num_truncated_prompts": truncated})
+        super()._save_checkpoint(model, trial)
+
+    def restore_counts(self, checkpoint: str | os.PathLike) -> None:
+        """Continue the token counts of `checkpoint`: the sums go to rank 0, so the logged sums carry on."""
+        path = Path(checkpoint) / SAMI_STATE
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        main = self.accelerator.is_main_process
+        self.num_tokens = int(saved.get("num_tokens", 0)) if main else 0
+        self.num_truncated_prompts = int(saved.get("num_truncated_prompts", 0)) if main else 0
+
+
+class _NoFinalCheckpoint(TrainerCallback):
+    """Skip the Trainer's resume checkpoint after the last step: `train_sami` exports the model right after."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_save = False
+        return control
 
 
 def unwrap_peft_free(model):
@@ -361,6 +424,33 @@ def export_checkpoint(model, tokenizer, output_dir: str | os.PathLike, *, merge_
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete `checkpoint-N` in `output_dir`, or None.
+
+    Complete: its `trainer_state.json`, which the Trainer writes after the weights, optimizer, scheduler and RNG
+    states, parses. A folder cut short by a kill during its save is passed over (the previous one is still there:
+    the Trainer deletes older checkpoints only after the new one is written).
+    """
+    found = []
+    for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if not step.isdigit() or not (path / TRAINER_STATE).is_file():
+            continue
+        try:
+            json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found.append((int(step), path))
+    return max(found)[1] if found else None
+
+
+def remove_checkpoints(output_dir: str | os.PathLike) -> None:
+    """Delete every `checkpoint-N` folder in `output_dir` (after the final export: it must not ship them)."""
+    for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def load_samples(path: str | os.PathLike):
@@ -442,12 +532,16 @@ def train_sami(
     *,
     lora=None,
     tokenizer_ref: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> Path:
     """Train a model with SAMI on `samples.jsonl`; return the checkpoint folder (= `output_dir`).
 
     `model_ref` is anything `sami.models.load_model` takes (or an already loaded model, then `tokenizer_ref` is
     needed). `lora` (`LoraSettings` or dict) trains a LoRA adapter, merged on export if `merge_lora_on_save`.
     Writes the checkpoint (safetensors + tokenizer) and `log_history.json` (written last) into `output_dir`.
+    With `resume`, training continues from the newest complete `checkpoint-N` in `output_dir` (see
+    `last_checkpoint`), if any: same data order, optimizer, scheduler and RNG, so it ends with the weights of an
+    uninterrupted run. The resume checkpoints are deleted once the final model is written.
     """
     from sami.models import apply_lora, load_model, load_tokenizer
 
@@ -460,13 +554,19 @@ def train_sami(
     tokenizer = load_tokenizer(tokenizer_ref)
     validate_samples(dataset, tokenizer, config)
     args = dataclasses.replace(config, output_dir=str(output_dir))
+    set_seed(args.seed)  # a LoRA adapter's random initialisation follows the seed (the Trainer seeds only later)
     if isinstance(model_ref, str | os.PathLike):
         model = load_model(model_ref, lora=lora)
     else:
         model = apply_lora(model_ref, lora) if lora is not None else model_ref
     model.train()
     trainer = SAMITrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
+    trainer.add_callback(_NoFinalCheckpoint())
+    checkpoint = last_checkpoint(output_dir) if resume else None
+    if checkpoint is not None:
+        log.info("resuming training from %s", checkpoint)
+        trainer.restore_counts(checkpoint)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         # A collective on every rank: gathers the full state dict (FSDP FULL_STATE_DICT, ZeRO-3 16-bit save) and
         # rank 0 writes safetensors. LoRA adapters are saved unmerged on this path.
@@ -478,4 +578,6 @@ def train_sami(
     if trainer.args.should_save:
         atomic_write_json(output_dir / "log_history.json", trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        remove_checkpoints(output_dir)
     return output_dir

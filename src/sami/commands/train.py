@@ -22,6 +22,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "seed": "seed",
     "report_to": "report_to",
     "bf16": "bf16",
+    "save_steps": "save_steps",
 }
 
 
@@ -61,11 +62,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
     parser.add_argument("--config", help="run config (YAML): model, LoRA and training settings; flags override it")
+    parser.add_argument("--save-steps", type=int, default=None, help="resume checkpoint every N steps (default 2)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint-N in --output-dir left by an interrupted run (if any)",
+    )
     group = parser.add_argument_group("multi-process (accelerate)")
     group.add_argument(
         "--accelerate-config", help="ddp, fsdp, zero3 or an accelerate config file: rerun under `accelerate launch`"
     )
-    group.add_argument("--num-processes", type=int, help="processes (GPUs) under `accelerate launch`")
+    group.add_argument("--num-processes", type=int, help="processes (GPUs) over all machines")
+    group.add_argument("--num-machines", type=int, help="machines taking part (run this on each of them)")
+    group.add_argument("--machine-rank", type=int, default=0, help="this machine's rank (0 = the main machine)")
+    group.add_argument("--main-process-ip", help="address of machine 0 (num machines > 1)")
+    group.add_argument("--main-process-port", type=int, help="port on machine 0 (num machines > 1)")
+
+
+# `sami train` options that only shape the `accelerate launch` (dropped when rerunning under it; True = takes a value)
+LAUNCH_FLAGS = {
+    "--accelerate-config": True,
+    "--num-processes": True,
+    "--num-machines": True,
+    "--machine-rank": True,
+    "--main-process-ip": True,
+    "--main-process-port": True,
+}
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
@@ -83,11 +105,18 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    if (args.accelerate_config or args.num_processes) and "LOCAL_RANK" not in os.environ:
+    if (args.accelerate_config or args.num_processes or args.num_machines) and "LOCAL_RANK" not in os.environ:
         from sami.launch import accelerate_command, relaunch_argv, run_launched
 
-        argv = relaunch_argv(sys.argv[1:], {"--accelerate-config": True, "--num-processes": True})
-        cmd = accelerate_command(argv, num_processes=args.num_processes or 1, config=args.accelerate_config)
+        cmd = accelerate_command(
+            relaunch_argv(sys.argv[1:], LAUNCH_FLAGS),
+            num_processes=args.num_processes or args.num_machines or 1,
+            config=args.accelerate_config,
+            num_machines=args.num_machines or 1,
+            machine_rank=args.machine_rank,
+            main_process_ip=args.main_process_ip,
+            main_process_port=args.main_process_port,
+        )
         run_launched(cmd, what="sami train")
         print(args.output_dir)
         return 0
@@ -110,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
     if args.lora:
         lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha)
     model = model or "default"
-    path = train_sami(model, args.samples, args.output_dir, config, lora=lora, tokenizer_ref=args.tokenizer)
+    path = train_sami(
+        model, args.samples, args.output_dir, config, lora=lora, tokenizer_ref=args.tokenizer, resume=args.resume
+    )
     print(path)
     return 0

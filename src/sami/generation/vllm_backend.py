@@ -3,6 +3,10 @@
 `vllm.LLM(model, tensor_parallel_size=..., dtype=..., gpu_memory_utilization=..., seed=...)` holds the model;
 plain-text prompts go through `LLM.generate`, chat messages through `LLM.chat` (the model's chat template).
 vLLM is imported only when this backend is built, so the rest of sami works without it.
+
+Prefix caching (`enable_prefix_caching`) is on by default: self-generation prompts of one constitution share its
+text, so their KV blocks are computed once. `generation.engine_kwargs: {enable_prefix_caching: false}` turns it off.
+`benchmarks/vllm_check.py` compares this backend's greedy output and speed with the `hf` backend's.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ class VLLMGenerator:
         engine_kwargs: dict[str, Any] | None = None,
     ):
         self.vllm = import_vllm()
-        kwargs: dict[str, Any] = dict(engine_kwargs or {})
+        kwargs: dict[str, Any] = {"enable_prefix_caching": True, **(engine_kwargs or {})}
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         self.llm = self.vllm.LLM(
