@@ -203,11 +203,12 @@ def test_default_model_samples_score_the_generated_ids(default_model, default_to
             responses.append(response)
     if style == "base":
         assert seps.count(" ") > len(seps) // 2  # mostly ĠSure-like first tokens after "Assistant:"
+    # Most base answers are cut at a stop string (no whole-generation reference): 2 of 8 are kept whole here.
     # 1e-3, not 1e-4: the hf generator's KV-cached log-probs differ from one plain full forward of the same ids by
     # ~3e-4 nats over 16 tokens after the ~400-token base prompt (measured, batch size 1 too); the scored value
     # agrees with the plain forward. The ids themselves are compared exactly above.
     check_scored_as_generated(
-        default_model, tok, texts, outs, separators=seps, responses=responses, min_whole=4, atol=1e-3
+        default_model, tok, texts, outs, separators=seps, responses=responses, min_whole=2, atol=1e-3
     )
 
 
