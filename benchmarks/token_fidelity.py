@@ -65,11 +65,12 @@ def main() -> None:
         for text, c in zip(texts, outs, strict=True):
             response = template.postprocess(c.text)
             sep = template.separator(c.text)
-            whole = sep + response == c.text
+            # The reference exists when the stored text is the whole generation (not cut at a stop string).
+            whole = (c.ended_with_eos or c.finish_reason == "length") and sep + response == c.text
             if not response.strip():
                 continue
-            new = float(
-                logprob_matrix(
+            with torch.no_grad():
+                new = logprob_matrix(
                     model,
                     tok,
                     [text],
@@ -77,8 +78,8 @@ def main() -> None:
                     normalize="sum",
                     separators=[sep],
                     ended_with_eos=[c.ended_with_eos],
-                )[0, 0]
-            )
+                )
+            new = float(new[0, 0])
             old = old_rule_logprob(model, tok, text, response)
             gen_ids = c.token_ids + ([tok.eos_token_id] if c.ended_with_eos else [])
             joint = tok(text + sep + response, add_special_tokens=False).input_ids

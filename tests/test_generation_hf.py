@@ -87,7 +87,8 @@ def test_stop_string_cuts_and_ends_the_sequence(gen, prompts):
     stop = " " + words[3]  # a string the model really produces, a few tokens in
     cut = gen.generate(prompts[:1], max_new_tokens=24, stop=[stop, "never-produced-marker"])[0]
     assert cut.text == full.text[: full.text.index(stop)]
-    assert cut.finish_reason == "stop"
+    assert cut.finish_reason == "stop" and cut.ended_with_eos is False  # a stop string, not EOS (issue 15)
+    assert full.ended_with_eos is False
     assert cut.num_tokens < full.num_tokens  # it stopped generating, not just cut the text
 
 
@@ -96,8 +97,9 @@ def test_eos_is_stop_and_budget_is_length(gen):
     chat = [[{"role": "user", "content": "What is the capital of France?"}]]
     done = gen.generate(chat, max_new_tokens=24)[0]
     assert done.finish_reason == "stop" and 0 < done.num_tokens < 24
+    assert done.ended_with_eos is True and len(done.token_ids) == done.num_tokens  # EOS itself is not in the ids
     short = gen.generate(chat, max_new_tokens=1)[0]
-    assert short.finish_reason == "length" and short.num_tokens == 1
+    assert short.finish_reason == "length" and short.num_tokens == 1 and short.ended_with_eos is False
     forced = gen.generate(chat, max_new_tokens=done.num_tokens + 6, min_new_tokens=done.num_tokens + 6)[0]
     assert forced.num_tokens == done.num_tokens + 6 and forced.finish_reason == "length"
 

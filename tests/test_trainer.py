@@ -126,7 +126,7 @@ def test_collator_errors_name_the_example(default_tokenizer):
 def test_train_sami_rejects_bad_samples_before_loading_the_model(tmp_path):
     path = tmp_path / "samples.jsonl"
     write_jsonl(path, [TOY[0], {**TOY[1], "responses": [" ok", " word" * 40]}])
-    cfg = config(tmp_path, max_response_length=16)
+    cfg = config(tmp_path, max_response_length=16, eos="always")  # 40 tokens + EOS
     with pytest.raises(SamiInputError, match="example q1: response 1 has 41 tokens"):
         train_sami("/nonexistent/model", path, tmp_path / "out", cfg, tokenizer_ref="default")
 

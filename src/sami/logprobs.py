@@ -102,7 +102,7 @@ def encode_examples(
     `min_constitutions` prompts, an empty prompt or response, a response longer than `max_response_length`
     (responses are never truncated), or a prompt longer than `max_prompt_length` unless `truncate_prompt_left`
     (then the prompt keeps its last `max_prompt_length` tokens, after its BOS token if it starts with one, and the
-    count is returned), or a prompt whose ids are not a prefix of prompt + response (`sami.tokens`).
+    count is returned).
     """
     policy = resolve_eos(eos, include_eos)
     n_examples = len(prompts)

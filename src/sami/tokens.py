@@ -14,8 +14,11 @@ the boundary between prompt and response has to be restored when the text is tok
   inferred: `""` after a prompt that ends
   in whitespace (a chat template's `assistant\\n`) or for a response that starts with whitespace itself, else
   `" "` (a base prompt ending in "Assistant:", after which a byte-level BPE model writes `ĠSure`). If the
-  prompt's ids are not a prefix of the joint ids (the prompt's last token would merge with the response), the
-  boundary cannot be restored and `SamiInputError` names the example.
+  prompt's ids are not a prefix of the joint ids (the prompt's last token would merge with the response's
+  first characters, e.g. a prompt ending in a space, or a model that writes ":" after "Assistant:"), the model
+  cannot have written the joint ids: its continuation started after the prompt's last token, so the response
+  ids are those of `separator + response` tokenized on its own, and a warning names the example. (An error
+  here would stop a whole run on one odd self-generated sample.)
 * **EOS** is appended according to the policy `eos`: `"generated"` (default) only to responses the model ended
   with its EOS token (`meta["ended_with_eos"]`; a response cut at a stop string or by the token budget, or
   whose ending is unknown, gets none), `"always"` to every response, `"never"` to none. The older boolean
@@ -31,10 +34,13 @@ generated ids for the model's own (canonically tokenized) output and a defined a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from sami.errors import SamiInputError
+
+log = logging.getLogger(__name__)
 
 EOS_POLICIES = ("generated", "always", "never")
 
@@ -109,8 +115,9 @@ def encode_responses(
     """Ids of `responses[j]` written after `prompts[j]`: the joint ids of `prompt + separator + response` after
     the prompt's ids (`prompt_ids`, default `encode_prompts`), plus EOS where `eos[j]`.
 
-    `separators[j]` None (or no `separators`) means `default_separator`. `where` ("example q0") starts the
-    error message when the prompt's ids are not a prefix of the joint ids.
+    `separators[j]` None (or no `separators`) means `default_separator`. When the prompt's ids are not a prefix
+    of the joint ids, response j is `separator + response` tokenized alone, and a warning names `where`
+    ("example q0") and j.
     """
     prompts, responses = list(prompts), list(responses)
     if len(prompts) != len(responses):
@@ -129,14 +136,18 @@ def encode_responses(
     out = []
     for j, (p, ids) in enumerate(zip(prompt_ids, joint, strict=True)):
         p = list(p)
-        if ids[: len(p)] != p or len(ids) == len(p):
-            head = f"{where}: " if where else ""
-            raise SamiInputError(
-                f"{head}response {j}: the prompt's tokens are not a prefix of the tokens of prompt + response "
-                f"(separator {seps[j]!r}), so the response's first token is ambiguous; end the prompt where a "
-                "token ends (e.g. without trailing spaces) or record the separator the model wrote"
+        if ids[: len(p)] == p and len(ids) > len(p):
+            ids = ids[len(p) :]
+        else:
+            log.warning(
+                "%sresponse %d: the prompt's last token merges with the response (separator %r); scoring the "
+                "response tokenized on its own",
+                f"{where}: " if where else "",
+                j,
+                seps[j],
             )
-        out.append(ids[len(p) :] + ([int(tokenizer.eos_token_id)] if flags[j] else []))
+            ids = list(tokenizer([seps[j] + responses[j]], add_special_tokens=False).input_ids[0])
+        out.append(ids + ([int(tokenizer.eos_token_id)] if flags[j] else []))
     return out
 
 
