@@ -2,9 +2,10 @@
 
 Variants (same inputs, same normalisation: mean log-prob per response token, EOS included):
 
-* chunked: `sami.logprobs.packed_logprobs` as it runs by default: C rows (each prompt once followed by all C
-  responses), a boolean sdpa mask, the LM head + float32 log-softmax in chunks of positions that keep only the
-  target log-probs (`sami.lm_head`, backward recomputes a chunk's logits);
+* chunked: `sami.logprobs.packed_logprobs` with the chunked head forced on (`auto_chunk_size` positions per
+  chunk; the automatic default uses it only once the logits would exceed 256 MiB): C rows (each prompt once
+  followed by all C responses), a boolean sdpa mask, the LM head + float32 log-softmax in chunks of positions
+  that keep only the target log-probs (`sami.lm_head`, backward recomputes a chunk's logits);
 * unchunked: the same rows with the former path: dense additive float32 [R, 1, L, L] mask, full-vocabulary
   logits at every response position kept for backward (`chunk_size=0, dense_mask=True`);
 * reference: C² right-padded rows (prompt_i + response_j), full-vocabulary logits at every position, float32
@@ -41,7 +42,8 @@ from pathlib import Path
 
 import torch
 
-from sami.logprobs import encode_examples, pack_encoded, packed_logprobs
+from sami.lm_head import auto_chunk_size
+from sami.logprobs import encode_examples, pack_encoded, packed_logprobs, unwrap_model
 from sami.loss import sami_loss
 from sami.models import default_model_path, load_model, load_tokenizer
 
@@ -126,7 +128,8 @@ def run_variant(variant: str, model, tokenizer, prompts, responses) -> torch.Ten
         return reference_matrices(model, tokenizer, prompts, responses)
     if variant == "unchunked":
         return prefix_matrices(model, tokenizer, prompts, responses, chunk_size=0, dense_mask=True)
-    return prefix_matrices(model, tokenizer, prompts, responses)
+    chunk = auto_chunk_size(unwrap_model(model).config.vocab_size)  # chunked whatever the logits' size
+    return prefix_matrices(model, tokenizer, prompts, responses, chunk_size=chunk)
 
 
 class ModuloTokenizer:

@@ -296,8 +296,8 @@ def packed_logprobs(
     takes_keep = _check_model(base)
     device = packed["input_ids"].device
     n_rows, n_logits = int(packed["n_rows"]), int(packed["n_logits"])
-    chunk = resolve_chunk_size(chunk_size, base.config.vocab_size if hasattr(base, "config") else 0)
-    chunked = chunk > 0 and not return_logits and takes_keep and supports_chunked_head(base)
+    chunked = not return_logits and takes_keep and head_chunk_size(model, packed, chunk_size) > 0
+    chunk = head_chunk_size(model, packed, chunk_size) if chunked else 0
     if reference is not None and not chunked:
         raise ValueError("a chunked KL reference needs the chunked head (chunk_size != 0 and a plain linear head)")
 
@@ -329,6 +329,14 @@ def packed_logprobs(
     if return_logits:
         return matrix, logits[packed["predict_mask"].to(device).flatten()]
     return matrix
+
+
+def head_chunk_size(model, packed: Mapping[str, Any], chunk_size: int | None = None) -> int:
+    """The chunk size `packed_logprobs` uses for this model and batch (0: the unchunked path)."""
+    base = unwrap_model(model)
+    if not supports_chunked_head(base):
+        return 0
+    return resolve_chunk_size(chunk_size, base.config.vocab_size, int(packed["predict_mask"].sum()))
 
 
 def _matrix(token_logps: torch.Tensor, packed: Mapping[str, Any], normalize: str) -> torch.Tensor:
