@@ -10,12 +10,14 @@ Token convention (the same everywhere in sami; tests and users rely on it):
   (`normalize="sum"`) or that sum divided by the number of response tokens (`normalize="mean"`).
 
 Prefix sharing: instead of one padded sequence per (prompt, response) pair, each row of the batch holds one
-prompt once, followed by every response of its query. A 4D additive attention mask (0 / -inf) lets each
-response token see the prompt and the earlier tokens of its own response only, `position_ids` restart after the
+prompt once, followed by every response of its query. A 4D attention mask (boolean for sdpa, a FlexAttention
+block mask for flex_attention, additive in the model's dtype for eager) lets each response token see the
+prompt and the earlier tokens of its own response only, `position_ids` restart after the
 prompt for each response, and padding is masked. Prompts are left-padded so that all responses sit in the last
 columns; the LM head runs only there (`logits_to_keep`, through the model's own forward, so DDP and peft wrappers
-work), and the log-softmax is taken in float32 for the predicted tokens only. Attention must be
-`sdpa` or `eager` (a custom 4D mask cannot go through flash attention).
+work), and the log-softmax is taken in float32 for the predicted tokens only; for large batches the head and
+log-softmax run in chunks that keep no full-vocabulary logits (`sami.lm_head`). Attention must be `sdpa`,
+`eager` or `flex_attention` (a custom 4D mask cannot go through flash attention).
 """
 
 from __future__ import annotations
