@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generation import build_prompts  # noqa: E402
 from train_step import SHAPES, ModuloTokenizer, build_inputs, prefix_matrices, reference_matrices  # noqa: E402
 
+from sami.lm_head import auto_chunk_size  # noqa: E402
 from sami.loss import sami_loss  # noqa: E402
 
 TRAIN_VARIANTS = ("chunked", "flex", "unchunked", "reference")
@@ -75,8 +76,10 @@ def run_train_variant(name: str, model, tokenizer, prompts, responses) -> torch.
     if name == "unchunked":
         return prefix_matrices(model, tokenizer, prompts, responses, chunk_size=0, dense_mask=True)
     set_attention(model, "flex_attention" if name == "flex" else "sdpa")
-    try:
-        return prefix_matrices(model, tokenizer, prompts, responses)
+    try:  # the chunked head forced on, whatever the size of the logits
+        return prefix_matrices(
+            model, tokenizer, prompts, responses, chunk_size=auto_chunk_size(model.config.vocab_size)
+        )
     finally:
         set_attention(model, "sdpa")
 

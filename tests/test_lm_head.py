@@ -7,7 +7,7 @@ import torch
 from conftest import make_tiny_model
 
 from sami.errors import SamiInputError
-from sami.lm_head import auto_chunk_size, chunked_head_logprobs, supports_chunked_head
+from sami.lm_head import auto_chunk_size, chunked_head_logprobs, resolve_chunk_size, supports_chunked_head
 from sami.logprobs import encode_examples, pack_encoded, packed_logprobs, reference_states
 from sami.loss import sami_loss
 from sami.models import LoraSettings, apply_lora
@@ -60,7 +60,7 @@ def test_chunked_equals_unchunked(default_tokenizer, c, tied):
     packed = packed_batch(default_tokenizer, c)
     k = int(packed["predict_mask"].sum())
     ref = grads_of(model, lambda: (packed_logprobs(model, packed, chunk_size=0, dense_mask=True), 0.0))
-    for chunk in (1, 7, k - 1, None):  # 7 and k - 1 do not divide the K positions
+    for chunk in (1, 7, k - 1, auto_chunk_size(len(default_tokenizer))):  # 7 and k - 1 do not divide K
         assert k % 7 and k % (k - 1)
         got = grads_of(model, lambda chunk=chunk: (packed_logprobs(model, packed, chunk_size=chunk), 0.0))
         assert_same(got, ref)
@@ -180,6 +180,10 @@ def test_trainer_loss_and_gradients_do_not_depend_on_the_chunking(tmp_path, defa
 
 def test_chunk_size_settings(tmp_path):
     assert auto_chunk_size(49_152) == 170 and auto_chunk_size(131_072) == 64 and auto_chunk_size(10) == 1024
+    # automatic: unchunked while the kept logits are small (<= 2**26 elements), chunked above
+    assert resolve_chunk_size(None, 49_152, n_positions=1_000) == 0
+    assert resolve_chunk_size(None, 131_072, n_positions=1_400) == 64 and resolve_chunk_size(None, 8, None) == 1024
+    assert resolve_chunk_size(0, 131_072, 10**6) == 0 and resolve_chunk_size(5, 10, 1) == 5
     with pytest.raises(SamiInputError, match="logprob_chunk_size"):
         SAMIConfig(output_dir=str(tmp_path), logprob_chunk_size=-1)
 

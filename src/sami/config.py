@@ -123,7 +123,7 @@ class TrainingSettings(_Section):
         None,
         ge=0,
         description="response positions per chunk of the LM head + log-softmax, which keeps no full-vocabulary "
-        "logits (None = automatic, 0 = unchunked)",
+        "logits (None = automatic: chunked once the logits would exceed 256 MiB, 0 = unchunked)",
     )
     max_prompt_length: int | None = None
     max_response_length: int | None = None

@@ -37,18 +37,25 @@ import torch
 
 # Elements of one chunk's [chunk, V] float32 logits when the chunk size is automatic (32 MiB).
 AUTO_CHUNK_ELEMENTS = 2**23
+# Automatic mode chunks only when the kept [K, V] float32 logits would exceed this (256 MiB): below it they cost
+# little memory, and the unchunked path saves the chunked backward's extra head matmul (the recomputation).
+AUTO_MIN_LOGITS = 2**26
 # config attributes of models whose forward changes the logits after the LM head
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logits_scale")
 
 
 def auto_chunk_size(vocab_size: int) -> int:
-    """Positions per chunk when `logprob_chunk_size` is None: about 32 MiB of float32 logits, 16 to 1024 rows."""
+    """Positions per chunk in automatic mode: about 32 MiB of float32 logits, 16 to 1024 rows."""
     return max(16, min(1024, AUTO_CHUNK_ELEMENTS // max(1, vocab_size)))
 
 
-def resolve_chunk_size(chunk_size: int | None, vocab_size: int) -> int:
-    """`None` = automatic, `0` = unchunked (returns 0), `n > 0` = n positions per chunk."""
+def resolve_chunk_size(chunk_size: int | None, vocab_size: int, n_positions: int | None = None) -> int:
+    """`n > 0`: n positions per chunk; `0`: unchunked (returns 0); `None`: automatic, i.e. chunked with
+    `auto_chunk_size` when the K = `n_positions` rows of logits would exceed `AUTO_MIN_LOGITS` elements (or K is
+    not known), else unchunked."""
     if chunk_size is None:
+        if n_positions is not None and n_positions * vocab_size <= AUTO_MIN_LOGITS:
+            return 0
         return auto_chunk_size(vocab_size)
     if chunk_size < 0:
         raise ValueError(f"logprob_chunk_size must be >= 0 (0 = unchunked), got {chunk_size}")

@@ -16,12 +16,14 @@ and `batched_logprob_matrices`; the rule and why it was chosen are in `sami.toke
   number of response tokens (`normalize="mean"`).
 
 Prefix sharing: instead of one padded sequence per (prompt, response) pair, each row of the batch holds one
-prompt once, followed by every response of its query. A 4D additive attention mask (0 / -inf) lets each
-response token see the prompt and the earlier tokens of its own response only, `position_ids` restart after the
+prompt once, followed by every response of its query. A 4D attention mask (boolean for sdpa, a FlexAttention
+block mask for flex_attention, additive in the model's dtype for eager) lets each response token see the
+prompt and the earlier tokens of its own response only, `position_ids` restart after the
 prompt for each response, and padding is masked. Prompts are left-padded so that all responses sit in the last
 columns; the LM head runs only there (`logits_to_keep`, through the model's own forward, so DDP and peft wrappers
-work), and the log-softmax is taken in float32 for the predicted tokens only. Attention must be
-`sdpa` or `eager` (a custom 4D mask cannot go through flash attention).
+work), and the log-softmax is taken in float32 for the predicted tokens only; for large batches the head and
+log-softmax run in chunks that keep no full-vocabulary logits (`sami.lm_head`). Attention must be `sdpa`,
+`eager` or `flex_attention` (a custom 4D mask cannot go through flash attention).
 """
 
 from __future__ import annotations
@@ -332,8 +334,8 @@ def packed_logprobs(
     takes_keep = _check_model(base)
     device = packed["input_ids"].device
     n_rows, n_logits = int(packed["n_rows"]), int(packed["n_logits"])
-    chunk = resolve_chunk_size(chunk_size, base.config.vocab_size if hasattr(base, "config") else 0)
-    chunked = chunk > 0 and not return_logits and takes_keep and supports_chunked_head(base)
+    chunked = not return_logits and takes_keep and head_chunk_size(model, packed, chunk_size) > 0
+    chunk = head_chunk_size(model, packed, chunk_size) if chunked else 0
     if reference is not None and not chunked:
         raise ValueError("a chunked KL reference needs the chunked head (chunk_size != 0 and a plain linear head)")
 
@@ -365,6 +367,14 @@ def packed_logprobs(
     if return_logits:
         return matrix, logits[packed["predict_mask"].to(device).flatten()]
     return matrix
+
+
+def head_chunk_size(model, packed: Mapping[str, Any], chunk_size: int | None = None) -> int:
+    """The chunk size `packed_logprobs` uses for this model and batch (0: the unchunked path)."""
+    base = unwrap_model(model)
+    if not supports_chunked_head(base):
+        return 0
+    return resolve_chunk_size(chunk_size, base.config.vocab_size, int(packed["predict_mask"].sum()))
 
 
 def _matrix(token_logps: torch.Tensor, packed: Mapping[str, Any], normalize: str) -> torch.Tensor:

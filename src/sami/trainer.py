@@ -30,8 +30,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sami.errors import SamiInputError
 from sami.io import atomic_write_json, iter_jsonl
-from sami.lm_head import resolve_chunk_size, supports_chunked_head
-from sami.logprobs import NORMALIZE, encode_examples, pack_encoded, packed_logprobs, reference_states, unwrap_model
+from sami.lm_head import supports_chunked_head
+from sami.logprobs import (
+    NORMALIZE,
+    encode_examples,
+    head_chunk_size,
+    pack_encoded,
+    packed_logprobs,
+    reference_states,
+    unwrap_model,
+)
 from sami.loss import sami_loss
 from sami.tokens import resolve_eos, response_context
 
@@ -75,7 +83,8 @@ class SAMIConfig(TrainingArguments):
         metadata={
             "help": "Response positions per chunk of the LM head + log-softmax (`sami.lm_head`): only target "
             "log-probs (and the KL) are kept and the backward recomputes a chunk's logits. None: automatic "
-            "(about 32 MiB of float32 logits per chunk); 0: unchunked (full-vocabulary logits kept for backward)."
+            "(chunks of about 32 MiB of float32 logits once a batch's kept logits would exceed 256 MiB; below "
+            "that unchunked, which saves one head matmul); 0: unchunked (full-vocabulary logits kept)."
         },
     )
     max_prompt_length: int | None = field(
@@ -289,17 +298,17 @@ class SAMITrainer(Trainer):
         with peft_model.disable_adapter():
             return reference_states(peft_model, inputs, shares_head=True)
 
-    def _chunked(self, model) -> int:
-        """Chunk size of the LM head for this model (0 = unchunked)."""
-        base = unwrap_model(model)
-        chunk = resolve_chunk_size(self.args.logprob_chunk_size, base.config.vocab_size)
-        refs_ok = self.ref_model is None or supports_chunked_head(unwrap_model(self.ref_model))
-        return chunk if chunk and supports_chunked_head(base) and refs_ok else 0
+    def _chunked(self, model, inputs) -> int:
+        """Chunk size of the LM head for this model and batch (0 = unchunked)."""
+        chunk = head_chunk_size(model, inputs, self.args.logprob_chunk_size)
+        if self.ref_model is not None and not supports_chunked_head(unwrap_model(self.ref_model)):
+            return 0
+        return chunk
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: SAMIConfig = self.args
         mode = "train" if model.training else "eval"
-        chunk = self._chunked(model)
+        chunk = self._chunked(model, inputs)
         kl = None
         if args.beta > 0 and chunk:
             matrix, kl = packed_logprobs(
