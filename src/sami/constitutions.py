@@ -135,6 +135,16 @@ class Constitution:
         rng.shuffle(items)
         return Constitution(tuple(items))
 
+    def flipped(self, names: set[str] | None = None) -> Constitution:
+        """The same principles in the same order with the signs of `names` flipped (all when None): the
+        antithesis constitution, or the constitution that differs in one principle."""
+        return Constitution(
+            tuple(
+                (p, positive if names is not None and p.name not in names else not positive)
+                for p, positive in self.items
+            )
+        )
+
     def is_positive(self) -> bool:
         """Whether every principle is in its positive form."""
         return all(positive for _, positive in self.items)
@@ -161,7 +171,12 @@ class Constitution:
             items = tuple(
                 (
                     Principle.from_dict(
-                        {**x, "name": str(x["name"]), "principle": str(x["principle"]), "antithesis": str(x["antithesis"])}
+                        {
+                            **x,
+                            "name": str(x["name"]),
+                            "principle": str(x["principle"]),
+                            "antithesis": str(x["antithesis"]),
+                        }
                     ),
                     bool(x["positive"]),
                 )
