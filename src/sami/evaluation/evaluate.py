@@ -492,7 +492,7 @@ def _known_responses(*stores) -> dict[tuple[str, str], tuple[str, int]]:
     from sami.constitutions import Constitution
 
     known: dict[tuple[str, str], tuple[str, int]] = {}
-    for store in stores:
+    for store in (s for s in stores if s is not None):
         for r in store.records:
             if "responses" in r:  # an mi record: C constitutions
                 counts = r.get("num_tokens") or [0] * len(r["responses"])
