@@ -111,3 +111,32 @@ def test_contrast_check_flags_a_pair_that_changes_nothing(tiny_model_dir, tmp_pa
     assert entry["n"] == 3 and entry["weak"]
     assert "adherence_change" in entry
     assert result["warnings"] and "'polite'" in result["warnings"][0]
+
+
+def test_principles_write_reports_weak_pairs(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`sami principles write` runs the contrast check on what it wrote (the writer itself is stubbed here: the
+    bundled model writing principles is tested in test_writer.py)."""
+    import sami.writer
+    from sami.constitutions import ConstitutionSet
+
+    written = ConstitutionSet.from_dict(
+        {
+            "task": "dialogue",
+            "principles": [{"name": "polite", "principle": "Be polite.", "antithesis": "Be polite!"}],
+        }
+    )
+    monkeypatch.setattr(sami.writer, "write_constitutions_from_settings", lambda *a, **k: written)
+    monkeypatch.setattr(sami.writer, "contrast_check", _tiny_contrast(sami.writer.contrast_check))
+    out = tmp_path / "p.yaml"
+    argv = ["principles", "write", "--task", "chat", "--principle", "polite", "--out", str(out)]
+    assert main([*argv, "--contrast-model", str(tiny_model_dir), "--contrast-n", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "weak pairs: polite" in err and "'polite'" in err
+    assert out.is_file()
+
+
+def _tiny_contrast(original):
+    def run(cset, **kwargs):
+        return original(cset, **{**kwargs, "max_new_tokens": 4, "style": "base"})
+
+    return run

@@ -339,8 +339,11 @@ def run_evaluation(
         mi_todo = [q for q in queries if q.id not in mi_store] if settings.intrinsic else []
         anti_todo = [q for q in queries if q.id not in anti_store] if anti_store is not None else []
         contrast_todo = [
-            (name, q) for name in principles for q in queries if f"{name}:{q.id}" not in contrast_store
-        ] if contrast_store is not None else []  # fmt: skip
+            (name, q)
+            for name in principles
+            for q in queries
+            if name in positive[q.id].signs() and f"{name}:{q.id}" not in contrast_store
+        ]
         generator = None
         if todo or mi_todo or anti_todo or contrast_todo:
             generator = make_generator(gen_settings, model=evaluated_model(), tokenizer=tokenizer)
@@ -611,11 +614,10 @@ def contrast_metrics(queries, positive, responses, contrast_store, principles, *
         reasons = []
         if entry["mi"] is None or entry["mi_sem"] is None or entry["mi"] - 1.96 * entry["mi_sem"] <= 0:
             reasons.append(f"MI {_fmt(entry['mi'])} ± {_fmt(entry['mi_sem'])} is within noise of 0")
-        sign = {p.name: (p, s) for p, s in positive[pairs[0][0].id].items}.get(name)
-        if sign is not None and sign[0].checkable:
-            p, form = sign
-            hits_a = [bool(p.holds(a, form)) for _, a, _ in pairs]
-            hits_b = [bool(p.holds(b, form)) for _, _, b in pairs]
+        forms = [{p.name: (p, s) for p, s in positive[q.id].items}[name] for q, _, _ in pairs]
+        if forms[0][0].checkable:
+            hits_a = [bool(p.holds(a, form)) for (p, form), (_, a, _) in zip(forms, pairs, strict=True)]
+            hits_b = [bool(p.holds(b, form)) for (p, form), (_, _, b) in zip(forms, pairs, strict=True)]
             n = len(pairs)
             pa, pb = sum(hits_a) / n, sum(hits_b) / n
             se = ((pa * (1 - pa) + pb * (1 - pb)) / n) ** 0.5
