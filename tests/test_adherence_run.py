@@ -40,7 +40,7 @@ def test_default_run_reports_adherence(demo_run):
     for it in its:
         a = it["adherence"]
         assert a["n"] == 4  # 2 helpful + 2 harmless eval queries
-        assert set(a["by_principle"]) == {"brief", "question"}
+        assert set(a["by_principle"]) == {"brief", "no_commas"}
         assert set(a["by_subset"]) == {"helpful", "harmless"}
         for key in ("positive", "antithesis"):
             assert 0.0 <= a[key] <= 1.0
@@ -48,7 +48,7 @@ def test_default_run_reports_adherence(demo_run):
             assert lo <= a[key] <= hi
         assert a["change_positive"] == pytest.approx(a["positive"] - its[0]["adherence"]["positive"])
     assert its[0]["adherence"]["change_positive"] == 0
-    assert set(its[0]["contrast"]["by_principle"]) == {"brief", "question"}  # iteration 0 only
+    assert set(its[0]["contrast"]["by_principle"]) == {"brief", "no_commas"}  # iteration 0 only
     assert its[1]["contrast"] is None
     for t in (1, 2):
         assert its[t]["win_rates"]["base"]["n"] == 4
@@ -77,8 +77,8 @@ def test_sami_check_scores_evaluation_files(demo_run, capsys, tmp_path):
     mi = demo_run / "iter-1" / "eval" / "mi_responses.jsonl"
     assert main(["check", "demo_checks", str(mi), "--json"]) == 0
     groups = json.loads(capsys.readouterr().out)["groups"]
-    assert set(groups) == {"+brief +question", "-brief -question"}
-    assert groups["-brief -question"]["adherence"] == pytest.approx(
+    assert set(groups) == {"+brief +no_commas", "-brief -no_commas"}
+    assert groups["-brief -no_commas"]["adherence"] == pytest.approx(
         summary["iterations"][1]["adherence"]["antithesis"]
     )
     plain = tmp_path / "plain.jsonl"

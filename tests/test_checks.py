@@ -190,10 +190,18 @@ def test_bundled_demo_constitution_is_checkable():
 
 
 # ---- the rules judge -------------------------------------------------------------------------------------
+QUESTION = {
+    "name": "question",
+    "principle": "End with a question to the user.",
+    "antithesis": "End with a statement.",
+    "check": {"id": "startend:end_checker", "kwargs": {"end_phrase": "?"}},
+}
+BRIEF_QUESTION = ConstitutionSet.from_dict({"task": "dialogue", "principles": [BRIEF, QUESTION]})
+
+
 @pytest.fixture
 def demo_positive() -> Constitution:
-    cset = load_constitutions("demo_checks")
-    return Constitution(tuple((p, True) for p in cset.principles))
+    return Constitution(tuple((p, True) for p in BRIEF_QUESTION.principles))
 
 
 def test_rules_judge_verdicts_and_ties(demo_positive):
@@ -268,7 +276,7 @@ def test_adherence_counts_per_principle_subset_and_overall(demo_positive):
 
 
 def test_score_responses_uses_the_record_constitution(demo_positive):
-    cset = load_constitutions("demo_checks")
+    cset = BRIEF_QUESTION
     records = [
         {"id": "a", "response": "Want more?"},
         {"id": "b", "response": "It is nine."},

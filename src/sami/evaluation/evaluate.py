@@ -108,6 +108,12 @@ class EvaluationSettings(BaseModel):
         description="when principles carry checks: responses under each query's antithesis constitution too, and "
         "adherence under both (sami.evaluation.adherence)",
     )
+    contrast: bool = Field(
+        True, description="in a run: the contrast check at iteration 0 (flip each principle alone; warn when weak)"
+    )
+    contrast_limit: int | None = Field(
+        None, ge=2, description="contrast check: use only the first `contrast_limit` queries (None: all)"
+    )
     seed: int = Field(0, description="seed of the per-query constitutions")
 
 
@@ -320,6 +326,7 @@ def run_evaluation(
     anti_store = JsonlStore(out_dir / "antithesis_responses.jsonl") if checkable else None
     contrast_store = JsonlStore(out_dir / "contrast_responses.jsonl") if contrast else None
     principles = [p.name for p in cset.pool(settings.mode)] if contrast else []
+    contrast_queries = queries[: settings.contrast_limit] if settings.contrast_limit else queries
     loaded_here = model is None
     if tokenizer is None:
         tokenizer = load_tokenizer(model_ref, trust_remote_code=trust_remote_code)
@@ -341,7 +348,7 @@ def run_evaluation(
         contrast_todo = [
             (name, q)
             for name in principles
-            for q in queries
+            for q in contrast_queries
             if name in positive[q.id].signs() and f"{name}:{q.id}" not in contrast_store
         ]
         generator = None
@@ -384,7 +391,7 @@ def run_evaluation(
         contrast_metrics_ = None
         if contrast_store is not None:
             contrast_metrics_ = contrast_metrics(
-                queries, positive, responses, contrast_store, principles,
+                contrast_queries, positive, responses, contrast_store, principles,
                 mi_fn=lambda records: _pair_mi(evaluated_model(), tokenizer, records, template, settings),
             )  # fmt: skip
         generator = None
@@ -808,6 +815,6 @@ def run_evaluation_from_config(
         baseline_responses=given,
         judge=bool(baselines),
         trust_remote_code=config.model.trust_remote_code,
-        contrast=contrast,
+        contrast=contrast and settings.contrast,
         console=console,
     )
