@@ -102,15 +102,47 @@ def test_contrast_check_flags_a_pair_that_changes_nothing(tiny_model_dir, tmp_pa
             "task": "dialogue",
             "principles": [
                 {"name": "polite", "principle": "Be polite.", "antithesis": "Be polite!",
-                 "check": {"id": "punctuation:no_comma", "kwargs": {}}},
+                 "check": {"id": "keywords:existence", "kwargs": {"keywords": ["zebra-unicorn"]}}},
             ],
         }
     )  # fmt: skip
     result = contrast_check(cset, n_queries=3, model=str(tiny_model_dir), max_new_tokens=4, style="base")
     entry = result["by_principle"]["polite"]
-    assert entry["n"] == 3 and entry["weak"]
-    assert "adherence_change" in entry
+    assert entry["n"] == 3 and entry["weak"] and entry["adherence_positive"] == 0
+    assert any("adherence 0" in r for r in entry["reasons"])
     assert result["warnings"] and "'polite'" in result["warnings"][0]
+
+
+class _Store:
+    def __init__(self, records):
+        self.records = records
+
+
+@pytest.mark.parametrize(
+    "mi, mi_sem, kept_brief, weak",
+    [
+        (0.1, 0.2, 2, True),  # MI within noise of 0
+        (1.0, 0.1, 2, False),  # MI clear; adherence 0.5 vs 0.5 is only a note
+        (1.0, 0.1, 0, True),  # never brief even when asked: nothing to amplify
+    ],
+)
+def test_contrast_metrics_rules(mi, mi_sem, kept_brief, weak):
+    from sami.constitutions import Constitution, load_constitutions
+    from sami.data import Query
+    from sami.evaluation.evaluate import contrast_metrics
+
+    cset = load_constitutions("demo_checks")
+    pos = Constitution(tuple((p, True) for p in cset.principles))
+    queries = [Query(f"q{i}", "Hi?", {}) for i in range(4)]
+    answers = ["Short."] * kept_brief + ["Long. And more."] * (4 - kept_brief)
+    model = _Store([{"id": f"model:q{i}", "response": a} for i, a in enumerate(answers)])
+    flipped = _Store([{"id": f"brief:q{i}", "response": a} for i, a in enumerate(answers)])
+    result = contrast_metrics(
+        queries, {q.id: pos for q in queries}, model, flipped, ["brief"], mi_fn=lambda r: {"mi": mi, "mi_sem": mi_sem}
+    )
+    entry = result["by_principle"]["brief"]
+    assert entry["weak"] is weak and bool(result["warnings"]) is weak
+    assert entry["adherence_change"] == 0 and entry["notes"]
 
 
 def test_principles_write_reports_weak_pairs(tiny_model_dir, tmp_path, monkeypatch, capsys):

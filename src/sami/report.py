@@ -793,6 +793,8 @@ def _contrast_lines(summary: dict) -> list[str]:
             if _num(c.get("adherence_positive")) is not None:
                 adh = f", adherence {c['adherence_positive']:.2f} → {c['adherence_flipped']:.2f} flipped"
             flag = " — **weak**: " + "; ".join(c.get("reasons") or []) if c.get("weak") else ""
+            if c.get("notes"):
+                flag += " (" + "; ".join(c["notes"]) + ")"
             lines.append(
                 f"- iteration {it['iteration']}, `{name}`: MI {_f(c.get('mi'))} ± {_f(c.get('mi_sem'))}{adh}{flag}"
             )

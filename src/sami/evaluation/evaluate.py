@@ -594,10 +594,14 @@ def contrast_metrics(queries, positive, responses, contrast_store, principles, *
 
     Per principle: `mi`, `mi_sem` (the paper's MI of the C = 2 pair over the queries, `mi_fn` on mi-style records)
     and, when the principle has a check, `adherence_positive` / `adherence_flipped` (fraction of each side's responses
-    following the principle in its positive-constitution form) and `adherence_change` (their difference). `weak` when
-    the contrast is within noise of zero: `mi − 1.96·mi_sem ≤ 0`, or (checkable) the adherence change's 95% interval
-    (normal approximation of a difference of two proportions) reaches 0 or below. Returns `{"by_principle": {...},
-    "warnings": [one line per weak principle]}`.
+    following the principle in its positive-constitution form) and `adherence_change` (their difference).
+
+    `weak` (a warning naming the principle) when the log-prob contrast SAMI trains on is within noise of zero
+    (`mi − 1.96·mi_sem ≤ 0`), or when the principle is checkable and no response follows it even when asked
+    (`adherence_positive == 0`: nothing to amplify). An adherence change whose 95% interval (normal approximation of
+    a difference of two proportions) reaches 0 is noted in `notes` but is not by itself weak: the base model often
+    follows neither form reliably while its log-probs already tell them apart (brevity, measured in the default
+    run). Returns `{"by_principle": {...}, "warnings": [one line per weak principle]}`.
     """
     by_id = {str(r["id"]): r for r in responses.records}
     flipped = {str(r["id"]): r for r in contrast_store.records}
@@ -618,7 +622,7 @@ def contrast_metrics(queries, positive, responses, contrast_store, principles, *
         ]  # fmt: skip
         mi = mi_fn(records)
         entry: dict[str, Any] = {"n": len(pairs), "mi": mi.get("mi"), "mi_sem": mi.get("mi_sem")}
-        reasons = []
+        reasons, notes = [], []
         if entry["mi"] is None or entry["mi_sem"] is None or entry["mi"] - 1.96 * entry["mi_sem"] <= 0:
             reasons.append(f"MI {_fmt(entry['mi'])} ± {_fmt(entry['mi_sem'])} is within noise of 0")
         forms = [{p.name: (p, s) for p, s in positive[q.id].items}[name] for q, _, _ in pairs]
@@ -629,10 +633,13 @@ def contrast_metrics(queries, positive, responses, contrast_store, principles, *
             pa, pb = sum(hits_a) / n, sum(hits_b) / n
             se = ((pa * (1 - pa) + pb * (1 - pb)) / n) ** 0.5
             entry.update(adherence_positive=pa, adherence_flipped=pb, adherence_change=pa - pb)
+            if pa == 0:
+                reasons.append("no response follows it even when asked (adherence 0)")
             if pa - pb - 1.96 * se <= 0:
-                reasons.append(f"adherence {pa:.2f} under the principle vs {pb:.2f} flipped is within noise")
+                notes.append(f"adherence {pa:.2f} under the principle vs {pb:.2f} flipped is within noise")
         entry["weak"] = bool(reasons)
         entry["reasons"] = reasons
+        entry["notes"] = notes
         if reasons:
             warnings.append(
                 f"principle {name!r}: flipping it barely changes the model's responses ({'; '.join(reasons)}); "
