@@ -622,21 +622,13 @@ def contrast_metrics(queries, positive, responses, contrast_store, principles, *
         ]  # fmt: skip
         mi = mi_fn(records)
         entry: dict[str, Any] = {"n": len(pairs), "mi": mi.get("mi"), "mi_sem": mi.get("mi_sem")}
-        reasons, notes = [], []
-        if entry["mi"] is None or entry["mi_sem"] is None or entry["mi"] - 1.96 * entry["mi_sem"] <= 0:
-            reasons.append(f"MI {_fmt(entry['mi'])} ± {_fmt(entry['mi_sem'])} is within noise of 0")
         forms = [{p.name: (p, s) for p, s in positive[q.id].items}[name] for q, _, _ in pairs]
         if forms[0][0].checkable:
             hits_a = [bool(p.holds(a, form)) for (p, form), (_, a, _) in zip(forms, pairs, strict=True)]
             hits_b = [bool(p.holds(b, form)) for (p, form), (_, _, b) in zip(forms, pairs, strict=True)]
-            n = len(pairs)
-            pa, pb = sum(hits_a) / n, sum(hits_b) / n
-            se = ((pa * (1 - pa) + pb * (1 - pb)) / n) ** 0.5
+            pa, pb = sum(hits_a) / len(pairs), sum(hits_b) / len(pairs)
             entry.update(adherence_positive=pa, adherence_flipped=pb, adherence_change=pa - pb)
-            if pa == 0:
-                reasons.append("no response follows it even when asked (adherence 0)")
-            if pa - pb - 1.96 * se <= 0:
-                notes.append(f"adherence {pa:.2f} under the principle vs {pb:.2f} flipped is within noise")
+        reasons, notes = contrast_verdict(entry)
         entry["weak"] = bool(reasons)
         entry["reasons"] = reasons
         entry["notes"] = notes
@@ -647,6 +639,23 @@ def contrast_metrics(queries, positive, responses, contrast_store, principles, *
             )
         out[name] = entry
     return {"by_principle": out, "warnings": warnings}
+
+
+def contrast_verdict(entry: dict) -> tuple[list[str], list[str]]:
+    """`(reasons it is weak, notes)` for one principle's contrast entry (`n`, `mi`, `mi_sem`, and optionally
+    `adherence_positive` / `adherence_flipped`); see `contrast_metrics`."""
+    reasons, notes = [], []
+    mi, sem = entry.get("mi"), entry.get("mi_sem")
+    if mi is None or sem is None or mi - 1.96 * sem <= 0:
+        reasons.append(f"MI {_fmt(mi)} ± {_fmt(sem)} is within noise of 0")
+    pa, pb, n = entry.get("adherence_positive"), entry.get("adherence_flipped"), entry.get("n") or 0
+    if pa is not None and pb is not None and n:
+        if pa == 0:
+            reasons.append("no response follows it even when asked (adherence 0)")
+        se = ((pa * (1 - pa) + pb * (1 - pb)) / n) ** 0.5
+        if pa - pb - 1.96 * se <= 0:
+            notes.append(f"adherence {pa:.2f} under the principle vs {pb:.2f} flipped is within noise")
+    return reasons, notes
 
 
 def _fmt(value) -> str:
