@@ -134,7 +134,14 @@ def test_render_label_signs_and_dict_round_trip():
 
 
 def test_every_scheme_is_documented():
-    assert set(SCHEMES) == {"uniform", "paper-dialogue", "paper-summarization", "diverse"}
+    assert set(SCHEMES) == {"uniform", "paper-dialogue", "paper-summarization", "opposite", "diverse"}
+
+
+def test_opposite_pairs_all_positive_with_all_antithesis():
+    cset = load_constitutions("demo_checks")
+    pos, neg = sample_constitutions(cset, "opposite", 2, random.Random(0))
+    assert pos.is_positive() and set(neg.signs().values()) == {False}
+    assert neg.label() == pos.flipped().label() and max_constitutions(cset, "opposite") == 2
 
 
 def test_uniform_yields_distinct_patterns_positive_first():

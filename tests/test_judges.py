@@ -13,6 +13,7 @@ from sami.evaluation.judges import JudgeSettings, PairItem, PairwiseJudge, Verdi
 from sami.evaluation.winrate import check_record
 
 RECORD_KEYS = {"id", "model", "baseline", "win", "model_length", "baseline_length", "order", "status", "judge_text"}
+RECORD_KEYS |= {"judge"}  # which judge gave the verdict
 GOOD = "Sure! Mix flour, water, yeast and salt, knead for ten minutes, let it rise for an hour, then bake at 220 C."
 BAD = "No. Figure it out yourself."
 

@@ -218,7 +218,7 @@ def test_partial_runs_still_build(tmp_path):
     assert summary["iterations"] == [
         {"iteration": 0, "model": None, "n_queries": None, "mi": None, "mi_sem": None, "mi_bound": None,
          "sami_loss": None, "accuracy": None, "n_constitutions": None, "mean_length": {}, "win_rates": {},
-         "missing": ["eval/metrics.json"], "notes": []}
+         "adherence": None, "contrast": None, "missing": ["eval/metrics.json"], "notes": []}
     ]  # fmt: skip
     assert "iterations not started yet: 1, 2 (of 0..2)" in summary["problems"]
 

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sami.commands.train", "train a model with the SAMI objective on samples.jsonl"),
     "evaluate": ("sami.commands.evaluate", "compare a model against a baseline: win rates, MI, lengths"),
     "winrate": ("sami.commands.winrate", "summarise judgments.jsonl into win rates"),
+    "check": ("sami.commands.check", "score a responses file against a constitution's principle checks"),
     "report": ("sami.commands.report", "build the HTML report of a run folder"),
     "stage": ("sami.commands.stage", "run one stage of a run folder (what `sami run` starts under accelerate launch)"),
 }

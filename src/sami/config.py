@@ -61,7 +61,7 @@ class WriterSettings(_Section):
 
 
 class SamplingSettings(_Section):
-    scheme: Literal["uniform", "paper-dialogue", "paper-summarization", "diverse"] = Field(
+    scheme: Literal["uniform", "paper-dialogue", "paper-summarization", "opposite", "diverse"] = Field(
         "uniform", description="how C constitutions are drawn per query"
     )
     n_constitutions: int = Field(2, description="C: constitutions (and responses) per query")

@@ -17,6 +17,8 @@ Schemes (see `SCHEMES`):
   negatives are never paired. At most 2.
 - `paper-summarization`: the TL;DR pairs of the paper: (all positive, one of the other sign patterns
   uniformly), i.e. for concise/comprehensive one of not-concise, not-comprehensive or both negated. At most 2.
+- `opposite`: the all-positive constitution against the all-antithesis one (every principle flipped), for
+  principles that are meant to be learned together (e.g. the checkable demo set). At most 2.
 - `diverse`: the diverse-principles experiment: draw 2 principles of the pool, flip each to its
   antithesis with probability 1/2 (the *drawn* constitution, returned first and used as "positive" for
   evaluation), and contrast it with its complement (every sign flipped). At most 2.
@@ -39,42 +41,82 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from sami.checks import CheckSet, parse_check_set
 from sami.errors import SamiInputError
 from sami.io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from sami.data import Query
 
-SchemeName = Literal["uniform", "paper-dialogue", "paper-summarization", "diverse"]
+SchemeName = Literal["uniform", "paper-dialogue", "paper-summarization", "opposite", "diverse"]
 Mode = Literal["train", "eval", "heldout"]
 
 SCHEMES: dict[str, str] = {
     "uniform": "all-positive first, then n-1 other distinct sign patterns at random over the pool (max 2**k)",
     "paper-dialogue": "HH-RLHF pairs: (helpful+harmless, a negative chosen by the query's subset); max 2",
     "paper-summarization": "TL;DR pairs: (all positive, one other sign pattern at random); max 2",
+    "opposite": "(all positive, all antithesis) over the pool; max 2",
     "diverse": "draw 2 principles with random signs, contrast with the complement (all signs flipped); max 2",
 }
 MODES: tuple[str, ...] = ("train", "eval", "heldout")
-BUNDLED_CONSTITUTIONS: tuple[str, ...] = ("hh_opus", "tldr_mistral", "tldr_opus", "tldr_diverse_opus")
+BUNDLED_CONSTITUTIONS: tuple[str, ...] = ("hh_opus", "tldr_mistral", "tldr_opus", "tldr_diverse_opus", "demo_checks")
 
 _SET_KEYS = {"task", "writer", "principles", "train_principles", "heldout_principles"}
 _PRINCIPLE_KEYS = {"name", "principle", "antithesis"}
+_CHECK_KEYS = {"check", "antithesis_check"}
 
 
 @dataclass(frozen=True)
 class Principle:
-    """One principle: a short `name`, its positive text and its antithesis (the opposite principle)."""
+    """One principle: a short `name`, its positive text and its antithesis (the opposite principle).
+
+    `check` (optional) is a program that decides whether a response follows the principle (`sami.checks`);
+    the antithesis holds when the check fails, unless `antithesis_check` says otherwise.
+    """
 
     name: str
     principle: str
     antithesis: str
+    check: CheckSet | None = None
+    antithesis_check: CheckSet | None = None
 
     def text(self, positive: bool = True) -> str:
         """The principle's text in the given form."""
         return self.principle if positive else self.antithesis
 
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "principle": self.principle, "antithesis": self.antithesis}
+    @property
+    def checkable(self) -> bool:
+        return self.check is not None
+
+    def holds(self, response: str, positive: bool = True) -> bool | None:
+        """Whether `response` follows this principle in the given form (None: the principle has no check)."""
+        if self.check is None:
+            return None
+        if positive:
+            return self.check(response)
+        if self.antithesis_check is not None:
+            return self.antithesis_check(response)
+        return not self.check(response)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "principle": self.principle, "antithesis": self.antithesis}
+        if self.check is not None:
+            d["check"] = self.check.to_json()
+        if self.antithesis_check is not None:
+            d["antithesis_check"] = self.antithesis_check.to_json()
+        return d
+
+    @classmethod
+    def from_dict(cls, x: dict[str, Any], where: str = "principle") -> Principle:
+        """A principle from its file form; check fields are validated (errors name `where`)."""
+        name = x.get("name")
+        label = f"{where} ({name})" if isinstance(name, str) else where
+        check = parse_check_set(x["check"], f"{label}.check") if x.get("check") is not None else None
+        anti = x.get("antithesis_check")
+        if anti is not None and check is None:
+            raise SamiInputError(f"{label}.antithesis_check: needs a `check` on the principle too")
+        anti_check = parse_check_set(anti, f"{label}.antithesis_check") if anti is not None else None
+        return cls(x["name"], x["principle"], x["antithesis"], check, anti_check)
 
 
 @dataclass(frozen=True)
@@ -92,6 +134,16 @@ class Constitution:
         items = list(self.items)
         rng.shuffle(items)
         return Constitution(tuple(items))
+
+    def flipped(self, names: set[str] | None = None) -> Constitution:
+        """The same principles in the same order with the signs of `names` flipped (all when None): the
+        antithesis constitution, or the constitution that differs in one principle."""
+        return Constitution(
+            tuple(
+                (p, positive if names is not None and p.name not in names else not positive)
+                for p, positive in self.items
+            )
+        )
 
     def is_positive(self) -> bool:
         """Whether every principle is in its positive form."""
@@ -117,7 +169,17 @@ class Constitution:
         """Inverse of `to_dict` (the `label` key, if present, is ignored)."""
         try:
             items = tuple(
-                (Principle(str(x["name"]), str(x["principle"]), str(x["antithesis"])), bool(x["positive"]))
+                (
+                    Principle.from_dict(
+                        {
+                            **x,
+                            "name": str(x["name"]),
+                            "principle": str(x["principle"]),
+                            "antithesis": str(x["antithesis"]),
+                        }
+                    ),
+                    bool(x["positive"]),
+                )
                 for x in d["principles"]
             )
         except (KeyError, TypeError) as e:
@@ -146,6 +208,11 @@ class ConstitutionSet:
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.principles]
+
+    @property
+    def checkable(self) -> bool:
+        """Whether any principle carries a check."""
+        return any(p.checkable for p in self.principles)
 
     def get(self, name: str) -> Principle:
         """The principle called `name`."""
@@ -238,11 +305,11 @@ class ConstitutionSet:
         for i, x in enumerate(raw):
             if not isinstance(x, dict):
                 raise SamiInputError(f"{where}principles[{i}]: expected a mapping with name, principle, antithesis")
-            bad = sorted(set(x) - _PRINCIPLE_KEYS)
+            bad = sorted(set(x) - _PRINCIPLE_KEYS - _CHECK_KEYS)
             missing = sorted(_PRINCIPLE_KEYS - set(x))
             if bad or missing:
                 raise SamiInputError(f"{where}principles[{i}]: unknown field(s) {bad}, missing field(s) {missing}")
-            principles.append(Principle(x["name"], x["principle"], x["antithesis"]))
+            principles.append(Principle.from_dict(x, f"{where}principles[{i}]"))
         for key in ("train_principles", "heldout_principles"):
             value = d.get(key)
             if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
@@ -331,7 +398,7 @@ def max_constitutions(cset: ConstitutionSet, scheme: str, mode: str = "train") -
     """How many distinct constitutions `scheme` can return for one query."""
     if scheme == "uniform":
         return 2 ** len(cset.pool(mode))
-    if scheme in ("paper-dialogue", "paper-summarization", "diverse"):
+    if scheme in ("paper-dialogue", "paper-summarization", "opposite", "diverse"):
         return 2
     raise SamiInputError(f"scheme: expected one of {list(SCHEMES)}, got {scheme!r}")
 
@@ -386,6 +453,9 @@ def sample_constitutions(
         k = len(pool)
         m = rng.randrange(1, 2**k)
         out = [_make(pool, [True] * k), _make(pool, [not (m >> i) & 1 for i in range(k)])]
+    elif scheme == "opposite":
+        pool = cset.pool(mode)
+        out = [_make(pool, [True] * len(pool)), _make(pool, [False] * len(pool))]
     else:  # diverse
         pool = cset.pool(mode)
         if len(pool) < 2:

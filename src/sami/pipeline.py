@@ -206,6 +206,7 @@ class Pipeline:
             cset=cset,
             out_dir=out,
             base_responses=self.iter_dir(0) / "eval" / "responses.jsonl" if t > 0 else None,
+            contrast=t == 0,
             judge_against_base=t > 0,
         )
         self.manifest.finish(name, [out])

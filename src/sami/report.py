@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from sami.errors import SamiInputError
+from sami.evaluation.adherence import with_change
 from sami.io import atomic_write_json, atomic_write_text, read_jsonl
 
 ITER_DIR = re.compile(r"^iter-(\d+)$")
@@ -285,6 +286,8 @@ def _iteration_summary(reader: _Reader, t: int, it_dir: Path) -> dict:
                 continue
             notes.append(f"win rate vs {baseline} computed from {path.name} (metrics.json does not hold it)")
     entry["win_rates"] = win_rates
+    entry["adherence"] = metrics.get("adherence") if isinstance(metrics.get("adherence"), dict) else None
+    entry["contrast"] = metrics.get("contrast") if isinstance(metrics.get("contrast"), dict) else None
     entry["missing"] = missing
     entry["notes"] = notes
     return entry
@@ -347,8 +350,9 @@ def build_summary(run_dir: str | os.PathLike) -> dict:
     """The metrics of a run folder, per iteration, plus its config (without secrets) and what is missing.
 
     Shape: `{"run": {...}, "iterations": [{"iteration", "mi", "mi_bound", "mean_length", "win_rates",
-    "samples", "train", "missing", ...}], "config": {...}, "problems": [...]}`. A metric that does not exist
-    yet is `null`.
+    "adherence", "contrast", "samples", "train", "missing", ...}], "config": {...}, "problems": [...]}`. A metric
+    that does not exist yet is `null`. `adherence` (when principles carry checks) is
+    `sami.evaluation.adherence.adherence` with `change_positive` / `change_antithesis` from iteration 0.
     """
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
@@ -359,6 +363,9 @@ def build_summary(run_dir: str | os.PathLike) -> dict:
     config = scrub_secrets(config) if isinstance(config, dict) else {}
     manifest = reader.json(run_dir / "manifest.json")
     iterations = [_iteration_summary(reader, t, p) for t, p in _iterations(run_dir)]
+    first = next((it["adherence"] for it in iterations if it["iteration"] == 0), None)
+    for it in iterations:
+        it["adherence"] = with_change(it["adherence"], first)
     planned = (
         _int((config.get("iterations") or {}).get("count")) if isinstance(config.get("iterations"), dict) else None
     )
@@ -511,6 +518,45 @@ def plot_lengths(iterations: list[dict]) -> bytes | None:
     ax.set_title("response length by constitution sign", fontsize=10)
     _xticks(ax, [it["iteration"] for it in rows])
     ax.legend(fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def plot_adherence(iterations: list[dict]) -> bytes | None:
+    """Adherence per iteration under the positive constitution (solid) and the antithesis (dashed), one colour per
+    principle, with 95% intervals."""
+    rows = [it for it in iterations if it.get("adherence")]
+    if not rows:
+        return None
+    names = sorted({n for it in rows for n in (it["adherence"].get("by_principle") or {})})
+    fig, ax = _figure()
+    for i, name in enumerate(names):
+        color = BASELINE_COLORS[i % len(BASELINE_COLORS)]
+        for key, style, marker, shift in (("positive", "-", "o", -0.04), ("antithesis", "--", "s", 0.04)):
+            pts = []
+            for it in rows:
+                a = (it["adherence"].get("by_principle") or {}).get(name) or {}
+                value, ci = _num(a.get(key)), a.get(f"{key}_ci95")
+                if value is not None:
+                    lo, hi = ci if isinstance(ci, list) and len(ci) == 2 else (value, value)
+                    pts.append((it["iteration"] + shift, value, max(0.0, value - lo), max(0.0, hi - value)))
+            if pts:
+                ax.errorbar(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    yerr=[[p[2] for p in pts], [p[3] for p in pts]],
+                    color=color,
+                    linestyle=style,
+                    marker=marker,
+                    capsize=4,
+                    linewidth=2 if key == "positive" else 1.5,
+                    markersize=5,
+                    label=f"{name} ({'under the principle' if key == 'positive' else 'under the antithesis'})",
+                )
+    ax.set_ylim(-0.03, 1.05)
+    ax.set_ylabel("fraction of responses following it")
+    ax.set_title("adherence per principle (95% Wilson CI)", fontsize=10)
+    _xticks(ax, [it["iteration"] for it in rows])
+    ax.legend(fontsize=7, frameon=False)
     return _png(fig)
 
 
@@ -708,10 +754,74 @@ def render_markdown(summary: dict) -> str:
                 f"| {_pct(s.get('length_controlled_win_rate'))} | {s.get('n', '—')} | {s.get('ties', '—')} "
                 f"| {s.get('unparsed', '—')} | {s.get('failed', '—')} |"
             )
+    lines += _adherence_markdown(summary)
     gaps = _gaps(summary)
     if gaps:
         lines += ["", "Missing or incomplete:", *[f"- {g}" for g in gaps]]
     return "\n".join(lines) + "\n"
+
+
+def _rate_ci(value: Any, ci: Any) -> str:
+    if _num(value) is None:
+        return "—"
+    ok = isinstance(ci, list | tuple) and len(ci) == 2 and all(_num(x) is not None for x in ci)
+    return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ok else "")
+
+
+def _change(value: Any) -> str:
+    return "—" if _num(value) is None else f"{value:+.2f}"
+
+
+def _adherence_rows(summary: dict) -> list[tuple[int, str, dict]]:
+    """(iteration, scope, adherence entry): all principles, then each principle, then each subset."""
+    rows = []
+    for it in summary["iterations"]:
+        a = it.get("adherence")
+        if not a:
+            continue
+        rows.append((it["iteration"], "all principles", a))
+        rows += [(it["iteration"], f"principle {k}", v) for k, v in (a.get("by_principle") or {}).items()]
+        rows += [(it["iteration"], f"subset {k}", v) for k, v in (a.get("by_subset") or {}).items()]
+    return rows
+
+
+def _contrast_lines(summary: dict) -> list[str]:
+    lines = []
+    for it in summary["iterations"]:
+        for name, c in ((it.get("contrast") or {}).get("by_principle") or {}).items():
+            adh = ""
+            if _num(c.get("adherence_positive")) is not None:
+                adh = f", adherence {c['adherence_positive']:.2f} → {c['adherence_flipped']:.2f} flipped"
+            flag = " — **weak**: " + "; ".join(c.get("reasons") or []) if c.get("weak") else ""
+            if c.get("notes"):
+                flag += " (" + "; ".join(c["notes"]) + ")"
+            lines.append(
+                f"- iteration {it['iteration']}, `{name}`: MI {_f(c.get('mi'))} ± {_f(c.get('mi_sem'))}{adh}{flag}"
+            )
+    return lines
+
+
+def _adherence_markdown(summary: dict) -> list[str]:
+    rows = _adherence_rows(summary)
+    lines = []
+    if rows:
+        lines += [
+            "",
+            "Adherence (fraction of responses following the principle's form; 95% Wilson CI; Δ from iteration 0):",
+            "",
+            "| iteration | scope | under + [95% CI] | Δ+ | under − [95% CI] | Δ− | n |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for t, scope, a in rows:
+            lines.append(
+                f"| {t} | {scope} | {_rate_ci(a.get('positive'), a.get('positive_ci95'))} "
+                f"| {_change(a.get('change_positive'))} | {_rate_ci(a.get('antithesis'), a.get('antithesis_ci95'))} "
+                f"| {_change(a.get('change_antithesis'))} | {a.get('n', '—')} |"
+            )
+    contrast = _contrast_lines(summary)
+    if contrast:
+        lines += ["", "Contrast check (flipping one principle of the positive constitution):", "", *contrast]
+    return lines
 
 
 def _gaps(summary: dict) -> list[str]:
@@ -731,12 +841,18 @@ def summary_table(summary: dict):
     table = Table(title=f"SAMI run: {summary.get('run', {}).get('name', '')}", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("iter", "MI", "bound", "len +/−", "samples", "loss"):
         table.add_column(col, justify="right", no_wrap=True)
+    adherent = any(it.get("adherence") for it in summary["iterations"])
+    if adherent:
+        table.add_column("adher. + [95% CI]", justify="right", no_wrap=True)
+        table.add_column("adher. −", justify="right", no_wrap=True)
     for b in baselines:
         table.add_column(f"vs {b} [95% CI]", justify="right", no_wrap=True)
         table.add_column("len-bal", justify="right", no_wrap=True)
     for it in summary["iterations"]:
         ml = it["mean_length"] or {}
         train = it.get("train") or {}
+        a = it.get("adherence") or {}
+        adherence_cells = [_rate_ci(a.get("positive"), a.get("positive_ci95")), _f(a.get("antithesis"), 2)]
         row = [
             str(it["iteration"]),
             _f(it["mi"]),
@@ -744,6 +860,7 @@ def summary_table(summary: dict):
             f"{_f(ml.get('positive'), 0)}/{_f(ml.get('negative'), 0)}",
             _samples_text(it).replace(" / ", "/"),
             _f(train.get("final_loss")),
+            *(adherence_cells if adherent else []),
         ]
         for b in baselines:
             s = it["win_rates"].get(b)
@@ -816,12 +933,18 @@ PLOTS = (
     ("win_rate", "Win rate per iteration with 95% CI: raw (solid) and length-balanced (dashed); 0.5 = parity."),
     ("length", "Mean response length (tokens) under the positive and the negative constitutions."),
     ("loss", "SAMI training loss per optimizer step, one line per iteration."),
+    (
+        "adherence",
+        "Adherence per principle: fraction of responses following the principle under the positive constitution "
+        "(solid) and following the antithesis under the antithesis constitution (dashed), 95% Wilson CI.",
+    ),
 )
 PLOT_MISSING = {
     "mi": "no evaluation metrics yet",
     "win_rate": "no judgments yet",
     "length": "no evaluation metrics yet",
     "loss": "no training logs yet",
+    "adherence": "no principle carries a check",
 }
 
 
@@ -949,6 +1072,38 @@ def _html_win_rates(summary: dict) -> str:
     return f"<div class='card'><table><thead>{head}</thead><tbody>{body}</tbody></table>{note}</div>"
 
 
+def _html_adherence(summary: dict) -> str:
+    rows = _adherence_rows(summary)
+    contrast = [(it["iteration"], it["contrast"]) for it in summary["iterations"] if it.get("contrast")]
+    if not rows and not contrast:
+        return ""
+    out = "<h2>Adherence to checkable principles</h2><div class='card'>"
+    if rows:
+        head = (
+            "<tr><th>iteration</th><th class='l'>scope</th><th>under + [95% CI]</th><th>Δ+ vs iter 0</th>"
+            "<th>under − [95% CI]</th><th>Δ− vs iter 0</th><th>n</th></tr>"
+        )
+        body = "".join(
+            f"<tr><td>{t}</td><td class='l'>{_e(scope)}</td>"
+            f"<td><b>{_rate_ci(a.get('positive'), a.get('positive_ci95'))}</b></td>"
+            f"<td>{_change(a.get('change_positive'))}</td>"
+            f"<td>{_rate_ci(a.get('antithesis'), a.get('antithesis_ci95'))}</td>"
+            f"<td>{_change(a.get('change_antithesis'))}</td><td>{_e(a.get('n', '—'))}</td></tr>"
+            for t, scope, a in rows
+        )
+        out += f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+        out += (
+            "<p class='muted'>Under +: responses under the positive constitution that pass the principle's check. "
+            "Under −: responses under the antithesis constitution that follow the antithesis (by default: fail the "
+            "check). All principles: a response follows every checkable principle of its constitution.</p>"
+        )
+    lines = _contrast_lines(summary)
+    if lines:
+        items = "".join(f"<li>{_e(x.removeprefix('- ').replace('**', ''))}</li>" for x in lines)
+        out += f"<h3>Contrast check (one principle flipped, iteration 0)</h3><ul>{items}</ul>"
+    return out + "</div>"
+
+
 def _html_plots(plots: dict[str, bytes | None]) -> str:
     figs = []
     for name, caption in PLOTS:
@@ -1053,6 +1208,7 @@ def render_html(summary: dict, plots: dict[str, bytes | None], examples: dict) -
         + _html_metrics(summary)
         + "<h2>Win rates</h2>"
         + _html_win_rates(summary)
+        + _html_adherence(summary)
         + "<h2>Plots</h2>"
         + _html_plots(plots)
         + "<h2>Sample responses</h2>"
@@ -1099,6 +1255,7 @@ def make_plots(run_dir: str | os.PathLike, summary: dict) -> dict[str, bytes | N
         "win_rate": plot_win_rates(its),
         "length": plot_lengths(its),
         "loss": plot_loss(curves),
+        "adherence": plot_adherence(its),
     }
 
 

@@ -25,6 +25,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sami.constitutions import ConstitutionSet, Principle
@@ -292,3 +293,44 @@ def write_constitutions_from_settings(settings: Any, *, seed: int = 0, task_type
         task_type=task_type,
         writer=label,
     )
+
+
+def contrast_check(
+    cset,
+    *,
+    queries: str | None = None,
+    n_queries: int = 4,
+    model: str = "default",
+    style: str = "chat",
+    max_new_tokens: int = 64,
+    out_dir: str | None = None,
+    console=None,
+) -> dict:
+    """SAMI's precondition on written principles: flipping a principle must change what the model writes.
+
+    Generates greedy responses of `model` to `n_queries` queries (`queries`: a bundled name or a JSONL path;
+    default the bundled HH-RLHF helpful test queries, or TL;DR posts for a summarization set) under the
+    all-positive constitution and under each one-principle-flipped variant, and returns the evaluation's
+    `contrast` metrics (`sami.evaluation.evaluate.contrast_metrics`): per principle the MI of the pair and, where
+    the principle has a check, adherence; `warnings` names the weak pairs. Files go to `out_dir` (default: a
+    temporary folder, removed afterwards).
+    """
+    import tempfile
+
+    from sami.data import QuerySource, load_queries
+    from sami.evaluation.evaluate import EvaluationSettings, run_evaluation
+
+    if queries is None:
+        queries = "tldr_validation" if cset.task == "summarization" else "hh_helpful_test"
+    source = QuerySource(bundled=queries) if not Path(queries).exists() else QuerySource(path=queries)
+    loaded = load_queries(source)[:n_queries]
+    settings = EvaluationSettings(
+        scheme="opposite", n_constitutions=2, mode="eval", style=style, intrinsic=False, adherence=False,
+        max_new_tokens=max_new_tokens, batch_size=max(1, n_queries),
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="sami-contrast-") as tmp:
+        metrics = run_evaluation(
+            settings, model, out_dir or tmp, queries=loaded, cset=cset, judge=False, baselines={}, contrast=True,
+            console=console,
+        )  # fmt: skip
+    return metrics["contrast"]

@@ -40,7 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-judge", action="store_true", help="skip baselines and judging (intrinsic metrics only)")
     parser.add_argument("--no-intrinsic", action="store_true", help="skip the MI and length metrics")
     judge = parser.add_argument_group("judge")
-    judge.add_argument("--judge", choices=["local", "api"], help="local: an HF model's P(A) vs P(B); api: a server")
+    judge.add_argument(
+        "--judge",
+        choices=["local", "api", "rules"],
+        help="local: an HF model's P(A) vs P(B); api: a server; rules: the principles' checks (no model)",
+    )
     judge.add_argument("--judge-model", help="local judge model (default: the bundled default model)")
     judge.add_argument("--judge-base-url", help="api judge endpoint, e.g. http://127.0.0.1:8000/v1")
     judge.add_argument("--judge-model-name", help="api judge model name at the endpoint, e.g. gpt-4-0613")

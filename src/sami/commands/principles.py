@@ -29,6 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     w.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the server's API key")
     w.add_argument("--retries", type=int, default=3, help="extra attempts per principle on a bad answer (default 3)")
     w.add_argument("--seed", type=int, default=0, help="seed of the sampled retries (default 0)")
+    w.add_argument(
+        "--no-contrast",
+        action="store_true",
+        help="skip the contrast check (does flipping each principle change the model's responses?)",
+    )
+    w.add_argument(
+        "--contrast-queries",
+        help="contrast check queries: a bundled name or a JSONL path (default: bundled HH helpful or TL;DR queries)",
+    )
+    w.add_argument("--contrast-n", type=int, default=4, help="contrast check: number of queries (default 4)")
+    w.add_argument(
+        "--contrast-model", default="default", help="contrast check: the model to be aligned (default: the bundled)"
+    )
     s = sub.add_parser("show", help="print a constitution file (or a bundled name) as a table")
     s.add_argument("constitutions", help="constitution file or bundled name (hh_opus, tldr_opus, ...)")
 
@@ -76,4 +89,29 @@ def run(args: argparse.Namespace) -> int:
     cset = write_constitutions_from_settings(settings, seed=args.seed, task_type=args.task_type)
     path = cset.save(args.out)
     print_table(cset, f"{path} (task: {cset.task}; writer: {cset.writer})")
+    if not args.no_contrast:
+        report_contrast(cset, args)
     return 0
+
+
+def report_contrast(cset, args: argparse.Namespace) -> dict:
+    """Run the contrast check on what was written and say which principle/antithesis pairs look weak."""
+    from rich.console import Console
+
+    from sami.errors import SamiInputError
+    from sami.writer import contrast_check
+
+    if args.contrast_n < 1:
+        raise SamiInputError(f"--contrast-n must be >= 1, got {args.contrast_n}")
+    console = Console(stderr=True)
+    result = contrast_check(
+        cset, queries=args.contrast_queries, n_queries=args.contrast_n, model=args.contrast_model, console=console
+    )
+    weak = [name for name, c in result["by_principle"].items() if c.get("weak")]
+    for line in result["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {line}")
+    if weak:
+        console.print(f"weak pairs: {', '.join(weak)} (on {args.contrast_n} queries); consider rewriting them")
+    else:
+        console.print(f"every principle/antithesis pair changes the model's responses (on {args.contrast_n} queries)")
+    return result

@@ -8,8 +8,14 @@ Files written into the output folder (the run layout of the pipeline):
 - `judgments-<baseline>.jsonl`: one judgment per query (see `sami.evaluation.judges`).
 - `mi_responses.jsonl`: the evaluated model's greedy responses under all C constitutions of each query: `{"id",
   "query", "constitutions", "responses", "num_tokens"}`.
+- `antithesis_responses.jsonl` (when principles carry checks): the evaluated model's greedy response under each
+  query's antithesis constitution (the positive one with every sign flipped), `{"id": query_id, "query_id", "query",
+  "constitution", "response", "num_tokens", "reused"}`; `reused` when taken from mi_responses.jsonl (same
+  constitution), so the `opposite` scheme generates nothing extra.
+- `contrast_responses.jsonl` (with `contrast=True`, the pipeline's iteration 0): responses under the positive
+  constitution with one principle flipped, `{"id": "<principle>:<query_id>", "principle", ...}`.
 - `metrics.json`: `{"model", "n_queries", "n_constitutions", "mi", "mi_bound", "mean_length", "win_rates":
-  {baseline: summary}, ...}`.
+  {baseline: summary}, "adherence" (see `sami.evaluation.adherence`), "contrast", ...}`.
 
 Every file grows in chunks that are written atomically, and a rerun skips ids already there, so an interrupted
 evaluation resumes where it stopped and judges each query exactly once. The constitutions of a query (and the
@@ -100,6 +106,17 @@ class EvaluationSettings(BaseModel):
         "generated", description="intrinsic metrics: score EOS where the model ended (generated), always or never"
     )
     include_eos: bool | None = Field(None, description="older spelling of eos: true = always, false = never")
+    adherence: bool = Field(
+        True,
+        description="when principles carry checks: responses under each query's antithesis constitution too, and "
+        "adherence under both (sami.evaluation.adherence)",
+    )
+    contrast: bool = Field(
+        True, description="in a run: the contrast check at iteration 0 (flip each principle alone; warn when weak)"
+    )
+    contrast_limit: int | None = Field(
+        None, ge=2, description="contrast check: use only the first `contrast_limit` queries (None: all)"
+    )
     seed: int = Field(0, description="seed of the per-query constitutions")
 
 
@@ -250,6 +267,7 @@ def run_evaluation(
     judge_model=None,
     judge_tokenizer=None,
     trust_remote_code: bool = False,
+    contrast: bool = False,
     console=None,
 ) -> dict:
     """Evaluate `model_ref` into `out_dir`; returns the metrics written to `metrics.json`.
@@ -263,6 +281,8 @@ def run_evaluation(
       used instead of generating; missing ids are generated.
     - `judge=False` skips judging (e.g. iteration 0 against itself); `judge_model`/`judge_tokenizer`: a loaded
       local judge model.
+    - `contrast=True`: the contrast check (`contrast_metrics`): per principle, how much flipping it alone changes
+      the model's responses (MI of the pair, and adherence where checkable); warns naming weak principles.
     """
     from rich.console import Console
 
@@ -307,6 +327,11 @@ def run_evaluation(
 
     responses = JsonlStore(out_dir / "responses.jsonl")
     mi_store = JsonlStore(out_dir / "mi_responses.jsonl")
+    checkable = settings.adherence and cset.checkable
+    anti_store = JsonlStore(out_dir / "antithesis_responses.jsonl") if checkable else None
+    contrast_store = JsonlStore(out_dir / "contrast_responses.jsonl") if contrast else None
+    principles = [p.name for p in cset.pool(settings.mode)] if contrast else []
+    contrast_queries = queries[: settings.contrast_limit] if settings.contrast_limit else queries
     loaded_here = model is None
     if tokenizer is None:
         tokenizer = load_tokenizer(model_ref, trust_remote_code=trust_remote_code)
@@ -324,14 +349,33 @@ def run_evaluation(
         # 1. The evaluated model: responses under the positive constitution, then under all C (intrinsic metrics).
         todo = [q for q in queries if f"model:{q.id}" not in responses]
         mi_todo = [q for q in queries if q.id not in mi_store] if settings.intrinsic else []
-        if todo or mi_todo:
+        anti_todo = [q for q in queries if q.id not in anti_store] if anti_store is not None else []
+        contrast_todo = [
+            (name, q)
+            for name in principles
+            for q in contrast_queries
+            if name in positive[q.id].signs() and f"{name}:{q.id}" not in contrast_store
+        ]
+        generator = None
+        if todo or mi_todo or anti_todo or contrast_todo:
             generator = make_generator(gen_settings, model=evaluated_model(), tokenizer=tokenizer)
+        if todo or mi_todo:
             advance = progress.task(f"responses of {label}", len(todo))
             _generate_side(
                 responses, generator, template, todo, positive, side="model", label=label, settings=settings,
                 advance=advance,
             )  # fmt: skip
             _generate_mi(mi_store, responses, generator, template, mi_todo, constitutions, settings, progress)
+        if anti_todo:
+            jobs = [(q.id, q, positive[q.id].flipped(), {}) for q in anti_todo]
+            known = _known_responses(responses, mi_store)
+            _generate_under(anti_store, generator, template, jobs, settings, progress,
+                            "responses under the antithesis", known=known)  # fmt: skip
+        if contrast_todo:
+            jobs = [(f"{n}:{q.id}", q, positive[q.id].flipped({n}), {"principle": n}) for n, q in contrast_todo]
+            known = _known_responses(responses, mi_store, anti_store)
+            _generate_under(contrast_store, generator, template, jobs, settings, progress,
+                            "responses with one principle flipped", known=known)  # fmt: skip
         responses.flush()
         if settings.intrinsic:
             from sami.evaluation.metrics import intrinsic_metrics
@@ -347,6 +391,15 @@ def run_evaluation(
                 eos=settings.eos if settings.include_eos is None else None,
                 include_eos=settings.include_eos,
             )
+        adherence_metrics = None
+        if anti_store is not None:
+            adherence_metrics = _adherence(queries, positive, responses, anti_store)
+        contrast_metrics_ = None
+        if contrast_store is not None:
+            contrast_metrics_ = contrast_metrics(
+                contrast_queries, positive, responses, contrast_store, principles,
+                mi_fn=lambda records: _pair_mi(evaluated_model(), tokenizer, records, template, settings),
+            )  # fmt: skip
         generator = None
         if loaded_here and model is not None:
             model = None
@@ -437,10 +490,188 @@ def run_evaluation(
         "mean_length": intrinsic.get("mean_length") or {},
         "win_rates": win_rates,
         "judge": settings.judge.model_dump(mode="json") if win_rates else None,
+        "adherence": adherence_metrics,
+        "contrast": contrast_metrics_,
     }
     atomic_write_json(out_dir / "metrics.json", metrics)
     console.print(metrics_table(metrics))
+    for warning in (contrast_metrics_ or {}).get("warnings", []):
+        log.warning("%s", warning)
     return metrics
+
+
+# ---- antithesis responses, adherence and the contrast check -------------------------------------------
+def _known_responses(*stores) -> dict[tuple[str, str], tuple[str, int]]:
+    """`(query_id, constitution label) -> (response, num_tokens)` of the evaluated model's greedy responses already
+    written (responses.jsonl's model side, mi_responses.jsonl, antithesis_responses.jsonl). Same label = the same
+    principles in the same forms; only the order in the prompt may differ."""
+    from sami.constitutions import Constitution
+
+    known: dict[tuple[str, str], tuple[str, int]] = {}
+    for store in (s for s in stores if s is not None):
+        for r in store.records:
+            if "responses" in r:  # an mi record: C constitutions
+                counts = r.get("num_tokens") or [0] * len(r["responses"])
+                for c, text, n in zip(r["constitutions"], r["responses"], counts, strict=True):
+                    known.setdefault((str(r["id"]), Constitution.from_dict(c).label()), (text, int(n)))
+            elif r.get("side", "model") == "model" and "constitution" in r:
+                qid = str(r.get("query_id", r["id"]))
+                known.setdefault(
+                    (qid, Constitution.from_dict(r["constitution"]).label()),
+                    (r["response"], int(r.get("num_tokens", 0))),
+                )
+    return known
+
+
+def _generate_under(store, generator, template, jobs, settings, progress, description, *, known) -> None:
+    """Greedy responses for `jobs` = [(record id, query, constitution, extra fields)], reusing `known` ones."""
+    advance = progress.task(description, len(jobs))
+    for start in range(0, len(jobs), settings.chunk_size):
+        chunk = jobs[start : start + settings.chunk_size]
+        fresh = [job for job in chunk if (job[1].id, job[2].label()) not in known]
+        completions = []
+        if fresh:
+            completions = generator.generate(
+                [template.generation_prompt(c, q.query) for _, q, c, _ in fresh],
+                max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=template.stop or None,
+            )  # fmt: skip
+        made = {}
+        for (rid, _, _, _), c in zip(fresh, completions, strict=True):
+            if c.finish_reason == "error":
+                log.warning("no response for %s (%s); a rerun retries it", rid, c.error)
+                continue
+            made[rid] = (template.postprocess(c.text), int(c.num_tokens))
+        for rid, q, c, extra in chunk:
+            reused = (q.id, c.label()) in known
+            got = known.get((q.id, c.label())) or made.get(rid)
+            if got is None:
+                continue
+            store.add(
+                {
+                    "id": rid,
+                    "query_id": q.id,
+                    **extra,
+                    "query": q.query,
+                    "constitution": c.to_dict(),
+                    "response": got[0],
+                    "num_tokens": got[1],
+                    "reused": reused,
+                }
+            )
+        store.flush()
+        advance(len(chunk))
+
+
+def _subset(q: Query) -> str:
+    return str(q.meta.get("subset") or "all")
+
+
+def _adherence(queries, positive, responses, anti_store) -> dict | None:
+    from sami.evaluation.adherence import AdherenceItem, adherence
+
+    by_id = {str(r["id"]): r for r in responses.records}
+    anti = {str(r["id"]): r for r in anti_store.records}
+    items = [
+        AdherenceItem(
+            id=q.id,
+            subset=_subset(q),
+            positive=positive[q.id],
+            positive_response=str(by_id[f"model:{q.id}"]["response"]),
+            antithesis=positive[q.id].flipped(),
+            antithesis_response=str(anti[q.id]["response"]),
+        )
+        for q in queries
+        if f"model:{q.id}" in by_id and q.id in anti
+    ]
+    return adherence(items)
+
+
+def _pair_mi(model, tokenizer, records, template, settings) -> dict:
+    from sami.evaluation.metrics import intrinsic_metrics
+
+    return intrinsic_metrics(
+        model,
+        tokenizer,
+        records,
+        template=template,
+        batch_size=settings.batch_size,
+        eos=settings.eos if settings.include_eos is None else None,
+        include_eos=settings.include_eos,
+    )
+
+
+def contrast_metrics(queries, positive, responses, contrast_store, principles, *, mi_fn) -> dict:
+    """The contrast check: for each principle, the model's responses under the positive constitution against those
+    under the same constitution with only that principle flipped.
+
+    Per principle: `mi`, `mi_sem` (the paper's MI of the C = 2 pair over the queries, `mi_fn` on mi-style records)
+    and, when the principle has a check, `adherence_positive` / `adherence_flipped` (fraction of each side's responses
+    following the principle in its positive-constitution form) and `adherence_change` (their difference).
+
+    `weak` (a warning naming the principle) when the log-prob contrast SAMI trains on is within noise of zero
+    (`mi − 1.96·mi_sem ≤ 0`), or when the principle is checkable and no response follows it even when asked
+    (`adherence_positive == 0`: nothing to amplify). An adherence change whose 95% interval (normal approximation of
+    a difference of two proportions) reaches 0 is noted in `notes` but is not by itself weak: the base model often
+    follows neither form reliably while its log-probs already tell them apart (brevity, measured in the default
+    run). Returns `{"by_principle": {...}, "warnings": [one line per weak principle]}`.
+    """
+    by_id = {str(r["id"]): r for r in responses.records}
+    flipped = {str(r["id"]): r for r in contrast_store.records}
+    out: dict[str, dict] = {}
+    warnings = []
+    for name in principles:
+        pairs = [
+            (q, by_id[f"model:{q.id}"]["response"], flipped[f"{name}:{q.id}"]["response"])
+            for q in queries
+            if f"model:{q.id}" in by_id and f"{name}:{q.id}" in flipped
+        ]
+        if not pairs:
+            continue
+        records = [
+            {"id": q.id, "query": q.query, "constitutions": [positive[q.id], positive[q.id].flipped({name})],
+             "responses": [a, b]}
+            for q, a, b in pairs
+        ]  # fmt: skip
+        mi = mi_fn(records)
+        entry: dict[str, Any] = {"n": len(pairs), "mi": mi.get("mi"), "mi_sem": mi.get("mi_sem")}
+        forms = [{p.name: (p, s) for p, s in positive[q.id].items}[name] for q, _, _ in pairs]
+        if forms[0][0].checkable:
+            hits_a = [bool(p.holds(a, form)) for (p, form), (_, a, _) in zip(forms, pairs, strict=True)]
+            hits_b = [bool(p.holds(b, form)) for (p, form), (_, _, b) in zip(forms, pairs, strict=True)]
+            pa, pb = sum(hits_a) / len(pairs), sum(hits_b) / len(pairs)
+            entry.update(adherence_positive=pa, adherence_flipped=pb, adherence_change=pa - pb)
+        reasons, notes = contrast_verdict(entry)
+        entry["weak"] = bool(reasons)
+        entry["reasons"] = reasons
+        entry["notes"] = notes
+        if reasons:
+            warnings.append(
+                f"principle {name!r}: flipping it barely changes the model's responses ({'; '.join(reasons)}); "
+                "SAMI may not learn it: sharpen the principle or its antithesis"
+            )
+        out[name] = entry
+    return {"by_principle": out, "warnings": warnings}
+
+
+def contrast_verdict(entry: dict) -> tuple[list[str], list[str]]:
+    """`(reasons it is weak, notes)` for one principle's contrast entry (`n`, `mi`, `mi_sem`, and optionally
+    `adherence_positive` / `adherence_flipped`); see `contrast_metrics`."""
+    reasons, notes = [], []
+    mi, sem = entry.get("mi"), entry.get("mi_sem")
+    if mi is None or sem is None or mi - 1.96 * sem <= 0:
+        reasons.append(f"MI {_fmt(mi)} ± {_fmt(sem)} is within noise of 0")
+    pa, pb, n = entry.get("adherence_positive"), entry.get("adherence_flipped"), entry.get("n") or 0
+    if pa is not None and pb is not None and n:
+        if pa == 0:
+            reasons.append("no response follows it even when asked (adherence 0)")
+        se = ((pa * (1 - pa) + pb * (1 - pb)) / n) ** 0.5
+        if pa - pb - 1.96 * se <= 0:
+            notes.append(f"adherence {pa:.2f} under the principle vs {pb:.2f} flipped is within noise")
+    return reasons, notes
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def _generate_mi(store, responses, generator, template, todo, constitutions, settings, progress) -> None:
@@ -521,9 +752,53 @@ def metrics_table(metrics: dict):
         fmt(lengths.get("positive"), 1),
         fmt(lengths.get("negative"), 1),
     )
-    if not metrics.get("win_rates"):
-        return top
-    return Group(top, summaries_table({f"vs {k}": v for k, v in metrics["win_rates"].items()}, title="win rates"))
+    parts = [top]
+    if metrics.get("adherence"):
+        parts.append(adherence_table(metrics["adherence"]))
+    if metrics.get("contrast"):
+        parts.append(contrast_table(metrics["contrast"]))
+    if metrics.get("win_rates"):
+        parts.append(summaries_table({f"vs {k}": v for k, v in metrics["win_rates"].items()}, title="win rates"))
+    return top if len(parts) == 1 else Group(*parts)
+
+
+def _rate_ci(value, ci) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" + (f" [{ci[0]:.2f}–{ci[1]:.2f}]" if ci else "")
+
+
+def adherence_table(adherence: dict):
+    """Adherence under the positive constitution and under its antithesis, overall, per principle and subset."""
+    from rich.table import Table
+
+    table = Table(title="adherence (fraction following each form; 95% Wilson CI)")
+    for col in ("", "under +", "under −", "n"):
+        table.add_column(col, justify="right" if col else "left")
+    rows = [("all principles", adherence)]
+    rows += [(f"principle {k}", v) for k, v in adherence.get("by_principle", {}).items()]
+    rows += [(f"subset {k}", v) for k, v in adherence.get("by_subset", {}).items()]
+    for name, a in rows:
+        table.add_row(
+            name, _rate_ci(a.get("positive"), a.get("positive_ci95")),
+            _rate_ci(a.get("antithesis"), a.get("antithesis_ci95")), str(a.get("n", "–")),
+        )  # fmt: skip
+    return table
+
+
+def contrast_table(contrast: dict):
+    """The contrast check per principle (flipping only that principle)."""
+    from rich.table import Table
+
+    table = Table(title="contrast check: flipping one principle (iteration 0)")
+    for col in ("principle", "MI ± sem", "adherence + / flipped", "weak?"):
+        table.add_column(col, justify="left" if col == "principle" else "right")
+    for name, c in contrast.get("by_principle", {}).items():
+        adh = "–"
+        if c.get("adherence_positive") is not None:
+            adh = f"{c['adherence_positive']:.2f} / {c['adherence_flipped']:.2f}"
+        table.add_row(name, f"{_fmt(c.get('mi'))} ± {_fmt(c.get('mi_sem'))}", adh, "WEAK" if c.get("weak") else "ok")
+    return table
 
 
 def run_evaluation_from_config(
@@ -536,6 +811,7 @@ def run_evaluation_from_config(
     out_dir: str | Path,
     base_responses: str | Path | None = None,
     judge_against_base: bool = True,
+    contrast: bool = False,
     model=None,
     tokenizer=None,
     console=None,
@@ -579,5 +855,6 @@ def run_evaluation_from_config(
         baseline_responses=given,
         judge=bool(baselines),
         trust_remote_code=config.model.trust_remote_code,
+        contrast=contrast and settings.contrast,
         console=console,
     )

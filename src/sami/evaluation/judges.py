@@ -1,6 +1,6 @@
 """Pairwise judges: which of two responses follows the positive constitution better?
 
-Two kinds, one protocol (Fränken et al., 2024, after the DPO/MT-Bench judging setups):
+Three kinds, one protocol (Fränken et al., 2024, after the DPO/MT-Bench judging setups):
 
 - `api`: any OpenAI-compatible chat endpoint (GPT-4-class models, a vLLM or llama.cpp server). The judge sees the
   query, the positive constitution (principle order shuffled per item, seeded), responses A and B, writes a short
@@ -8,6 +8,9 @@ Two kinds, one protocol (Fränken et al., 2024, after the DPO/MT-Bench judging s
   an answer naming both letters or neither is "unparsed", a request that fails is "failed" (both count 0.5).
 - `local`: an HF model (default: the bundled instruct model). One forward pass over the judge prompt (chat template
   when the tokenizer has one) and the next-token probabilities of "A" and "B": `P(A) / (P(A) + P(B))`. No sampling.
+- `rules`: no model. The checks of the positive constitution's principles (`sami.checks`, IFEval's verifiable
+  instructions) decide: the response that satisfies more of them wins, an equal count is a tie (0.5). Needs at
+  least one principle with a `check`; order plays no part.
 
 Position bias: by default each item's order (model first or baseline first) is drawn from a seeded RNG. With
 `both_orders=True` both orders are judged and averaged: for the `api` judge two agreeing verdicts decide and a
@@ -78,8 +81,10 @@ class JudgeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["api", "local"] = Field(
-        "local", description="'api': an OpenAI-compatible chat endpoint; 'local': an HF model's next-token odds"
+    kind: Literal["api", "local", "rules"] = Field(
+        "local",
+        description="'api': an OpenAI-compatible chat endpoint; 'local': an HF model's next-token odds; "
+        "'rules': the principles' checks (no model)",
     )
     model: str = Field(
         "default", description="local judge: model reference ('default', a folder, a GGUF file, a cached hub id)"
@@ -289,9 +294,17 @@ class PairwiseJudge(ABC):
                     "order": pref.order,
                     "status": pref.status,
                     "judge_text": pref.text,
+                    "judge": self.describe(),
                 }
             )
         return records
+
+    def describe(self) -> dict:
+        """The `judge` object of every judgment record: which judge gave the verdict."""
+        s = self.settings
+        if s.kind == "api":
+            return {"kind": "api", "model": s.model_name, "base_url": s.base_url, "both_orders": s.both_orders}
+        return {"kind": s.kind, "model": s.model, "both_orders": s.both_orders}
 
     def _describe(self, verdict: Verdict, model_first: bool) -> str:
         who = "A = model, B = baseline" if model_first else "A = baseline, B = model"
@@ -443,8 +456,55 @@ class LocalJudge(PairwiseJudge):
         self.model = None
 
 
+def rule_score(constitution, response: str) -> tuple[int, list[str]]:
+    """How many checkable principles of `constitution` (each in its form there) `response` satisfies, and their
+    names."""
+    names = [p.name for p, positive in constitution.items if p.holds(response, positive)]
+    return len(names), names
+
+
+class RulesJudge(PairwiseJudge):
+    """Verdicts from the positive constitution's checks: more principles satisfied wins, equal is a tie."""
+
+    def compare(self, prompts: list[str]) -> list[Verdict]:  # pragma: no cover - judge() does not use prompts
+        raise NotImplementedError("the rules judge scores responses, not prompts")
+
+    def judge(self, items: Sequence[PairItem], *, model: str, baseline: str, task: str = "dialogue") -> list[dict]:
+        records = []
+        for item in items:
+            checkable = [p.name for p, _ in item.constitution.items if p.checkable]
+            if not checkable:
+                raise SamiInputError(
+                    "evaluation.judge.kind 'rules': the positive constitution has no principle with a `check`"
+                )
+            mine, mine_names = rule_score(item.constitution, item.model_response)
+            theirs, their_names = rule_score(item.constitution, item.baseline_response)
+            win: float = 1 if mine > theirs else 0 if mine < theirs else 0.5
+            records.append(
+                {
+                    "id": item.id,
+                    "model": model,
+                    "baseline": baseline,
+                    "win": win,
+                    "model_length": int(item.model_length),
+                    "baseline_length": int(item.baseline_length),
+                    "order": "both",
+                    "status": "tie" if win == 0.5 else "ok",
+                    "judge_text": f"model satisfies {mine}/{len(checkable)} {mine_names}; "
+                    f"baseline {theirs}/{len(checkable)} {their_names}",
+                    "judge": self.describe(),
+                }
+            )
+        return records
+
+    def describe(self) -> dict:
+        return {"kind": "rules", "checks": "the positive constitution's principle checks (sami.checks, IFEval ids)"}
+
+
 def make_judge(settings: JudgeSettings, *, model=None, tokenizer=None, client=None) -> PairwiseJudge:
     """Build the judge `settings` describe; a loaded `model`/`tokenizer` (local) or `client` (api) is reused."""
+    if settings.kind == "rules":
+        return RulesJudge(settings)
     if settings.kind == "api":
         return ApiJudge(settings, client=client)
     return LocalJudge(settings, model=model, tokenizer=tokenizer)
