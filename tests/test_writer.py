@@ -26,6 +26,7 @@ class FakeCompletion:
     num_tokens: int = 0
     finish_reason: str = "stop"
     error: str | None = None
+    ended_with_eos: bool | None = None
 
 
 class ScriptedGenerator:
