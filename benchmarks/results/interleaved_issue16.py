@@ -1,11 +1,20 @@
 """Interleaved in one process: bundled model, (400,60,2): chunked vs unchunked, each with bool and dense masks."""
-import statistics, sys, time, torch
+
+import statistics
+import sys
+import time
+
 sys.path.insert(0, "/work/wt-16/benchmarks")
 import train_step as T
+
 model, tok, _ = T.load("default")
 prompts, responses = T.build_inputs(tok, 2, 400, 60)
-cases = {"unchunked+dense": dict(chunk_size=0, dense_mask=True), "unchunked+bool": dict(chunk_size=0),
-         "chunked+bool": dict(chunk_size=170), "chunked+dense": dict(chunk_size=170, dense_mask=True)}
+cases = {
+    "unchunked+dense": dict(chunk_size=0, dense_mask=True),
+    "unchunked+bool": dict(chunk_size=0),
+    "chunked+bool": dict(chunk_size=170),
+    "chunked+dense": dict(chunk_size=170, dense_mask=True),
+}
 times = {k: [] for k in cases}
 for rep in range(4):
     for name, kw in cases.items():
