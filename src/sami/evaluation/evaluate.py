@@ -378,19 +378,9 @@ def run_evaluation(
                             "responses with one principle flipped", known=known)  # fmt: skip
         responses.flush()
         if settings.intrinsic:
-            from sami.evaluation.metrics import intrinsic_metrics
-
             ids = {q.id for q in queries}
             records = [r for r in mi_store.records if str(r["id"]) in ids]
-            intrinsic = intrinsic_metrics(
-                evaluated_model(),
-                tokenizer,
-                records,
-                template=template,
-                batch_size=settings.batch_size,
-                eos=settings.eos if settings.include_eos is None else None,
-                include_eos=settings.include_eos,
-            )
+            intrinsic = _intrinsic(evaluated_model(), tokenizer, records, template, settings)
         adherence_metrics = None
         if anti_store is not None:
             adherence_metrics = _adherence(queries, positive, responses, anti_store)
@@ -398,7 +388,7 @@ def run_evaluation(
         if contrast_store is not None:
             contrast_metrics_ = contrast_metrics(
                 contrast_queries, positive, responses, contrast_store, principles,
-                mi_fn=lambda records: _pair_mi(evaluated_model(), tokenizer, records, template, settings),
+                mi_fn=lambda records: _intrinsic(evaluated_model(), tokenizer, records, template, settings),
             )  # fmt: skip
         generator = None
         if loaded_here and model is not None:
@@ -586,7 +576,8 @@ def _adherence(queries, positive, responses, anti_store) -> dict | None:
     return adherence(items)
 
 
-def _pair_mi(model, tokenizer, records, template, settings) -> dict:
+def _intrinsic(model, tokenizer, records, template, settings) -> dict:
+    """MI, InfoNCE bound and lengths of MI response records, scored with the evaluation's EOS policy."""
     from sami.evaluation.metrics import intrinsic_metrics
 
     return intrinsic_metrics(

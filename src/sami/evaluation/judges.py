@@ -284,20 +284,26 @@ class PairwiseJudge(ABC):
             else:
                 win = 0.5
             records.append(
-                {
-                    "id": item.id,
-                    "model": model,
-                    "baseline": baseline,
-                    "win": win,
-                    "model_length": int(item.model_length),
-                    "baseline_length": int(item.baseline_length),
-                    "order": pref.order,
-                    "status": pref.status,
-                    "judge_text": pref.text,
-                    "judge": self.describe(),
-                }
+                self.record(item, model, baseline, win, order=pref.order, status=pref.status, text=pref.text)
             )
         return records
+
+    def record(
+        self, item: PairItem, model: str, baseline: str, win: float, *, order: str, status: str, text: str
+    ) -> dict:
+        """One judgments-file record for `item`, naming this judge."""
+        return {
+            "id": item.id,
+            "model": model,
+            "baseline": baseline,
+            "win": win,
+            "model_length": int(item.model_length),
+            "baseline_length": int(item.baseline_length),
+            "order": order,
+            "status": status,
+            "judge_text": text,
+            "judge": self.describe(),
+        }
 
     def describe(self) -> dict:
         """The `judge` object of every judgment record: which judge gave the verdict."""
@@ -480,20 +486,10 @@ class RulesJudge(PairwiseJudge):
             mine, mine_names = rule_score(item.constitution, item.model_response)
             theirs, their_names = rule_score(item.constitution, item.baseline_response)
             win: float = 1 if mine > theirs else 0 if mine < theirs else 0.5
+            n = len(checkable)
+            text = f"model satisfies {mine}/{n} {mine_names}; baseline {theirs}/{n} {their_names}"
             records.append(
-                {
-                    "id": item.id,
-                    "model": model,
-                    "baseline": baseline,
-                    "win": win,
-                    "model_length": int(item.model_length),
-                    "baseline_length": int(item.baseline_length),
-                    "order": "both",
-                    "status": "tie" if win == 0.5 else "ok",
-                    "judge_text": f"model satisfies {mine}/{len(checkable)} {mine_names}; "
-                    f"baseline {theirs}/{len(checkable)} {their_names}",
-                    "judge": self.describe(),
-                }
+                self.record(item, model, baseline, win, order="both", status="tie" if win == 0.5 else "ok", text=text)
             )
         return records
 
