@@ -14,6 +14,7 @@ from sami.constitutions import Constitution, load_constitutions
 from sami.data import QuerySource, load_queries
 from sami.generation import Completion
 from sami.io import read_jsonl
+from sami.layout import dropped_path, stats_path
 from sami.prompts import (
     REASONING_MARKERS,
     FilterSettings,
@@ -21,7 +22,7 @@ from sami.prompts import (
     reasoning_filters,
     render_prompt,
 )
-from sami.sampling import dropped_path, generate_samples, stats_path
+from sami.sampling import generate_samples
 
 CSET = load_constitutions("hh_opus")
 

@@ -222,7 +222,7 @@ def test_pipeline_train_stage_resumes_in_its_partial_folder(tmp_path, tiny_model
 
     config = parse_config(tiny_config(tiny_model_dir))
     pipeline = Pipeline(config, tmp_path / "run")
-    partial = pipeline.iter_dir(1) / "train.partial"
+    partial = pipeline.layout.train_partial(1)
     (partial / "checkpoint-2").mkdir(parents=True)
     (partial / "checkpoint-2" / "trainer_state.json").write_text("{}")
     seen = {}
@@ -235,7 +235,7 @@ def test_pipeline_train_stage_resumes_in_its_partial_folder(tmp_path, tiny_model
     monkeypatch.setattr(sami.trainer, "train_sami", fake_train_sami)
     pipeline.train(1)
     assert seen == {"resume": True, "output_dir": partial, "checkpoint": partial / "checkpoint-2"}
-    assert (pipeline.iter_dir(1) / "train" / "config.json").is_file() and not partial.exists()
+    assert (pipeline.layout.train(1) / "config.json").is_file() and not partial.exists()
     assert pipeline.manifest.done("iter-1/train")
     # How often training checkpoints does not change results: it is not part of the run's config hash.
     changed = parse_config(

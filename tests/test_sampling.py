@@ -12,8 +12,9 @@ from sami.data import QuerySource, load_queries
 from sami.errors import SamiInputError
 from sami.generation import Completion
 from sami.io import read_jsonl
+from sami.layout import dropped_path, stats_path
 from sami.prompts import FilterSettings, get_template
-from sami.sampling import dropped_path, generate_samples, stats_path
+from sami.sampling import generate_samples
 
 
 class ScriptedGenerator:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sami.io import JsonlStore, atomic_write_json, read_jsonl, write_jsonl
-from sami.sampling import dropped_path, generate_samples_from_config, read_stats, sample_stats, stats_path
+from sami.layout import dropped_path, shard_path, stats_path
+from sami.sampling import generate_samples_from_config, read_stats, sample_stats
 
 if TYPE_CHECKING:
     from sami.constitutions import ConstitutionSet
@@ -35,12 +36,6 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
-
-
-def shard_path(out_path: str | Path, rank: int) -> Path:
-    """`samples.jsonl` -> `samples.rank{rank}.jsonl`."""
-    out_path = Path(out_path)
-    return out_path.with_name(f"{out_path.stem}.rank{rank}{out_path.suffix}")
 
 
 def shard_paths(out_path: str | Path) -> list[Path]:

@@ -29,6 +29,7 @@ from sami.constitutions import ConstitutionSet, load_constitutions
 from sami.data import Query, iteration_slice, load_queries
 from sami.errors import SamiInputError
 from sami.io import atomic_write_text
+from sami.layout import RunLayout
 from sami.manifest import Manifest
 from sami.report import summary_table
 
@@ -91,18 +92,16 @@ class Pipeline:
     def __init__(self, config: RunConfig, run_dir: Path | None = None, *, console: Console | None = None):
         self.config = config
         self.run_dir = Path(run_dir or config.resolved_output_dir())
+        self.layout = RunLayout(self.run_dir)
         self.console = console or Console(stderr=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.manifest = Manifest(self.run_dir, config_hash(config))
-        atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(config))
+        atomic_write_text(self.layout.config, config_to_yaml(config))
 
     # ---- helpers -------------------------------------------------------------------------------
-    def iter_dir(self, t: int) -> Path:
-        return self.run_dir / f"iter-{t}"
-
     def checkpoint(self, t: int) -> str:
         """π_t: the base model for t = 0, else the checkpoint trained in iteration t."""
-        return self.config.model.policy if t == 0 else str(self.iter_dir(t) / "train")
+        return self.layout.policy(t, self.config.model.policy)
 
     def _stage(self, name: str) -> bool:
         """True when `name` still has to run (and says so)."""
@@ -114,7 +113,7 @@ class Pipeline:
 
     # ---- stages ----------------------------------------------------------------------------------
     def constitutions(self) -> ConstitutionSet:
-        path = self.run_dir / "constitutions.json"
+        path = self.layout.constitutions
         if self._stage("constitutions"):
             if self.config.writer is not None:
                 from sami.writer import write_constitutions_from_settings
@@ -141,15 +140,14 @@ class Pipeline:
         name = f"iter-{t}/samples"
         if not self._stage(name):
             return
-        out = self.iter_dir(t) / "samples.jsonl"
+        out = self.layout.samples(t)
         # Data-parallel generation only for the hf backend; vllm and servers parallelise on their own.
         if self.config.launcher.kind == "accelerate" and self.config.generation.backend == "hf":
             from sami.launch import run_stage
-            from sami.sampling import stats_path
 
             args = ["stage", "generate", "--run-dir", str(self.run_dir), "--iteration", str(t)]
             run_stage(self.config.launcher, [*args, "--policy", self.checkpoint(t - 1)], what=name)
-            stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
+            stats = json.loads(self.layout.samples_stats(t).read_text(encoding="utf-8"))
         else:
             stats = generate_samples_from_config(
                 self.config,
@@ -164,14 +162,14 @@ class Pipeline:
                 f"{name}: every generated example was dropped by the filters "
                 f"({stats.get('drop_reasons')}); loosen `filters` or raise sampling.max_new_tokens"
             )
-        self.manifest.finish(name, [out, out.with_suffix(".stats.json")], kept=stats.get("kept"))
+        self.manifest.finish(name, [out, self.layout.samples_stats(t)], kept=stats.get("kept"))
 
     def train(self, t: int) -> None:
         name = f"iter-{t}/train"
         if not self._stage(name):
             return
-        final = self.iter_dir(t) / "train"
-        partial = self.iter_dir(t) / "train.partial"  # an interrupted attempt's resume checkpoint stays there
+        final = self.layout.train(t)
+        partial = self.layout.train_partial(t)  # an interrupted attempt's resume checkpoint stays there
         start = self.config.model.policy if self.config.iterations.train_from == "base" else self.checkpoint(t - 1)
         if self.config.launcher.kind == "accelerate":
             from sami.launch import run_stage
@@ -183,7 +181,7 @@ class Pipeline:
             train_from_config(
                 self.config,
                 model_ref=start,
-                samples_path=self.iter_dir(t) / "samples.jsonl",
+                samples_path=self.layout.samples(t),
                 output_dir=partial,
                 max_steps=self.config.iterations.steps[t - 1],
             )
@@ -197,7 +195,7 @@ class Pipeline:
         name = f"iter-{t}/eval"
         if not self._stage(name):
             return
-        out = self.iter_dir(t) / "eval"
+        out = self.layout.eval(t).root
         run_evaluation_from_config(
             self.config,
             model_ref=self.checkpoint(t),
@@ -205,7 +203,7 @@ class Pipeline:
             queries=self.eval_queries(),
             cset=cset,
             out_dir=out,
-            base_responses=self.iter_dir(0) / "eval" / "responses.jsonl" if t > 0 else None,
+            base_responses=self.layout.eval(0).responses if t > 0 else None,
             contrast=t == 0,
             judge_against_base=t > 0,
         )

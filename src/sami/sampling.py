@@ -36,6 +36,7 @@ from rich.table import Table
 from sami.constitutions import ConstitutionSet, sample_constitutions
 from sami.errors import SamiInputError
 from sami.io import JsonlStore, atomic_write_json
+from sami.layout import dropped_path, stats_path
 from sami.prompts import (
     REASONING_MAX_NEW_TOKENS,
     FilterSettings,
@@ -50,18 +51,6 @@ if TYPE_CHECKING:
     from sami.generation import TextGenerator
 
 log = logging.getLogger(__name__)
-
-
-def dropped_path(out_path: str | Path) -> Path:
-    """`samples.jsonl` -> `samples.dropped.jsonl`."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.stem + ".dropped.jsonl")
-
-
-def stats_path(out_path: str | Path) -> Path:
-    """`samples.jsonl` -> `samples.stats.json`."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.stem + ".stats.json")
 
 
 def query_rng(seed: int, query_id: str) -> random.Random:

@@ -29,25 +29,25 @@ def run(args: argparse.Namespace) -> int:
     from sami.config import load_config
     from sami.constitutions import ConstitutionSet
     from sami.errors import SamiInputError
+    from sami.layout import RunLayout
     from sami.pipeline import iteration_seed, train_from_config, train_queries
 
-    run_dir = Path(args.run_dir)
-    config = load_config(run_dir / "config.yaml")
+    layout = RunLayout(Path(args.run_dir))
+    config = load_config(layout.config)
     t = args.iteration
     if not 1 <= t <= config.iterations.count:
         raise SamiInputError(f"--iteration: expected 1..{config.iterations.count}, got {t}")
-    iter_dir = run_dir / f"iter-{t}"
     if args.stage == "generate":
         from sami.distributed import generate_samples_distributed
 
-        cset = ConstitutionSet.load(run_dir / "constitutions.json")
-        policy = args.policy or (config.model.policy if t == 1 else str(run_dir / f"iter-{t - 1}" / "train"))
+        cset = ConstitutionSet.load(layout.constitutions)
+        policy = args.policy or layout.policy(t - 1, config.model.policy)
         generate_samples_distributed(
             config,
             policy=policy,
             queries=train_queries(config, t),
             cset=cset,
-            out_path=iter_dir / "samples.jsonl",
+            out_path=layout.samples(t),
             seed=iteration_seed(config, t),
             progress=not args.no_progress,
         )
@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     train_from_config(
         config,
         model_ref=args.model or config.model.policy,
-        samples_path=iter_dir / "samples.jsonl",
-        output_dir=Path(args.output_dir) if args.output_dir else iter_dir / "train.partial",
+        samples_path=layout.samples(t),
+        output_dir=Path(args.output_dir) if args.output_dir else layout.train_partial(t),
         max_steps=args.max_steps or config.iterations.steps[t - 1],
     )
     return 0

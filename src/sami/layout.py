@@ -1,0 +1,133 @@
+"""Every path of a run folder, in one place: `RunLayout` (the run) and `EvalLayout` (one evaluation folder).
+
+```
+RUN/
+  config.yaml              the resolved run config
+  manifest.json            finished stages, their config hashes and output hashes
+  constitutions.json       the principles (and their checks) every stage reads
+  iter-0/eval/             evaluation of π_0 (the base model)
+  iter-T/samples.jsonl     self-generated training data of iteration T (written by π_{T-1})
+  iter-T/samples.dropped.jsonl, iter-T/samples.stats.json, iter-T/samples.rank{R}.jsonl (launch shards)
+  iter-T/train.partial/    training in progress (resume checkpoints live here)
+  iter-T/train/            π_T, the checkpoint of iteration T (renamed from train.partial when finished)
+  iter-T/eval/             evaluation of π_T (see EvalLayout)
+  report/                  summary.json, summary.md, *.png, index.html
+```
+Modules ask a layout for a path instead of joining names themselves, so the layout is described once (here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class EvalLayout:
+    """The files of one evaluation folder (`iter-T/eval/` or `sami evaluate --out DIR`)."""
+
+    root: Path
+
+    @property
+    def responses(self) -> Path:
+        """Evaluated responses under the positive constitution (model and baselines, `side` field)."""
+        return self.root / "responses.jsonl"
+
+    @property
+    def mi_responses(self) -> Path:
+        return self.root / "mi_responses.jsonl"
+
+    @property
+    def antithesis_responses(self) -> Path:
+        return self.root / "antithesis_responses.jsonl"
+
+    @property
+    def contrast_responses(self) -> Path:
+        return self.root / "contrast_responses.jsonl"
+
+    def judgments(self, baseline: str) -> Path:
+        return self.root / f"judgments-{baseline}.jsonl"
+
+    def judgment_files(self) -> list[Path]:
+        return sorted(self.root.glob("judgments-*.jsonl"))
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+
+def dropped_path(samples: str | Path) -> Path:
+    """`samples.jsonl` -> `samples.dropped.jsonl`."""
+    samples = Path(samples)
+    return samples.with_name(samples.stem + ".dropped.jsonl")
+
+
+def stats_path(samples: str | Path) -> Path:
+    """`samples.jsonl` -> `samples.stats.json`."""
+    samples = Path(samples)
+    return samples.with_name(samples.stem + ".stats.json")
+
+
+def shard_path(samples: str | Path, rank: int) -> Path:
+    """`samples.jsonl` -> `samples.rank{rank}.jsonl` (one process's part under `accelerate launch`)."""
+    samples = Path(samples)
+    return samples.with_name(f"{samples.stem}.rank{rank}{samples.suffix}")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run folder."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def constitutions(self) -> Path:
+        return self.root / "constitutions.json"
+
+    def iteration(self, t: int) -> Path:
+        return self.root / f"iter-{t}"
+
+    def iterations(self) -> list[tuple[int, Path]]:
+        """The iteration folders present, in order: [(t, path), ...]."""
+        found = []
+        for path in self.root.glob("iter-*"):
+            suffix = path.name.removeprefix("iter-")
+            if path.is_dir() and suffix.isdigit():
+                found.append((int(suffix), path))
+        return sorted(found)
+
+    def samples(self, t: int) -> Path:
+        return self.iteration(t) / "samples.jsonl"
+
+    def samples_stats(self, t: int) -> Path:
+        return stats_path(self.samples(t))
+
+    def train(self, t: int) -> Path:
+        """π_t's checkpoint folder."""
+        return self.iteration(t) / "train"
+
+    def train_partial(self, t: int) -> Path:
+        """Where training of iteration t runs (and keeps its resume checkpoints) until it finishes."""
+        return self.iteration(t) / "train.partial"
+
+    def eval(self, t: int) -> EvalLayout:
+        return EvalLayout(self.iteration(t) / "eval")
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    def policy(self, t: int, base: str) -> str:
+        """π_t: the base model `base` for t = 0, else iteration t's checkpoint."""
+        return base if t == 0 else str(self.train(t))
