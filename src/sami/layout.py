@@ -11,6 +11,8 @@ RUN/
   iter-T/train.partial/    training in progress (resume checkpoints live here)
   iter-T/train/            π_T, the checkpoint of iteration T (renamed from train.partial when finished)
   iter-T/eval/             evaluation of π_T (see EvalLayout)
+  iter-T/<method>/train/   a comparison model of iteration T trained on the same samples (e.g. `dpo`)
+  iter-T/<method>/eval/    its evaluation (as iter-T/eval/, plus judgments-sami.jsonl: head to head vs π_T)
   report/                  summary.json, summary.md, *.png, index.html
 ```
 Modules ask a layout for a path instead of joining names themselves, so the layout is described once (here).
@@ -123,6 +125,16 @@ class RunLayout:
 
     def eval(self, t: int) -> EvalLayout:
         return EvalLayout(self.iteration(t) / "eval")
+
+    def comparison_train(self, t: int, method: str) -> Path:
+        """The checkpoint of comparison `method` (e.g. `dpo`) trained in iteration t."""
+        return self.iteration(t) / method / "train"
+
+    def comparison_train_partial(self, t: int, method: str) -> Path:
+        return self.iteration(t) / method / "train.partial"
+
+    def comparison_eval(self, t: int, method: str) -> EvalLayout:
+        return EvalLayout(self.iteration(t) / method / "eval")
 
     @property
     def report(self) -> Path:
