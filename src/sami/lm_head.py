@@ -77,9 +77,15 @@ def supports_chunked_head(base) -> bool:
     return True
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where log-softmax is taken: float32 for half and single precision weights, float64 for float64 ones."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """A chunk's logits as the head computes them (model dtype), then float32."""
-    return torch.nn.functional.linear(hidden, weight, bias).float()
+    """A chunk's logits as the head computes them (model dtype), then in the accumulation dtype."""
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    return logits.to(accumulation_dtype(logits.dtype))
 
 
 class ChunkedHeadLogprobs(torch.autograd.Function):
@@ -93,7 +99,7 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, target_pos, target_ids, ref_hidden, ref_weight, ref_bias, chunk_size):
-        k = hidden.shape[0]
+        k, acc = hidden.shape[0], accumulation_dtype(weight.dtype)
         with_kl = ref_hidden is not None
         need_h = ctx.needs_input_grad[0]
         need_w = ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2])
@@ -104,9 +110,9 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
             target_pos[order], torch.arange(0, k + chunk_size, chunk_size, device=hidden.device)
         )
         bounds = bounds.tolist()
-        out = torch.empty(target_pos.shape[0], dtype=torch.float32, device=hidden.device)
-        lse = torch.empty(k, dtype=torch.float32, device=hidden.device)  # kept: the backward needs no reduction
-        kl = torch.empty(k if with_kl else 0, dtype=torch.float32, device=hidden.device)
+        out = torch.empty(target_pos.shape[0], dtype=acc, device=hidden.device)
+        lse = torch.empty(k, dtype=acc, device=hidden.device)  # kept: the backward needs no reduction
+        kl = torch.empty(k if with_kl else 0, dtype=acc, device=hidden.device)
         expect = torch.empty((k, hidden.shape[1]) if store else (0,), dtype=weight.dtype, device=hidden.device)
         expect_kl = torch.empty(
             (k, hidden.shape[1]) if store and with_kl else (0,), dtype=weight.dtype, device=hidden.device
@@ -149,20 +155,20 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
     def backward(ctx, g_out, g_kl):
         if ctx.store:
             weight, target_pos, target_ids, expect, expect_kl = ctx.saved_tensors
-            k = expect.shape[0]
-            g_pos = torch.zeros(k, dtype=torch.float32, device=g_out.device).index_add_(0, target_pos, g_out)
-            grad = -g_pos[:, None] * expect.float()
+            k, acc = expect.shape[0], accumulation_dtype(weight.dtype)
+            g_pos = torch.zeros(k, dtype=acc, device=g_out.device).index_add_(0, target_pos, g_out)
+            grad = -g_pos[:, None] * expect.to(acc)
             if ctx.with_kl:
-                grad += g_kl[:, None] * expect_kl.float()
-            grad.index_add_(0, target_pos, g_out[:, None] * weight[target_ids].float())
+                grad += g_kl[:, None] * expect_kl.to(acc)
+            grad.index_add_(0, target_pos, g_out[:, None] * weight[target_ids].to(acc))
             return grad.to(weight.dtype), None, None, None, None, None, None, None, None
         hidden, weight, bias, target_pos, target_ids, order, lse, ref_hidden, ref_weight, ref_bias = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        k, chunk_size, bounds = hidden.shape[0], ctx.chunk_size, ctx.bounds
-        g_pos = torch.zeros(k, dtype=torch.float32, device=g_out.device).index_add_(0, target_pos, g_out)
+        k, chunk_size, bounds, acc = hidden.shape[0], ctx.chunk_size, ctx.bounds, accumulation_dtype(weight.dtype)
+        g_pos = torch.zeros(k, dtype=acc, device=g_out.device).index_add_(0, target_pos, g_out)
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
         for c, s in enumerate(range(0, k, chunk_size)):
             e = min(k, s + chunk_size)
             logp = _logits(hidden[s:e], weight, bias)
@@ -205,7 +211,8 @@ def chunked_head_logprobs(
     ref_weight: torch.Tensor | None = None,
     ref_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Float32 target log-probs [N] and, with `ref_hidden`, the per-position KL(p || p_ref) [K] (else None)."""
+    """Target log-probs [N] (float32; float64 for a float64 head) and, with `ref_hidden`, the per-position
+    KL(p || p_ref) [K] (else None)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if ref_hidden is not None:

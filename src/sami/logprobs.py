@@ -37,7 +37,13 @@ from typing import Any
 import torch
 
 from sami.errors import SamiInputError
-from sami.lm_head import ReferenceStates, resolve_chunk_size, run_chunked_head, supports_chunked_head
+from sami.lm_head import (
+    ReferenceStates,
+    accumulation_dtype,
+    resolve_chunk_size,
+    run_chunked_head,
+    supports_chunked_head,
+)
 from sami.tokens import encode_prompts, encode_responses, eos_flags, resolve_eos
 
 log = logging.getLogger(__name__)
@@ -359,8 +365,8 @@ def packed_logprobs(
     logits = logits.reshape(n_rows * n_logits, -1)
     target_index = packed["target_index"].to(device)
     target_ids = packed["target_ids"].to(device)
-    # float32 log-softmax, evaluated only where a target needs it: logit(target) - logsumexp(row).
-    logits32 = logits.float()
+    # float32 (float64 for a float64 model) log-softmax, only where a target needs it: logit(target) - logsumexp(row).
+    logits32 = logits.to(accumulation_dtype(logits.dtype))
     lse = torch.logsumexp(logits32, dim=-1)
     token_logps = logits32[target_index, target_ids] - lse[target_index]
     matrix = _matrix(token_logps, packed, normalize)

@@ -282,7 +282,7 @@ class HFGenerator:
             input_ids, mask, positions, shared + width + max_new_tokens, batch_ids[0][:shared]
         )
         for step in range(max_new_tokens):
-            logits = logits.float()
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays float64
             step_logps = torch.log_softmax(logits, dim=-1) if self.logprobs else None
             if step < min_new_tokens and len(eos):
                 logits[:, eos] = float("-inf")
