@@ -2,6 +2,9 @@
 
 Variants (same inputs, same normalisation: mean log-prob per response token, EOS included):
 
+* default: what training runs with its defaults (`training.logprob_chunk_size: null`): prefix-shared rows, the
+  boolean sdpa mask, and the chunked head only where the kept logits would exceed 256 MiB;
+
 * chunked: `sami.logprobs.packed_logprobs` with the chunked head forced on (`auto_chunk_size` positions per
   chunk; the automatic default uses it only once the logits would exceed 256 MiB): C rows (each prompt once
   followed by all C responses), a boolean sdpa mask, the LM head + float32 log-softmax in chunks of positions
@@ -50,7 +53,7 @@ from sami.models import default_model_path, load_model, load_tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 CONSTITUTION = ROOT / "src" / "sami" / "assets" / "constitutions" / "tldr_opus.json"
 SHAPES = [(400, 60, 2), (200, 350, 2), (200, 350, 4), (600, 350, 8)]
-VARIANTS = ("reference", "unchunked", "chunked")
+VARIANTS = ("reference", "unchunked", "chunked", "default")
 
 
 def _posts_ids(tokenizer) -> list[int]:
@@ -128,6 +131,8 @@ def run_variant(variant: str, model, tokenizer, prompts, responses) -> torch.Ten
         return reference_matrices(model, tokenizer, prompts, responses)
     if variant == "unchunked":
         return prefix_matrices(model, tokenizer, prompts, responses, chunk_size=0, dense_mask=True)
+    if variant == "default":
+        return prefix_matrices(model, tokenizer, prompts, responses, chunk_size=None)
     chunk = auto_chunk_size(unwrap_model(model).config.vocab_size)  # chunked whatever the logits' size
     return prefix_matrices(model, tokenizer, prompts, responses, chunk_size=chunk)
 
@@ -356,9 +361,11 @@ def targets(rows: list[dict]) -> str:
                 f"([{positions:.0f} × 131072] = {logits:.0f} MiB; target < 0.25)"
             )
     for x in rows:
-        if x["variant"] == "chunked" and "error" not in x and x.get("vs_reference"):
+        if x["variant"] in ("chunked", "default") and "error" not in x and x.get("vs_reference"):
             vs = f", {x['vs_unchunked']:.2f}× the unchunked path's" if x.get("vs_unchunked") else ""
-            lines.append(f"* {x['model']} {x['shape']}: chunked {x['vs_reference']:.2f}× the reference speed{vs}")
+            lines.append(
+                f"* {x['model']} {x['shape']}: {x['variant']} {x['vs_reference']:.2f}× the reference speed{vs}"
+            )
     return "\n".join(line for line in lines if line)
 
 
