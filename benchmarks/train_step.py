@@ -120,7 +120,7 @@ def reference_matrices(model, tokenizer, prompts: list[list[str]], responses: li
 
 def prefix_matrices(model, tokenizer, prompts, responses, **kwargs) -> torch.Tensor:
     """B prefix-shared [C, C] matrices through `packed_logprobs` (kwargs: chunk_size, dense_mask)."""
-    enc = encode_examples(tokenizer, prompts, responses)
+    enc = encode_examples(tokenizer, prompts, responses, eos="always")  # EOS scored, as in the reference
     packed = pack_encoded(enc, pad_token_id=tokenizer.pad_token_id)
     c = len(prompts[0])
     return packed_logprobs(model, packed, normalize="mean", **kwargs).view(len(prompts), c, c)
