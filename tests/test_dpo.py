@@ -208,3 +208,14 @@ def test_run_with_dpo_writes_the_comparison(tmp_path, tiny_model_dir):
     mtime = (ev / "metrics.json").stat().st_mtime_ns
     assert main(["run", str(tmp_path / "cfg.yaml"), "--output-dir", str(run)]) == 0
     assert (ev / "metrics.json").stat().st_mtime_ns == mtime
+
+
+def test_lora_dpo_exports_a_merged_model_that_moved(tmp_path, tiny_model_dir):
+    from sami.models import LoraSettings
+
+    samples = opposite_samples(tmp_path / "samples.jsonl")
+    out = train_dpo(tiny_model_dir, samples, tmp_path / "lora", args(tmp_path, save_steps=0), lora=LoraSettings(r=4))
+    assert not (out / "adapter_config.json").exists()  # a plain model folder, adapter merged
+    before, after = load_model(tiny_model_dir), load_model(out)
+    moved = [n for n, p in after.named_parameters() if not torch.equal(p, before.get_parameter(n))]
+    assert moved and all("proj" in n for n in moved)  # only adapted linear layers changed
