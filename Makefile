@@ -25,6 +25,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 $(VENV)/.installed-server: $(VENV)/.installed
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q "llama-cpp-python[server]==0.3.36"
 	$(BIN)/pip install -q "deepspeed==0.19.8" "torch==2.13.0"  # the ZeRO-3 test (CPU accelerator, gloo)
+	$(BIN)/pip install -q -e ".[compare]" "torch==2.13.0"  # TRL: the DPO comparison's tests
 	touch $@
 
 install: $(VENV)/.installed

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sami.comparisons.dpo import DPOSettings
 from sami.data import QuerySource
 from sami.errors import SamiInputError
 from sami.evaluation.evaluate import EvaluationSettings
@@ -193,6 +194,12 @@ class LauncherSettings(_Section):
         return self
 
 
+class ComparisonSettings(_Section):
+    """Methods trained beside SAMI at every iteration, on the same samples and evaluated the same way."""
+
+    dpo: DPOSettings | None = Field(None, description="DPO through TRL (RLCD-style pairs from the samples)")
+
+
 class RunConfig(_Section):
     name: str = Field("sami-run", description="run name (the default output folder is runs/NAME)")
     output_dir: str | None = Field(None, description="where the run is written (default runs/NAME)")
@@ -211,6 +218,7 @@ class RunConfig(_Section):
     iterations: IterationSettings = Field(default_factory=IterationSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     launcher: LauncherSettings = Field(default_factory=LauncherSettings)
+    comparisons: ComparisonSettings | None = Field(None, description="methods compared with SAMI (e.g. dpo: {})")
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / self.name)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sami.comparisons import run_comparisons
 from sami.config import RunConfig, config_to_yaml
 from sami.constitutions import ConstitutionSet, load_constitutions
 from sami.data import Query, iteration_slice, load_queries
@@ -225,6 +226,7 @@ class Pipeline:
             self.generate(t, cset)
             self.train(t)
             self.evaluate(t, cset)
+            run_comparisons(self, t, cset)
         index = self.report()
         self.console.print(summary_table(json.loads((index.parent / "summary.json").read_text(encoding="utf-8"))))
         self.console.print(f"report: {index}")

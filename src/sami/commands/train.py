@@ -1,4 +1,5 @@
-"""`sami train`: train a model with the SAMI objective on samples.jsonl."""
+"""`sami train`: train a model with the SAMI objective on samples.jsonl (`--method dpo`: DPO through TRL on the
+same samples, `sami.comparisons.dpo`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ CONFIG_FLAGS: dict[str, str] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", required=True, help="samples.jsonl (id, prompts, responses)")
+    parser.add_argument(
+        "--method", choices=["sami", "dpo"], default="sami", help="sami (default) or dpo (TRL, sami[compare])"
+    )
     parser.add_argument(
         "--model", default=None, help="model folder, cached hub id, GGUF file or 'default' (default: the config's)"
     )
@@ -67,6 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume",
         action="store_true",
         help="continue from the newest checkpoint-N in --output-dir left by an interrupted run (if any)",
+    )
+    dpo = parser.add_argument_group("--method dpo (--beta is DPO's β, default 0.1)")
+    dpo.add_argument(
+        "--dpo-prompt",
+        choices=["constitution", "query"],
+        default=None,
+        help="pair prompt: the positive constitution's training prompt (default) or the bare query (RLCD)",
     )
     group = parser.add_argument_group("multi-process (accelerate)")
     group.add_argument(
@@ -119,6 +130,12 @@ def run(args: argparse.Namespace) -> int:
         )
         run_launched(cmd, what="sami train")
         print(args.output_dir)
+        return 0
+
+    if args.method == "dpo":
+        from sami.comparisons.dpo import train_dpo_command
+
+        print(train_dpo_command(args, config_overrides(args)))
         return 0
 
     from sami.models import LoraSettings

@@ -1,0 +1,10 @@
+"""Methods trained beside SAMI on the same self-generated samples, evaluated the same way (today: DPO through TRL).
+
+`sami.comparisons.dpo`: the preference pairs of `samples.jsonl`, `DPOSettings` (the run config's `comparisons.dpo`)
+and `train_dpo`; `sami.comparisons.stages`: `run_comparisons(pipeline, t, cset)`, the pipeline's hook after the
+evaluation of iteration t. TRL is imported only when a comparison trains (`pip install 'sami[compare]'`).
+"""
+
+from sami.comparisons.stages import run_comparisons
+
+__all__ = ["run_comparisons"]

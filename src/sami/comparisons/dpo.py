@@ -1,0 +1,349 @@
+"""DPO on SAMI's self-generated samples (RLCD-style preference pairs), trained with TRL's `DPOTrainer`.
+
+A `samples.jsonl` record holds C responses, response j generated under constitution j, constitution 0 the positive
+one (`sami.sampling`). Its preference pair, labelled by construction as in RLCD (Yang et al. 2023):
+
+- chosen: response 0 (under the positive constitution);
+- rejected: the response under the constitution with the most principles flipped against constitution 0 (the
+  first such one on a tie). The `opposite` scheme draws exactly the positive constitution and its antithesis, so
+  there the rejected response is the antithesis's; a record whose constitutions all equal constitution 0 in sign
+  has no pair and is left out;
+- prompt: `constitution` (default) = constitution 0's training prompt, the prompt SAMI scores the responses under;
+  `query` = the bare query, RLCD's form: the training template from the line holding `{query}` on (base style:
+  "Human: ...\\n\\nAssistant:"), or the user message alone without the system message (chat style).
+
+Each response keeps the whitespace the model wrote before it (`meta.separators`). TRL appends the tokenizer's EOS to
+every chosen and rejected response (DPO's convention; SAMI's `eos: generated` has no counterpart here).
+
+`train_dpo` trains like `sami.trainer.train_sami`: resume checkpoints every `save_steps` in `output_dir`, the final
+model exported as a safetensors folder (LoRA merged) with `log_history.json` written last, checkpoints removed.
+TRL is the optional extra `sami[compare]`; it is imported only when training.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sami.errors import SamiInputError
+from sami.io import atomic_write_json, iter_jsonl
+
+if TYPE_CHECKING:
+    from sami.config import RunConfig
+    from sami.prompts import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+PROMPT_FORMS = ("constitution", "query")
+
+
+class DPOSettings(BaseModel):
+    """The `comparisons.dpo` section of a run config: a DPO model trained at every iteration beside SAMI's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta: float = Field(0.1, gt=0.0, description="DPO's β: how far the policy may move from the reference model")
+    learning_rate: float | None = Field(None, gt=0.0, description="None: training.learning_rate (SAMI's)")
+    prompt: Literal["constitution", "query"] = Field(
+        "constitution", description="the pair's prompt: the positive constitution's training prompt or the bare query"
+    )
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps (None: the SAMI iteration's steps)")
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict, description="more DPOConfig fields (loss_type, max_length, ...)"
+    )
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _known_trainer_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            from trl import DPOConfig
+        except ImportError:  # checked again when training, which needs TRL
+            return value
+        known = {f.name for f in dataclasses.fields(DPOConfig)}
+        for key in value:
+            if key not in known:
+                raise ValueError(f"unknown DPOConfig field {key!r}")
+        return value
+
+
+# ---- the dataset ---------------------------------------------------------------------------------------
+def rejected_index(constitutions: list[dict]) -> int | None:
+    """The constitution with the most principles flipped against constitution 0 (first on a tie), or None when
+    every one has constitution 0's signs."""
+    first = {p["name"]: p["positive"] for p in constitutions[0]["principles"]}
+    best, best_flips = None, 0
+    for j, c in enumerate(constitutions[1:], start=1):
+        flips = sum(first.get(p["name"]) is not None and first[p["name"]] != p["positive"] for p in c["principles"])
+        if flips > best_flips:
+            best, best_flips = j, flips
+    return best
+
+
+def query_prompt(template: PromptTemplate, query: str, tokenizer: Any = None) -> str:
+    """The bare query in the template's format (RLCD's prompt): the training text from the line holding `{query}` on,
+    with no constitution; chat style: the user message alone, through the chat template."""
+    from sami.prompts import _fill, render_prompt
+
+    text = template.training
+    if template.style == "chat":
+        return render_prompt([{"role": "user", "content": _fill(text, "", query)}], tokenizer)
+    start = text.rfind("\n", 0, text.find("{query}")) + 1
+    return _fill(text[start:], "", query)
+
+
+def _completion(prompt: str, response: str, separator: str | None) -> str:
+    """The response with the whitespace the model wrote before it (inferred as the trainer does when unrecorded)."""
+    from sami.tokens import default_separator
+
+    return (default_separator(prompt, response) if separator is None else separator) + response
+
+
+def dpo_records(
+    samples_path: str | os.PathLike,
+    *,
+    prompt: str = "constitution",
+    template: PromptTemplate | None = None,
+    tokenizer: Any = None,
+) -> list[dict]:
+    """The preference pairs of `samples.jsonl`: `{"id", "prompt", "chosen", "rejected", "rejected_index"}` per record
+    that has a pair (see the module docstring). A bad record raises `SamiInputError` naming file:line."""
+    from sami.tokens import response_context
+
+    if prompt not in PROMPT_FORMS:
+        raise SamiInputError(f"prompt: expected one of {PROMPT_FORMS}, got {prompt!r}")
+    if prompt == "query" and template is None:
+        raise SamiInputError("prompt: 'query' needs the prompt template the samples were made with")
+    out, skipped = [], 0
+    for lineno, rec in iter_jsonl(samples_path):
+        where = f"{samples_path}:{lineno}"
+        for key in ("id", "prompts", "responses", "constitutions") + (("query",) if prompt == "query" else ()):
+            if key not in rec:
+                raise SamiInputError(f"{where}: missing field '{key}'")
+        prompts, responses, constitutions = rec["prompts"], rec["responses"], rec["constitutions"]
+        if not (len(prompts) == len(responses) == len(constitutions) >= 2):
+            raise SamiInputError(f"{where}: needs C >= 2 prompts, responses and constitutions of the same length")
+        try:
+            j = rejected_index(constitutions)
+        except (KeyError, TypeError, IndexError):
+            raise SamiInputError(f"{where}: constitutions must be Constitution.to_dict() records") from None
+        if j is None:
+            skipped += 1
+            continue
+        separators, _ = response_context(rec, len(responses))
+        text = prompts[0] if prompt == "constitution" else query_prompt(template, rec["query"], tokenizer)
+        chosen, rejected = (_completion(text, responses[k], separators[k] if separators else None) for k in (0, j))
+        out.append({"id": str(rec["id"]), "prompt": text, "chosen": chosen, "rejected": rejected, "rejected_index": j})
+    if skipped:
+        log.warning("%s: %d record(s) without a flipped constitution have no preference pair", samples_path, skipped)
+    if not out:
+        raise SamiInputError(f"{samples_path}: no preference pairs (no record has a constitution flipped against 0)")
+    return out
+
+
+def load_dpo_dataset(samples_path: str | os.PathLike, **kwargs):
+    """`dpo_records` as a `datasets.Dataset` (what `DPOTrainer` takes)."""
+    import datasets
+
+    return datasets.Dataset.from_list(dpo_records(samples_path, **kwargs))
+
+
+# ---- settings --------------------------------------------------------------------------------------------
+def dpo_config(output_dir: str | os.PathLike, **fields: Any):
+    """A TRL `DPOConfig` with SAMI training's defaults where TRL's differ (no activation checkpointing, float32 unless
+    bf16 is asked for, log every step, resume checkpoints every 2 steps keeping the newest, no truncation)."""
+    try:
+        from trl import DPOConfig
+    except ImportError:
+        raise SamiInputError("DPO needs TRL: pip install 'sami[compare]'") from None
+    defaults = {
+        "activation_checkpointing": False,  # TRL's default is on (as the deprecated gradient_checkpointing)
+        "bf16": False,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "save_total_limit": 1,
+        "max_length": None,
+        "report_to": "none",
+        "lr_scheduler_type": "constant",
+    }
+    fields = {**defaults, **fields}
+    if fields.get("save_steps") == 0:
+        fields["save_strategy"] = "no"
+    known = {f.name for f in dataclasses.fields(DPOConfig)}
+    for key in fields:
+        if key not in known:
+            raise SamiInputError(f"{key}: not a DPOConfig field")
+    return DPOConfig(output_dir=str(output_dir), **fields)
+
+
+def dpo_arguments(config: RunConfig, *, output_dir: str | os.PathLike, max_steps: int):
+    """The `DPOConfig` of one iteration's DPO stage: the run's training settings (batch, optimizer, schedule, seed,
+    logging, resume checkpoints), DPO's own from `comparisons.dpo`."""
+    dpo = config.comparisons.dpo if config.comparisons is not None else None
+    dpo = dpo or DPOSettings()
+    tr = config.training
+    shared = tr.model_dump(
+        include={
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "optim",
+            "lr_scheduler_type",
+            "warmup_steps",
+            "weight_decay",
+            "max_grad_norm",
+            "bf16",
+            "logging_steps",
+            "report_to",
+            "save_steps",
+        }
+    )
+    return dpo_config(
+        output_dir,
+        **shared,
+        learning_rate=dpo.learning_rate or tr.learning_rate,
+        beta=dpo.beta,
+        max_steps=max_steps,
+        seed=config.seed,
+        **dpo.trainer_args,
+    )
+
+
+# ---- training --------------------------------------------------------------------------------------------
+def train_dpo(
+    model_ref,
+    samples_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config,
+    *,
+    prompt: str = "constitution",
+    template: PromptTemplate | None = None,
+    lora=None,
+    tokenizer_ref: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> Path:
+    """Train `model_ref` with TRL's DPO on the pairs of `samples.jsonl`; return the checkpoint folder (`output_dir`).
+
+    `config` is a `DPOConfig` (`dpo_config`, `dpo_arguments`); the reference model is a frozen copy of the starting
+    model (under `lora`, the model with its adapter off). Files and resume as `sami.trainer.train_sami`.
+    """
+    from transformers import set_seed
+    from trl import DPOTrainer
+
+    from sami.models import load_model, load_tokenizer
+    from sami.trainer import _NoFinalCheckpoint, export_checkpoint, last_checkpoint, remove_checkpoints
+
+    output_dir = Path(output_dir)
+    if tokenizer_ref is None:
+        if not isinstance(model_ref, str | os.PathLike):
+            raise SamiInputError("tokenizer_ref is needed when model_ref is a loaded model")
+        tokenizer_ref = model_ref
+    tokenizer = load_tokenizer(tokenizer_ref)
+    dataset = load_dpo_dataset(samples_path, prompt=prompt, template=template, tokenizer=tokenizer)
+    args = dataclasses.replace(config, output_dir=str(output_dir))
+    set_seed(args.seed)
+    model = load_model(model_ref, lora=lora) if isinstance(model_ref, str | os.PathLike) else model_ref
+    # A frozen copy of the start as the reference (TRL would reload it from the config's path, which a GGUF or a
+    # model built in memory does not have); under LoRA, TRL uses the model with its adapter off.
+    ref_model = None if hasattr(model, "peft_config") else copy.deepcopy(model).eval().requires_grad_(False)
+    model.train()
+    trainer = DPOTrainer(
+        model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    trainer.add_callback(_NoFinalCheckpoint())
+    checkpoint = last_checkpoint(output_dir) if resume else None
+    if checkpoint is not None:
+        log.info("resuming DPO training from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        trainer.save_model(str(output_dir))  # a collective; LoRA adapters stay unmerged on this path
+        if trainer.args.should_save:
+            tokenizer.save_pretrained(output_dir)
+    elif trainer.args.should_save:
+        export_checkpoint(trainer.model, tokenizer, output_dir, merge_lora=True)
+    if trainer.args.should_save:
+        atomic_write_json(output_dir / "log_history.json", trainer.state.log_history)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        remove_checkpoints(output_dir)
+    return output_dir
+
+
+def train_dpo_from_config(
+    config: RunConfig, *, model_ref: str, samples_path: Path, output_dir: Path, max_steps: int
+) -> Path:
+    """One iteration's DPO model as the run config says, resuming from a checkpoint an earlier attempt left."""
+    dpo = (config.comparisons.dpo if config.comparisons is not None else None) or DPOSettings()
+    args = dpo_arguments(config, output_dir=output_dir, max_steps=dpo.max_steps or max_steps)
+    return train_dpo(
+        model_ref,
+        samples_path,
+        output_dir,
+        args,
+        prompt=dpo.prompt,
+        template=config.prompts.build(),
+        lora=config.model.lora,
+        resume=True,
+    )
+
+
+# ---- `sami train --method dpo` ---------------------------------------------------------------------------
+# SAMIConfig fields of `sami train` that DPOConfig shares (the rest are SAMI's and rejected with --method dpo).
+SHARED_FLAGS = {
+    "max_steps",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "optim",
+    "beta",
+    "seed",
+    "report_to",
+    "bf16",
+    "save_steps",
+}
+
+
+def train_dpo_command(args, overrides: dict[str, Any]) -> Path:
+    """`sami train --method dpo`: `overrides` are the SAMIConfig fields set on the command line; the shared ones
+    override the --config's training settings (and `--beta` is DPO's β), SAMI-only ones are an error."""
+    from sami.models import LoraSettings
+
+    sami_only = sorted(k for k, v in overrides.items() if k not in SHARED_FLAGS and v is not None)
+    if sami_only:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sami_only)
+        raise SamiInputError(f"{flags}: SAMI-only option(s), not used by --method dpo")
+    overrides = {k: v for k, v in overrides.items() if k in SHARED_FLAGS}
+    template, lora, model, form = None, None, args.model, args.dpo_prompt
+    if args.config:
+        from sami.config import load_config
+
+        run_config = load_config(args.config)
+        base = dpo_arguments(run_config, output_dir=args.output_dir, max_steps=args.max_steps or -1)
+        config = dataclasses.replace(base, **overrides)
+        template, lora = run_config.prompts.build(), run_config.model.lora
+        model = model or run_config.model.policy
+        dpo = run_config.comparisons.dpo if run_config.comparisons is not None else None
+        form = form or (dpo.prompt if dpo is not None else None)
+    else:
+        from sami.prompts import TemplateSettings
+
+        config = dpo_config(args.output_dir, **overrides)
+        template = TemplateSettings().build()
+    if args.lora:
+        lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha)
+    return train_dpo(
+        model or "default",
+        args.samples,
+        args.output_dir,
+        config,
+        prompt=form or "constitution",
+        template=template,
+        lora=lora,
+        tokenizer_ref=args.tokenizer,
+        resume=args.resume,
+    )

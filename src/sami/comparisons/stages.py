@@ -1,0 +1,95 @@
+"""The comparison stages of a run: at iteration T, a DPO model trained and evaluated beside π_T.
+
+```
+iter-T/dpo/train    DPO (TRL) from SAMI's starting model of iteration T, on iter-T/samples.jsonl, for the same
+                    optimizer steps unless comparisons.dpo.max_steps says otherwise (train.partial, then renamed)
+iter-T/dpo/eval     the evaluation of iter-T/eval, for the DPO model: responses, MI, lengths, adherence, win rates
+                    vs base; plus judgments-sami.jsonl, the DPO model (model side) head to head against π_T
+                    (baseline "sami", its responses those of iter-T/eval/responses.jsonl)
+```
+Each is a manifest stage, skipped once done; an interrupted one resumes like SAMI's.
+The comparison trains in the pipeline's process (also under `launcher.kind: accelerate`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING
+
+from sami.io import JsonlStore, read_jsonl
+
+if TYPE_CHECKING:
+    from sami.constitutions import ConstitutionSet
+    from sami.pipeline import Pipeline
+
+SAMI_BASELINE = "sami"
+
+
+def run_comparisons(pipeline: Pipeline, t: int, cset: ConstitutionSet) -> None:
+    """Train and evaluate every comparison the run config asks for at iteration t (none by default)."""
+    comparisons = pipeline.config.comparisons
+    if comparisons is None or comparisons.dpo is None:
+        return
+    train_dpo_stage(pipeline, t)
+    evaluate_comparison(pipeline, t, cset, "dpo")
+
+
+def train_dpo_stage(pipeline: Pipeline, t: int) -> None:
+    from sami.comparisons.dpo import train_dpo_from_config
+
+    name = f"iter-{t}/dpo/train"
+    if not pipeline._stage(name):
+        return
+    config, layout = pipeline.config, pipeline.layout
+    final = layout.comparison_train(t, "dpo")
+    partial = layout.comparison_train_partial(t, "dpo")
+    start = config.model.policy if config.iterations.train_from == "base" else pipeline.checkpoint(t - 1)
+    train_dpo_from_config(
+        config,
+        model_ref=start,
+        samples_path=layout.samples(t),
+        output_dir=partial,
+        max_steps=config.iterations.steps[t - 1],
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    pipeline.manifest.finish(name, [final])
+
+
+def seed_sami_responses(pipeline: Pipeline, t: int, method: str) -> None:
+    """Copy π_T's evaluated responses (iter-T/eval, model side) into the comparison's responses.jsonl as the
+    baseline "sami", so the evaluation judges against them instead of generating them again."""
+    layout = pipeline.layout
+    ours = JsonlStore(layout.comparison_eval(t, method).responses)
+    for rec in read_jsonl(layout.eval(t).responses):
+        if rec.get("side") == "model" and f"{SAMI_BASELINE}:{rec['query_id']}" not in ours:
+            ours.add({**rec, "id": f"{SAMI_BASELINE}:{rec['query_id']}", "side": SAMI_BASELINE})
+    ours.flush()
+
+
+def evaluate_comparison(pipeline: Pipeline, t: int, cset: ConstitutionSet, method: str) -> None:
+    """Evaluate the comparison model of iteration t exactly as π_T (`Pipeline.evaluate`), with π_T as one more
+    baseline ("sami")."""
+    from sami.evaluation.evaluate import BaselineSettings, run_evaluation_from_config
+
+    name = f"iter-{t}/{method}/eval"
+    if not pipeline._stage(name):
+        return
+    config, layout = pipeline.config, pipeline.layout
+    out = layout.comparison_eval(t, method).root
+    out.mkdir(parents=True, exist_ok=True)
+    seed_sami_responses(pipeline, t, method)
+    sami = BaselineSettings(model=pipeline.checkpoint(t), style=config.prompts.style)
+    baselines = {**config.evaluation.baselines, SAMI_BASELINE: sami}
+    run_evaluation_from_config(
+        config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"baselines": baselines})}),
+        model_ref=str(layout.comparison_train(t, method)),
+        model_label=f"iter-{t}-{method}",
+        queries=pipeline.eval_queries(),
+        cset=cset,
+        out_dir=out,
+        base_responses=layout.eval(0).responses,
+        contrast=False,
+        judge_against_base=True,
+    )
+    pipeline.manifest.finish(name, [out])
