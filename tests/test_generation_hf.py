@@ -6,20 +6,21 @@ import json
 
 import pytest
 
+from sami.data import bundled_queries_path
 from sami.errors import SamiInputError
 from sami.generation import Completion, GenerationSettings, TextGenerator, make_generator
 from sami.generation.hf import HFGenerator
 
 
-def _queries(shared_data, n: int) -> list[str]:
-    with (shared_data / "hh_rlhf" / "helpful_test.jsonl").open() as f:
+def _queries(n: int) -> list[str]:
+    with bundled_queries_path("hh_helpful_test").open() as f:
         return [json.loads(line)["query"] for line, _ in zip(f, range(n), strict=False)]
 
 
 @pytest.fixture(scope="module")
-def prompts(shared_data) -> list:
+def prompts() -> list:
     """Real queries of very different lengths, as plain-text prompts and as chat messages."""
-    qs = _queries(shared_data, 7)
+    qs = _queries(7)
     text = [f"Human: {q}\n\nAssistant:" for q in qs[:5]]
     text.append("Human: " + " ".join(qs) + "\n\nAssistant:")  # a long one: heavy left padding for the others
     chat = [[{"role": "user", "content": q}] for q in qs[5:7]]
@@ -58,7 +59,7 @@ def test_prefill_in_parts_equals_one_prefill(gen, prompts, default_model, defaul
 
 
 @pytest.mark.slow
-def test_shared_prompt_prefix_gives_the_same_output(shared_data, default_model, default_tokenizer):
+def test_shared_prompt_prefix_gives_the_same_output(default_model, default_tokenizer):
     import random
 
     from sami.constitutions import load_constitutions, sample_constitutions
@@ -66,7 +67,7 @@ def test_shared_prompt_prefix_gives_the_same_output(shared_data, default_model, 
 
     template, cset = get_template("dialogue", "base"), load_constitutions("hh_opus")
     pair = sample_constitutions(cset, "uniform", 2, random.Random(0))
-    sami_prompts = [template.generation_prompt(c, q) for q in _queries(shared_data, 3) for c in pair]
+    sami_prompts = [template.generation_prompt(c, q) for q in _queries(3) for c in pair]
     shared = HFGenerator(default_model, default_tokenizer, batch_size=6, prefill_batch_size=4)
     plain = HFGenerator(default_model, default_tokenizer, batch_size=6, share_prefix=False)
     ids = [shared.encode(p) for p in sami_prompts]

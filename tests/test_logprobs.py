@@ -8,6 +8,8 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
+from sami.constitutions import bundled_constitution_path
+from sami.data import bundled_queries_path
 from sami.errors import SamiInputError
 from sami.logprobs import (
     batched_logprob_matrices,
@@ -200,12 +202,12 @@ def test_token_convention(default_tokenizer):
     assert enc.response_ids[0][1] == default_tokenizer("y", add_special_tokens=False).input_ids  # after "\n": none
 
 
-def real_examples(shared_data, n_queries=1):
+def real_examples(n_queries=1):
     """Short real examples: TL;DR post openings and HH queries under the paper's constitutions."""
-    tldr = json.loads((shared_data / "constitutions" / "tldr_opus.json").read_text())["principles"]
-    hh = json.loads((shared_data / "constitutions" / "hh_opus.json").read_text())["principles"]
-    post = json.loads((shared_data / "tldr" / "validation.jsonl").open().readline())["query"][:300]
-    query = json.loads((shared_data / "hh_rlhf" / "helpful_train.jsonl").open().readline())["query"]
+    tldr = json.loads(bundled_constitution_path("tldr_opus").read_text())["principles"]
+    hh = json.loads(bundled_constitution_path("hh_opus").read_text())["principles"]
+    post = json.loads(bundled_queries_path("tldr_validation").open().readline())["query"][:300]
+    query = json.loads(bundled_queries_path("hh_helpful_train").open().readline())["query"]
     prompts_tldr = [
         f"Summarize the post. Principle: {tldr[0]['principle']}\n\nPOST: {post}\n\nTL;DR:",
         f"Summarize the post. Principle: {tldr[0]['antithesis']}\n\nPOST: {post}\n\nTL;DR:",
@@ -221,9 +223,9 @@ def real_examples(shared_data, n_queries=1):
 
 
 @pytest.fixture(scope="module")
-def real_naive(default_model, default_tokenizer, shared_data):
+def real_naive(default_model, default_tokenizer):
     """The real examples and their naive matrices, keyed by (example index, include_eos)."""
-    examples = real_examples(shared_data)
+    examples = real_examples()
     with torch.no_grad():
         naive = {
             (b, eos): naive_logprob_matrix(default_model, default_tokenizer, *examples[b], include_eos=eos)

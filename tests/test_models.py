@@ -12,16 +12,17 @@ import pytest
 import torch
 
 import sami.models as models
+from sami.data import bundled_queries_path
 from sami.errors import SamiInputError
 
 
 @pytest.mark.slow
-def test_default_model_loads_and_knows_english(default_model, default_tokenizer, shared_data):
+def test_default_model_loads_and_knows_english(default_model, default_tokenizer):
     assert default_model.config.model_type == "llama"
     assert default_model.config.vocab_size == 49152 == len(default_tokenizer)
     assert next(default_model.parameters()).dtype == torch.float32
     assert default_tokenizer.eos_token_id == 2 and default_tokenizer.pad_token_id == 2
-    post = json.loads((shared_data / "tldr" / "validation.jsonl").open().readline())["query"]
+    post = json.loads(bundled_queries_path("tldr_validation").open().readline())["query"]
     ids = default_tokenizer(post, return_tensors="pt").input_ids[:, :128]
     shuffled = ids[:, torch.randperm(ids.shape[1], generator=torch.Generator().manual_seed(0))]
     with torch.no_grad():

@@ -11,7 +11,7 @@ from test_pipeline import tiny_config, write_config
 
 from sami.config import SamplingSettings, parse_config
 from sami.constitutions import Constitution, load_constitutions
-from sami.data import QuerySource, load_queries
+from sami.data import QuerySource, bundled_queries_path, load_queries
 from sami.generation import Completion
 from sami.io import read_jsonl
 from sami.layout import dropped_path, stats_path
@@ -121,8 +121,8 @@ class ReasoningScript:
 
 
 @pytest.fixture(scope="module")
-def queries(shared_data):
-    return load_queries(QuerySource(path=str(shared_data / "hh_rlhf" / "helpful_train.jsonl"), limit=3))
+def queries():
+    return load_queries(QuerySource(path=str(bundled_queries_path("hh_helpful_train")), limit=3))
 
 
 def _generate(generator, queries, out, **kwargs):
@@ -200,14 +200,14 @@ def test_real_model_generates_with_reasoning(tmp_path, queries, default_model, d
             assert response and marker not in response
 
 
-def test_cli_reasoning_flag(tmp_path, shared_data, monkeypatch):
+def test_cli_reasoning_flag(tmp_path, monkeypatch):
     import sami.generation
     from sami.cli import main
 
     script = ReasoningScript()
     monkeypatch.setattr(sami.generation, "make_generator", lambda settings, **kw: script)
     out = tmp_path / "samples.jsonl"
-    args = ["generate", "--queries", str(shared_data / "hh_rlhf" / "helpful_train.jsonl"), "--limit", "1"]
+    args = ["generate", "--queries", str(bundled_queries_path("hh_helpful_train")), "--limit", "1"]
     args += ["--constitutions", "hh_opus", "--out", str(out), "--no-progress", "--reasoning"]
     assert main(args) == 0
     assert script.calls[0]["max_new_tokens"] == 800

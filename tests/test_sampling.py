@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from sami.constitutions import Constitution, load_constitutions
-from sami.data import QuerySource, load_queries
+from sami.data import QuerySource, bundled_queries_path, load_queries
 from sami.errors import SamiInputError
 from sami.generation import Completion
 from sami.io import read_jsonl
@@ -59,8 +59,8 @@ class InterruptAfter:
 
 
 @pytest.fixture(scope="module")
-def queries(shared_data):
-    return load_queries(QuerySource(path=str(shared_data / "hh_rlhf" / "helpful_train.jsonl"), limit=12))
+def queries():
+    return load_queries(QuerySource(path=str(bundled_queries_path("hh_helpful_train")), limit=12))
 
 
 @pytest.fixture(scope="module")
@@ -144,10 +144,8 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, queries, plan):
     assert sorted(read_jsonl(fresh), key=lambda r: r["id"]) == sorted(kept, key=lambda r: r["id"])
 
 
-def test_paper_dialogue_scheme_and_seed(tmp_path, shared_data, plan):
-    qs = load_queries(
-        QuerySource(path=str(shared_data / "hh_rlhf" / "harmless_train.jsonl"), subset="harmless", limit=6)
-    )
+def test_paper_dialogue_scheme_and_seed(tmp_path, plan):
+    qs = load_queries(QuerySource(path=str(bundled_queries_path("hh_harmless_train")), subset="harmless", limit=6))
     out = tmp_path / "samples.jsonl"
     _run(ScriptedGenerator({}), qs, out, scheme="paper-dialogue", seed=3)
     for r in read_jsonl(out):
@@ -198,11 +196,11 @@ def test_progress_bar_and_summary_table(tmp_path, queries, plan):
 
 
 @pytest.mark.slow
-def test_cli_generates_with_the_default_model(tmp_path, shared_data, default_model_path):
+def test_cli_generates_with_the_default_model(tmp_path, default_model_path):
     from sami.cli import main
 
     out = tmp_path / "run" / "samples.jsonl"
-    args = ["generate", "--queries", str(shared_data / "hh_rlhf" / "helpful_test.jsonl"), "--limit", "3"]
+    args = ["generate", "--queries", str(bundled_queries_path("hh_helpful_test")), "--limit", "3"]
     args += ["--constitutions", "hh_opus", "--model", str(default_model_path), "--max-new-tokens", "12"]
     args += ["--out", str(out), "--no-progress", "--batch-size", "6"]
     assert main(args) == 0

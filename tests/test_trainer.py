@@ -8,6 +8,8 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
+from sami.constitutions import bundled_constitution_path
+from sami.data import bundled_queries_path
 from sami.errors import SamiInputError
 from sami.io import write_jsonl
 from sami.logprobs import batched_logprob_matrices, logprob_matrix
@@ -46,10 +48,10 @@ def config(tmp_path, **overrides) -> SAMIConfig:
     return SAMIConfig(**{**defaults, **overrides})
 
 
-def real_records(shared_data, n=2):
+def real_records(n=2):
     """Real TL;DR posts under the paper's strong-writer principles; responses are real post openings."""
-    principles = json.loads((shared_data / "constitutions" / "tldr_opus.json").read_text())["principles"]
-    posts = [json.loads(line)["query"] for line in (shared_data / "tldr" / "validation.jsonl").open()][: 3 * n]
+    principles = json.loads(bundled_constitution_path("tldr_opus").read_text())["principles"]
+    posts = [json.loads(line)["query"] for line in bundled_queries_path("tldr_validation").open()][: 3 * n]
     records = []
     for i in range(n):
         prompts = [
@@ -229,12 +231,10 @@ def test_rmsprop_and_evaluation(tmp_path, default_tokenizer):
 
 
 @pytest.mark.slow
-def test_real_data_steps_lower_the_loss_and_move_every_parameter(
-    tmp_path, default_model_path, default_tokenizer, shared_data
-):
+def test_real_data_steps_lower_the_loss_and_move_every_parameter(tmp_path, default_model_path, default_tokenizer):
     from datasets import Dataset
 
-    records = real_records(shared_data)
+    records = real_records()
     model = load_model(default_model_path).train()
     start = snapshot(model)
     cfg = config(tmp_path, max_steps=2, learning_rate=2e-5, per_device_train_batch_size=2)

@@ -97,42 +97,47 @@ class DataSettings(_Section):
     eval_limit: int | None = Field(None, ge=1, description="evaluation queries per source")
 
 
-class TrainingSettings(_Section):
-    """The usual knobs; any other `TrainingArguments` field goes in `trainer_args`."""
+def _sami_default(name: str):
+    """The default of `SAMIConfig.<name>`, read when a config leaves the field out (so torch loads only then)."""
 
-    learning_rate: float = 5e-7
-    per_device_train_batch_size: int = Field(128, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    optim: str = "adamw_torch"
-    lr_scheduler_type: str = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    bf16: bool = False
-    logging_steps: int = Field(1, ge=1)
-    logprob_normalize: Literal["mean", "sum"] = "mean"
-    eos: Literal["generated", "always", "never"] = Field(
-        "generated",
-        description="score EOS for responses the model ended with it (generated), for all (always: the authors' "
-        "TL;DR code) or none (never: their HH release code)",
-    )
-    include_eos: bool | None = Field(None, description="older spelling of eos: true = always, false = never")
-    beta: float = Field(
-        0.0, ge=0.0, description="weight of the token-level KL to the base model (0 = off, as in the paper)"
-    )
-    logprob_chunk_size: int | None = Field(
-        None,
-        ge=0,
-        description="response positions per chunk of the LM head + log-softmax, which keeps no full-vocabulary "
-        "logits (None = automatic: chunked once the logits would exceed 256 MiB, 0 = unchunked)",
-    )
-    max_prompt_length: int | None = None
-    max_response_length: int | None = None
-    truncate_prompt_left: bool = False
-    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
-    save_steps: int = Field(
-        2, ge=0, description="resume checkpoint every N optimizer steps inside a training stage (0 = none)"
-    )
+    def default() -> Any:
+        from sami.trainer import SAMIConfig
+
+        field = SAMIConfig.__dataclass_fields__[name]
+        return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+    return default
+
+
+def _sami_field(name: str, **constraints: Any) -> Any:
+    return Field(default_factory=_sami_default(name), validate_default=True, **constraints)
+
+
+class TrainingSettings(_Section):
+    """The usual knobs; any other `TrainingArguments` field goes in `trainer_args`. Each field is the `SAMIConfig`
+    field of the same name, with its default and meaning (`sami train --help`): `sami train` and `sami run`
+    resolve the same defaults, the paper's where it has one."""
+
+    learning_rate: float = _sami_field("learning_rate")
+    per_device_train_batch_size: int = _sami_field("per_device_train_batch_size", ge=1)
+    gradient_accumulation_steps: int = _sami_field("gradient_accumulation_steps", ge=1)
+    optim: str = _sami_field("optim")
+    lr_scheduler_type: str = _sami_field("lr_scheduler_type")
+    warmup_steps: int = _sami_field("warmup_steps", ge=0)
+    weight_decay: float = _sami_field("weight_decay")
+    max_grad_norm: float = _sami_field("max_grad_norm")
+    bf16: bool = _sami_field("bf16")
+    logging_steps: int = _sami_field("logging_steps", ge=1)
+    logprob_normalize: Literal["mean", "sum"] = _sami_field("logprob_normalize")
+    eos: Literal["generated", "always", "never"] = _sami_field("eos")
+    include_eos: bool | None = _sami_field("include_eos")
+    beta: float = _sami_field("beta", ge=0.0)
+    logprob_chunk_size: int | None = _sami_field("logprob_chunk_size", ge=0)
+    max_prompt_length: int | None = _sami_field("max_prompt_length")
+    max_response_length: int | None = _sami_field("max_response_length")
+    truncate_prompt_left: bool = _sami_field("truncate_prompt_left")
+    report_to: list[str] = _sami_field("report_to")
+    save_steps: int = _sami_field("save_steps", ge=0)
     trainer_args: dict[str, Any] = Field(default_factory=dict, description="extra TrainingArguments fields")
 
     @field_validator("trainer_args")

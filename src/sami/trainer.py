@@ -105,9 +105,26 @@ class SAMIConfig(TrainingArguments):
             "(what `sami.models.load_model` reads). False saves the adapter alone."
         },
     )
-    # TrainingArguments defaults changed for SAMI:
+    # TrainingArguments defaults changed for SAMI (`sami run`'s training section resolves to these same defaults):
+    learning_rate: float = field(
+        default=5e-7,
+        metadata={
+            "help": "Learning rate: the paper's 5e-7 (Table 1; its llama3-70b runs used 1e-6), where "
+            "TrainingArguments says 5e-5."
+        },
+    )
+    per_device_train_batch_size: int = field(
+        default=128,
+        metadata={
+            "help": "Queries per micro-batch on each process: the paper's 128 queries per optimizer step on one "
+            "process (with N processes, divide by N or use gradient_accumulation_steps). TrainingArguments says 8."
+        },
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep 'prompts'/'responses' columns."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Logging integrations."})
+    report_to: None | str | list[str] = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={"help": "Logging integrations: TensorBoard (in output_dir/runs) by default; 'none' for none."},
+    )
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps (SAMI runs are short)."})
     save_strategy: str = field(
         default="steps",
@@ -149,11 +166,17 @@ class SAMIConfig(TrainingArguments):
                 raise SamiInputError(f"{name}: must be a positive number of tokens, got {value}")
         if self.save_steps == 0 and self.save_strategy == "steps":
             self.save_strategy = "no"
+        if not _accelerator_present():
+            self.dataloader_pin_memory = False  # pinned memory needs an accelerator; torch warns without one
         if self.ddp_backend is None and _deepspeed_on_cpu():
             # accelerate counts the ranks of a DeepSpeed launch only when it is told the backend, which it cannot
             # infer without an accelerator; DeepSpeed's CPU accelerator uses gloo.
             self.ddp_backend = "gloo"
         super().__post_init__()
+
+
+def _accelerator_present() -> bool:
+    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
 
 
 def _deepspeed_on_cpu() -> bool:

@@ -5,26 +5,42 @@ from __future__ import annotations
 
 import argparse
 
-# CLI flag -> SAMIConfig field, for the options passed through unchanged (None = keep the config's default).
-CONFIG_FLAGS: dict[str, str] = {
-    "max_steps": "max_steps",
-    "learning_rate": "learning_rate",
-    "per_device_train_batch_size": "per_device_train_batch_size",
-    "gradient_accumulation_steps": "gradient_accumulation_steps",
-    "optim": "optim",
-    "beta": "beta",
-    "logprob_normalize": "logprob_normalize",
-    "eos": "eos",
-    "logprob_chunk_size": "logprob_chunk_size",
-    "include_eos": "include_eos",
-    "max_prompt_length": "max_prompt_length",
-    "max_response_length": "max_response_length",
-    "truncate_prompt_left": "truncate_prompt_left",
-    "seed": "seed",
-    "report_to": "report_to",
-    "bf16": "bf16",
-    "save_steps": "save_steps",
-}
+# SAMIConfig fields `sami train` requires on its command line.
+REQUIRED_FIELDS = {"output_dir"}
+
+
+class _GivenOnly:
+    """An argument container whose dataclass flags have no parser default: the namespace holds only the fields
+    given on the command line, and `SAMIConfig` (or the run config under --config) supplies the rest."""
+
+    def __init__(self, group) -> None:
+        self.group = group
+
+    def add_argument(self, *names: str, **kwargs):
+        kwargs["default"] = argparse.SUPPRESS
+        if kwargs.get("dest") is None and names[0].lstrip("-") in REQUIRED_FIELDS:
+            kwargs["required"] = True
+        return self.group.add_argument(*names, **kwargs)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per `SAMIConfig` field (TrainingArguments plus SAMI's), made by `transformers.HfArgumentParser`
+    as TRL's CLI does, so each flag's help is the field's own."""
+    import copy
+    import dataclasses
+    import typing
+
+    from transformers import HfArgumentParser
+
+    from sami.trainer import SAMIConfig
+
+    group = _GivenOnly(parser.add_argument_group("training (SAMIConfig: transformers TrainingArguments + SAMI)"))
+    hints = typing.get_type_hints(SAMIConfig)
+    for f in dataclasses.fields(SAMIConfig):
+        if f.init:
+            f = copy.copy(f)  # HfArgumentParser narrows the field's type in place
+            f.type = hints[f.name]
+            HfArgumentParser._parse_dataclass_field(group, f)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,37 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default=None, help="model folder, cached hub id, GGUF file or 'default' (default: the config's)"
     )
     parser.add_argument("--tokenizer", default=None, help="tokenizer reference (default: the model's)")
-    parser.add_argument("--output-dir", required=True, help="where the checkpoint and log_history.json go")
-    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 1 epoch)")
-    parser.add_argument("--learning-rate", type=float, default=None)
-    parser.add_argument("--per-device-train-batch-size", type=int, default=None, help="queries per micro-batch")
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=None)
-    parser.add_argument("--optim", default=None, help="adamw_torch (default), rmsprop, sgd, ...")
-    parser.add_argument("--beta", type=float, default=None, help="weight of the KL to the starting model (0)")
-    parser.add_argument("--logprob-normalize", choices=["mean", "sum"], default=None)
-    parser.add_argument(
-        "--eos",
-        choices=["generated", "always", "never"],
-        default=None,
-        help="score EOS where the model ended (generated, default), always or never",
-    )
-    parser.add_argument(
-        "--include-eos", action=argparse.BooleanOptionalAction, default=None, help="older spelling of --eos"
-    )
-    parser.add_argument(
-        "--logprob-chunk-size", type=int, default=None, help="positions per LM-head chunk (default automatic, 0 = off)"
-    )
-    parser.add_argument("--max-prompt-length", type=int, default=None)
-    parser.add_argument("--max-response-length", type=int, default=None)
-    parser.add_argument("--truncate-prompt-left", action="store_true", default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--report-to", default=None, help="none (default), tensorboard, ...")
-    parser.add_argument("--bf16", action="store_true", default=None, help="bf16 mixed precision")
     parser.add_argument("--lora", action="store_true", help="train a LoRA adapter (merged into the saved model)")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
     parser.add_argument("--config", help="run config (YAML): model, LoRA and training settings; flags override it")
-    parser.add_argument("--save-steps", type=int, default=None, help="resume checkpoint every N steps (default 2)")
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -88,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--machine-rank", type=int, default=0, help="this machine's rank (0 = the main machine)")
     group.add_argument("--main-process-ip", help="address of machine 0 (num machines > 1)")
     group.add_argument("--main-process-port", type=int, help="port on machine 0 (num machines > 1)")
+    add_training_arguments(parser)
 
 
 # `sami train` options that only shape the `accelerate launch` (dropped when rerunning under it; True = takes a value)
@@ -103,7 +93,12 @@ LAUNCH_FLAGS = {
 
 def config_overrides(args: argparse.Namespace) -> dict:
     """The SAMIConfig fields set on the command line (--eos or --include-eos replaces both of the config's)."""
-    out = {field: getattr(args, flag) for flag, field in CONFIG_FLAGS.items() if getattr(args, flag) is not None}
+    import dataclasses
+
+    from sami.trainer import SAMIConfig
+
+    given = vars(args)
+    out = {f.name: given[f.name] for f in dataclasses.fields(SAMIConfig) if f.name in given}
     if "eos" in out:
         out.setdefault("include_eos", None)
     elif "include_eos" in out:
@@ -111,8 +106,25 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def training_config(args: argparse.Namespace):
+    """The `SAMIConfig` of `sami train`: the flags given, over the run config's training section under --config,
+    else over SAMIConfig's own defaults (the same ones `sami run` resolves)."""
     import dataclasses
+
+    from sami.trainer import SAMIConfig
+
+    overrides = config_overrides(args)
+    if not args.config:
+        return SAMIConfig(**overrides)
+    from sami.config import load_config
+    from sami.pipeline import training_arguments
+
+    run_config = load_config(args.config)
+    base = training_arguments(run_config, output_dir=args.output_dir, max_steps=overrides.get("max_steps", -1))
+    return dataclasses.replace(base, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
@@ -139,20 +151,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from sami.models import LoraSettings
-    from sami.trainer import SAMIConfig, train_sami
+    from sami.trainer import train_sami
 
+    config = training_config(args)
     model, lora = args.model, None
     if args.config:
         from sami.config import load_config
-        from sami.pipeline import training_arguments
 
         run_config = load_config(args.config)
-        base = training_arguments(run_config, output_dir=args.output_dir, max_steps=args.max_steps or -1)
-        config = dataclasses.replace(base, **config_overrides(args))
         model = model or run_config.model.policy
         lora = run_config.model.lora
-    else:
-        config = SAMIConfig(output_dir=args.output_dir, **config_overrides(args))
     if args.lora:
         lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha)
     model = model or "default"
