@@ -41,6 +41,8 @@ def config_hash(config: RunConfig) -> str:
     """Hash of everything that changes results (not where the run is written, how it is launched, nor how often
     training checkpoints for resume)."""
     data = config.model_dump(mode="json", exclude={"output_dir": True, "launcher": True, "training": {"save_steps"}})
+    if data.get("comparisons") is None:
+        data.pop("comparisons", None)  # runs without comparisons keep the hash they had before the section existed
     return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
 
 
