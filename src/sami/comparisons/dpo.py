@@ -313,6 +313,7 @@ def train_dpo_command(args, overrides: dict[str, Any]) -> Path:
     override the --config's training settings (and `--beta` is DPO's β), SAMI-only ones are an error."""
     from sami.models import LoraSettings
 
+    overrides = {k: v for k, v in overrides.items() if k != "output_dir"}  # passed on its own below
     sami_only = sorted(k for k, v in overrides.items() if k not in SHARED_FLAGS and v is not None)
     if sami_only:
         flags = ", ".join("--" + k.replace("_", "-") for k in sami_only)
