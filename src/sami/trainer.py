@@ -579,11 +579,7 @@ def train_sami(
 
     output_dir = Path(output_dir)
     dataset = load_samples(samples_path)
-    if tokenizer_ref is None:
-        if not isinstance(model_ref, str | os.PathLike):
-            raise SamiInputError("tokenizer_ref is needed when model_ref is a loaded model")
-        tokenizer_ref = model_ref
-    tokenizer = load_tokenizer(tokenizer_ref)
+    tokenizer = load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
     validate_samples(dataset, tokenizer, config)
     args = dataclasses.replace(config, output_dir=str(output_dir))
     set_seed(args.seed)  # a LoRA adapter's random initialisation follows the seed (the Trainer seeds only later)
@@ -598,6 +594,21 @@ def train_sami(
     if checkpoint is not None:
         log.info("resuming training from %s", checkpoint)
         trainer.restore_counts(checkpoint)
+    return train_and_export(trainer, tokenizer, output_dir, checkpoint, merge_lora=args.merge_lora_on_save)
+
+
+def resolve_tokenizer_ref(model_ref, tokenizer_ref):
+    """The tokenizer to load: `tokenizer_ref`, else the model's own reference (required for a loaded model)."""
+    if tokenizer_ref is not None:
+        return tokenizer_ref
+    if not isinstance(model_ref, str | os.PathLike):
+        raise SamiInputError("tokenizer_ref is needed when model_ref is a loaded model")
+    return model_ref
+
+
+def train_and_export(trainer, tokenizer, output_dir: Path, checkpoint: Path | None, *, merge_lora: bool) -> Path:
+    """Train (from `checkpoint` when resuming), write the model, tokenizer and `log_history.json` (last) into
+    `output_dir`, then delete the resume checkpoints. Shared by SAMI and the DPO comparison."""
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         # A collective on every rank: gathers the full state dict (FSDP FULL_STATE_DICT, ZeRO-3 16-bit save) and
@@ -606,7 +617,7 @@ def train_sami(
         if trainer.args.should_save:
             tokenizer.save_pretrained(output_dir)
     elif trainer.args.should_save:
-        export_checkpoint(trainer.model, tokenizer, output_dir, merge_lora=args.merge_lora_on_save)
+        export_checkpoint(trainer.model, tokenizer, output_dir, merge_lora=merge_lora)
     if trainer.args.should_save:
         atomic_write_json(output_dir / "log_history.json", trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()

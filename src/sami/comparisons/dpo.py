@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sami.errors import SamiInputError
-from sami.io import atomic_write_json, iter_jsonl
+from sami.io import iter_jsonl
 
 if TYPE_CHECKING:
     from sami.config import RunConfig
@@ -236,14 +236,10 @@ def train_dpo(
     from trl import DPOTrainer
 
     from sami.models import load_model, load_tokenizer
-    from sami.trainer import _NoFinalCheckpoint, export_checkpoint, last_checkpoint, remove_checkpoints
+    from sami.trainer import _NoFinalCheckpoint, last_checkpoint, resolve_tokenizer_ref, train_and_export
 
     output_dir = Path(output_dir)
-    if tokenizer_ref is None:
-        if not isinstance(model_ref, str | os.PathLike):
-            raise SamiInputError("tokenizer_ref is needed when model_ref is a loaded model")
-        tokenizer_ref = model_ref
-    tokenizer = load_tokenizer(tokenizer_ref)
+    tokenizer = load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
     dataset = load_dpo_dataset(samples_path, prompt=prompt, template=template, tokenizer=tokenizer)
     args = dataclasses.replace(config, output_dir=str(output_dir))
     set_seed(args.seed)
@@ -259,19 +255,7 @@ def train_dpo(
     checkpoint = last_checkpoint(output_dir) if resume else None
     if checkpoint is not None:
         log.info("resuming DPO training from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        trainer.save_model(str(output_dir))  # a collective; LoRA adapters stay unmerged on this path
-        if trainer.args.should_save:
-            tokenizer.save_pretrained(output_dir)
-    elif trainer.args.should_save:
-        export_checkpoint(trainer.model, tokenizer, output_dir, merge_lora=True)
-    if trainer.args.should_save:
-        atomic_write_json(output_dir / "log_history.json", trainer.state.log_history)
-    trainer.accelerator.wait_for_everyone()
-    if trainer.args.should_save:
-        remove_checkpoints(output_dir)
-    return output_dir
+    return train_and_export(trainer, tokenizer, output_dir, checkpoint, merge_lora=True)
 
 
 def train_dpo_from_config(
