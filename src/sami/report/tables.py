@@ -419,12 +419,15 @@ def comparison_methods(summary: dict) -> list[str]:
 
 def all_tables(summary: dict) -> list[Table]:
     """Every table of the report, in page order."""
+    subsets, adherence = subsets_table(summary), adherence_table(summary)
+    if subsets is not None and adherence is not None:
+        adherence.console = False  # the per-subset table shows adherence pooled and per subset already
     tables: list[Table | None] = [
         metrics_table(summary),
         *lengths_tables(summary),
-        subsets_table(summary),
+        subsets,
         win_rates_table(summary),
-        adherence_table(summary),
+        adherence,
         contrast_table(summary),
         *(comparison_table(summary, m) for m in comparison_methods(summary)),
     ]
