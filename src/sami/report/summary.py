@@ -34,7 +34,6 @@ from sami.layout import EvalLayout, RunLayout
 SECRET_KEY = re.compile(r"api_?key|secret|passw(or)?d|(^|_)(auth|access|hf|bearer)_?token$", re.IGNORECASE)
 URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+:[^/@\s]+@")
 COMPARISON_METHODS = ("dpo",)
-SUBSET_KEYS = ("n_queries", "mi", "mi_sem", "mi_bound", "mean_length", "mean_length_tokens", "win_rates", "adherence")
 
 
 def number(value: Any) -> float | None:
