@@ -167,10 +167,10 @@ def test_summary_shape_and_values(tmp_path):
 
 def test_write_report_files_and_self_contained_html(tmp_path):
     run = make_run(tmp_path)
-    index = write_report(run)
-    assert index == run / "report" / "index.html"
+    written = write_report(run)  # returns the summary it wrote; the page is at RunLayout(run).report / "index.html"
+    index = run / "report" / "index.html"
     stored = json.loads((run / "report" / "summary.json").read_text())
-    assert stored == json.loads(json.dumps(build_summary(run)))
+    assert stored == json.loads(json.dumps(build_summary(run))) == json.loads(json.dumps(written))
     for name in ("mi", "win_rate", "length", "loss"):
         png = run / "report" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -203,22 +203,28 @@ def test_partial_runs_still_build(tmp_path):
     assert its[0]["win_rates"] == {} and its[0]["mi"] == MI[0]
     assert its[1]["mi"] is None and its[1]["missing"] == ["samples.stats.json", "eval/metrics.json"]
     assert its[1]["win_rates"]["base"]["win_rate"] == 1.0 and its[1]["win_rates"]["base"]["n"] == 4
-    assert its[1]["mean_length"]["positive"] == int(LENGTHS[1][0])  # from mi_responses.jsonl
+    # from mi_responses.jsonl: characters of the responses, tokens beside (metrics.json's units)
+    assert its[1]["mean_length_tokens"]["positive"] == int(LENGTHS[1][0])
+    assert its[1]["mean_length"]["positive"] == len("iter1 kind answer to q0 <b>")
     assert its[2]["missing"] == ["eval/metrics.json"] and its[2]["train"]["final_loss"] == LOSSES[2][-1]
-    page = write_report(run).read_text()
+    write_report(run)
+    page = (run / "report" / "index.html").read_text()
     assert "iter-2/eval/metrics.json: missing" in page and "incomplete" in page
 
     # a run with only its config and an empty iteration folder
     bare = tmp_path / "bare"
     (bare / "iter-0").mkdir(parents=True)
     write(bare / "config.yaml", {"name": "bare", "iterations": {"count": 2}})
-    page = write_report(bare).read_text()
+    write_report(bare)
+    page = (bare / "report" / "index.html").read_text()
     assert "no evaluation metrics yet" in page and "no training logs yet" in page
     summary = json.loads((bare / "report" / "summary.json").read_text())
     assert summary["iterations"] == [
         {"iteration": 0, "model": None, "n_queries": None, "mi": None, "mi_sem": None, "mi_bound": None,
          "sami_loss": None, "accuracy": None, "n_constitutions": None, "mean_length": {}, "win_rates": {},
-         "adherence": None, "contrast": None, "missing": ["eval/metrics.json"], "notes": []}
+         "adherence": None, "contrast": None, "missing": ["eval/metrics.json"], "notes": [],
+         # new with the per-subset evaluation (CONTRACT.md)
+         "mi_kind": None, "n_sign_patterns": None, "mi_sampled": None, "mean_length_tokens": {}, "subsets": {}}
     ]  # fmt: skip
     assert "iterations not started yet: 1, 2 (of 0..2)" in summary["problems"]
 
@@ -262,8 +268,9 @@ def run_browser(exe: str, tmp_path: Path, *args: str) -> subprocess.CompletedPro
 
 def test_report_renders_in_chromium(tmp_path):
     exe = browser()
-    index = write_report(make_run(tmp_path))
-    url = index.resolve().as_uri()
+    run = make_run(tmp_path)
+    write_report(run)
+    url = (run / "report" / "index.html").resolve().as_uri()
 
     # the page's images decode: a load handler marks each <img> with its natural size
     dom = run_browser(exe, tmp_path, "--dump-dom", url)

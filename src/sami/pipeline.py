@@ -215,7 +215,8 @@ class Pipeline:
     def report(self) -> Path:
         from sami.report import write_report
 
-        index = write_report(self.run_dir)
+        write_report(self.run_dir)
+        index = self.layout.report / "index.html"
         self.manifest.finish("report", [index.parent / "summary.json"])
         return index
 

@@ -10,20 +10,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from rich.console import Console
+    from rich.text import Text
 
+    from sami.layout import RunLayout
     from sami.report import summary_table, write_report
+    from sami.report.render import gaps
 
-    index = write_report(args.run_dir)
-    summary = json.loads((index.parent / "summary.json").read_text(encoding="utf-8"))
+    summary = write_report(args.run_dir)
     console = Console(stderr=True)
     console.print(summary_table(summary))
-    for problem in summary.get("problems", []):
-        console.print(f"[yellow]incomplete:[/yellow] {problem}", highlight=False)
-    for it in summary["iterations"]:
-        for missing in it.get("missing", []):
-            console.print(f"[yellow]missing:[/yellow] iter-{it['iteration']}/{missing}", highlight=False)
-    print(index)
+    for gap in gaps(summary):
+        console.print(Text.assemble(("incomplete: ", "yellow"), gap))
+    print(RunLayout(args.run_dir).report / "index.html")
     return 0

@@ -1,0 +1,434 @@
+"""The report's tables as one model (`Table`), built from the summary; `render` turns them into Markdown, rich and
+HTML. Every number goes through `fmt` / `fmt_interval`, so a missing value is always `DASH`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sami.report.summary import number
+
+DASH = "—"
+POOLED = "all"
+BASE = "base"
+
+
+def fmt(value: Any, digits: int = 3, *, percent: bool = False, signed: bool = False) -> str:
+    """A number with `digits` decimals (as a percentage of 1 with `percent`), or `DASH` when missing."""
+    value = number(value)
+    if value is None:
+        return DASH
+    sign = "+" if signed else ""
+    return f"{100 * value:{sign}.{digits}f}%" if percent else f"{value:{sign}.{digits}f}"
+
+
+def fmt_interval(ci: Any, digits: int = 1, *, percent: bool = True) -> str:
+    """A `[low, high]` interval ("[52.0, 72.0]" for rates in percent), or "" when there is none."""
+    if not (isinstance(ci, list | tuple) and len(ci) == 2 and all(number(x) is not None for x in ci)):
+        return ""
+    scale = 100 if percent else 1
+    return f"[{fmt(scale * ci[0], digits)}, {fmt(scale * ci[1], digits)}]"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    left: bool = False  # a text column
+    detail: bool = False  # left out of the console
+
+
+@dataclass
+class Table:
+    """A titled table of preformatted cells; `empty` is shown when it has no rows."""
+
+    title: str
+    columns: list[Column]
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+    empty: str = ""
+    console: bool = True  # shown by `summary_table`
+
+
+# ---- cells ---------------------------------------------------------------------------------------------------
+
+
+def rate_ci(summary: dict | None) -> str:
+    """A win rate with its 95% interval: "62.5% [52.0, 72.0]"."""
+    s = summary or {}
+    rate, ci = fmt(s.get("win_rate"), 1, percent=True), fmt_interval(s.get("ci95"))
+    return f"{rate} {ci}" if ci and rate != DASH else rate
+
+
+def fraction_ci(value: Any, ci: Any) -> str:
+    """An adherence fraction with its interval: "0.62 [0.50, 0.72]"."""
+    text, interval = fmt(value, 2), fmt_interval(ci, 2, percent=False)
+    return f"{text} {interval}" if interval and text != DASH else text
+
+
+def length(chars: dict, tokens: dict, key: str) -> str:
+    """A mean length in characters with the tokens beside: "412.0 (98.5 tok)"."""
+    text = fmt((chars or {}).get(key), 1)
+    tok = number((tokens or {}).get(key))
+    return text if tok is None else f"{text} ({fmt(tok, 1)} tok)"
+
+
+def _count(value: Any) -> str:
+    return fmt(value, 0)
+
+
+def _samples(it: dict) -> str:
+    s = it.get("samples") or {}
+    return f"{_count(s.get('kept'))} / {_count(s.get('dropped'))}" if s else DASH
+
+
+def _loss(train: dict | None) -> str:
+    train = train or {}
+    if number(train.get("final_loss")) is None:
+        return DASH
+    steps = f" @{train['steps']}" if train.get("steps") is not None else ""
+    return f"{fmt(train.get('first_loss'))} → {fmt(train['final_loss'])}{steps}"
+
+
+def _mi_kind(it: dict) -> str:
+    kind = it.get("mi_kind")
+    if kind == "sign_patterns":
+        n = it.get("n_sign_patterns")
+        return f"{n if n is not None else '?'} sign patterns" + (" (sampled)" if it.get("mi_sampled") else "")
+    return {"training_pairs": "training pairs", None: DASH}.get(kind, str(kind))
+
+
+def _subset_names(*entries: dict) -> list[str]:
+    return sorted({name for e in entries for name in (e.get("subsets") or {})})
+
+
+def _groups(entry: dict) -> list[tuple[str, dict]]:
+    """(subset name, metrics) of an iteration entry: pooled first, then each subset."""
+    return [(POOLED, entry), *sorted((entry.get("subsets") or {}).items())]
+
+
+def subset_win_rates(entry: dict, baseline: str) -> list[tuple[str, dict]]:
+    """(subset, win-rate summary) vs `baseline`: pooled, then each subset (from the entry's subsets, else from the
+    summary's own `subsets`, which `sami.evaluation.winrate.summarize` adds when the judgments carry a subset)."""
+    pooled = (entry.get("win_rates") or {}).get(baseline)
+    if pooled is None:
+        return []
+    subsets = {
+        name: s["win_rates"][baseline]
+        for name, s in (entry.get("subsets") or {}).items()
+        if baseline in (s.get("win_rates") or {})
+    } or (pooled.get("subsets") or {})
+    return [(POOLED, pooled), *sorted(subsets.items())]
+
+
+# ---- tables --------------------------------------------------------------------------------------------------
+
+
+def metrics_table(summary: dict) -> Table:
+    """Pooled metrics per iteration."""
+    table = Table(
+        "Metrics per iteration",
+        [
+            Column("iteration"),
+            Column("MI (paper)"),
+            Column("InfoNCE bound"),
+            Column("MI ± s.e.", detail=True),
+            Column("MI over", detail=True),
+            Column("contrast acc.", detail=True),
+            Column("length + chars (tokens)"),
+            Column("length − chars (tokens)"),
+            Column("eval queries", detail=True),
+            Column("samples kept / dropped"),
+            Column("train loss first → last"),
+        ],
+        note="MI (paper) = mean over queries of ℓ(y_j|c_j) − mean_k ℓ(y_j|c_k) with summed log-probs; InfoNCE bound "
+        "= log C − symmetric InfoNCE loss. Lengths: mean response length under the positive (+) and the other (−) "
+        "constitutions, in characters, tokens beside.",
+        empty="no iteration folders yet",
+    )
+    for it in summary["iterations"]:
+        chars, tokens = it.get("mean_length") or {}, it.get("mean_length_tokens") or {}
+        table.rows.append(
+            [
+                str(it["iteration"]),
+                fmt(it.get("mi")),
+                fmt(it.get("mi_bound")),
+                f"± {fmt(it['mi_sem'])}" if number(it.get("mi_sem")) is not None else DASH,
+                _mi_kind(it),
+                fmt(it.get("accuracy"), 1, percent=True),
+                length(chars, tokens, "positive"),
+                length(chars, tokens, "negative"),
+                _count(it.get("n_queries")),
+                _samples(it),
+                _loss(it.get("train")),
+            ]
+        )
+    reasons = [
+        f"iteration {it['iteration']}: "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(it["samples"]["drop_reasons"].items()))
+        for it in summary["iterations"]
+        if (it.get("samples") or {}).get("drop_reasons")
+    ]
+    if reasons:
+        table.note += " Dropped samples by reason — " + "; ".join(reasons) + "."
+    return table
+
+
+def lengths_tables(summary: dict) -> list[Table]:
+    """Mean length per constitution label and per principle sign (characters, tokens beside)."""
+    its = summary["iterations"]
+    out = []
+    labels = sorted({k for it in its for k in (it.get("mean_length") or {}).get("by_constitution", {})})
+    if labels:
+        table = Table(
+            "Mean length by constitution (characters)",
+            [Column("iteration"), *(Column(lb) for lb in labels)],
+            console=False,
+        )
+        for it in its:
+            chars = (it.get("mean_length") or {}).get("by_constitution", {})
+            tokens = (it.get("mean_length_tokens") or {}).get("by_constitution", {})
+            table.rows.append([str(it["iteration"]), *(length(chars, tokens, lb) for lb in labels)])
+        out.append(table)
+    names = sorted({k for it in its for k in (it.get("mean_length") or {}).get("by_principle", {})})
+    if names:
+        table = Table(
+            "Mean length by principle sign (characters)",
+            [Column("iteration"), *(Column(f"{s}{n}") for n in names for s in "+−")],
+            console=False,
+        )
+        for it in its:
+            chars = (it.get("mean_length") or {}).get("by_principle", {})
+            tokens = (it.get("mean_length_tokens") or {}).get("by_principle", {})
+            cells = [
+                length(chars.get(n) or {}, tokens.get(n) or {}, key) for n in names for key in ("positive", "negative")
+            ]
+            table.rows.append([str(it["iteration"]), *cells])
+        out.append(table)
+    return out
+
+
+def subsets_table(summary: dict) -> Table | None:
+    """Each metric per subset and pooled, per iteration (None when no evaluation has subsets)."""
+    its = [it for it in summary["iterations"] if it.get("subsets")]
+    if not its:
+        return None
+    table = Table(
+        "Per subset",
+        [
+            Column("iteration"),
+            Column("subset", left=True),
+            Column("queries"),
+            Column("MI (paper)"),
+            Column("MI ± s.e.", detail=True),
+            Column("InfoNCE bound"),
+            Column("length + chars (tokens)"),
+            Column("length − chars (tokens)"),
+            Column("adherence + [95% CI]"),
+            Column("adherence −", detail=True),
+        ],
+        note="Win rates per subset are in the win-rate table.",
+    )
+    for it in its:
+        for name, m in _groups(it):
+            a = m.get("adherence") or {}
+            chars, tokens = m.get("mean_length") or {}, m.get("mean_length_tokens") or {}
+            table.rows.append(
+                [
+                    str(it["iteration"]),
+                    name,
+                    _count(m.get("n_queries")),
+                    fmt(m.get("mi")),
+                    f"± {fmt(m['mi_sem'])}" if number(m.get("mi_sem")) is not None else DASH,
+                    fmt(m.get("mi_bound")),
+                    length(chars, tokens, "positive"),
+                    length(chars, tokens, "negative"),
+                    fraction_ci(a.get("positive"), a.get("positive_ci95")),
+                    fraction_ci(a.get("antithesis"), a.get("antithesis_ci95")),
+                ]
+            )
+    return table
+
+
+def win_rates_table(summary: dict) -> Table:
+    """Win rates vs each baseline per iteration, pooled and per subset."""
+    table = Table(
+        "Win rates",
+        [
+            Column("iteration"),
+            Column("vs", left=True),
+            Column("subset", left=True),
+            Column("win rate [95% CI]"),
+            Column("length-balanced"),
+            Column("length-controlled"),
+            Column("n"),
+            Column("ties", detail=True),
+            Column("unparsed", detail=True),
+            Column("failed", detail=True),
+        ],
+        note="Ties, unparsed verdicts and failed judge calls count 0.5. Length-balanced: the mean of the win rates on "
+        "items where the model's response is longer and where it is shorter than the baseline's. Length-controlled: "
+        "AlpacaEval 2's GLM, read at equal lengths.",
+        empty="No win rates yet: no judgments were written.",
+    )
+    for it in summary["iterations"]:
+        for baseline in sorted(it.get("win_rates") or {}):
+            for name, s in subset_win_rates(it, baseline):
+                table.rows.append(
+                    [
+                        str(it["iteration"]),
+                        baseline,
+                        name,
+                        rate_ci(s),
+                        fmt(s.get("length_balanced_win_rate"), 1, percent=True),
+                        fmt(s.get("length_controlled_win_rate"), 1, percent=True),
+                        _count(s.get("n")),
+                        _count(s.get("ties")),
+                        _count(s.get("unparsed")),
+                        _count(s.get("failed")),
+                    ]
+                )
+    return table
+
+
+def _adherence_scopes(it: dict) -> list[tuple[str, dict]]:
+    """(scope, adherence entry): all principles, each principle, then each subset (and its principles)."""
+    a = it.get("adherence")
+    if not a:
+        return []
+    rows = [("all principles", a), *((f"principle {k}", v) for k, v in (a.get("by_principle") or {}).items())]
+    per_subset = {name: s["adherence"] for name, s in (it.get("subsets") or {}).items() if s.get("adherence")}
+    if per_subset:
+        for name, sub in sorted(per_subset.items()):
+            rows.append((f"subset {name}", sub))
+            rows += [(f"subset {name}, principle {k}", v) for k, v in (sub.get("by_principle") or {}).items()]
+    else:
+        rows += [(f"subset {k}", v) for k, v in (a.get("by_subset") or {}).items()]
+    return rows
+
+
+def adherence_table(summary: dict) -> Table | None:
+    """Adherence to the checkable principles per iteration, scope and subset (None when no principle has a check)."""
+    table = Table(
+        "Adherence to checkable principles",
+        [
+            Column("iteration"),
+            Column("scope", left=True),
+            Column("under + [95% CI]"),
+            Column("Δ+ vs iter 0"),
+            Column("under − [95% CI]"),
+            Column("Δ− vs iter 0"),
+            Column("n"),
+        ],
+        note="Fraction of responses following the principle's form, 95% Wilson CI. Under +: responses under the "
+        "positive constitution that pass the principle's check. Under −: responses under the antithesis constitution "
+        "that follow the antithesis (by default: fail the check). All principles: a response follows every checkable "
+        "principle of its constitution.",
+    )
+    for it in summary["iterations"]:
+        for scope, a in _adherence_scopes(it):
+            table.rows.append(
+                [
+                    str(it["iteration"]),
+                    scope,
+                    fraction_ci(a.get("positive"), a.get("positive_ci95")),
+                    fmt(a.get("change_positive"), 2, signed=True),
+                    fraction_ci(a.get("antithesis"), a.get("antithesis_ci95")),
+                    fmt(a.get("change_antithesis"), 2, signed=True),
+                    _count(a.get("n")),
+                ]
+            )
+    return table if table.rows else None
+
+
+def contrast_table(summary: dict) -> Table | None:
+    """The contrast check (one principle of the positive constitution flipped), when it ran."""
+    table = Table(
+        "Contrast check (one principle flipped)",
+        [
+            Column("iteration"),
+            Column("principle", left=True),
+            Column("MI (paper)"),
+            Column("± s.e."),
+            Column("adherence + → flipped"),
+            Column("weak", left=True),
+        ],
+        console=False,
+    )
+    for it in summary["iterations"]:
+        for name, c in ((it.get("contrast") or {}).get("by_principle") or {}).items():
+            adherence = DASH
+            if number(c.get("adherence_positive")) is not None:
+                adherence = f"{fmt(c['adherence_positive'], 2)} → {fmt(c.get('adherence_flipped'), 2)}"
+            weak = "weak: " + "; ".join(c.get("reasons") or []) if c.get("weak") else "no"
+            if c.get("notes"):
+                weak += " (" + "; ".join(c["notes"]) + ")"
+            table.rows.append([str(it["iteration"]), name, fmt(c.get("mi")), fmt(c.get("mi_sem")), adherence, weak])
+    return table if table.rows else None
+
+
+def comparison_table(summary: dict, method: str) -> Table | None:
+    """SAMI and a comparison model (e.g. DPO) side by side per iteration and subset, with the head-to-head rate."""
+    label = method.upper()
+    rows = [(it, it["comparisons"][method]) for it in summary["iterations"] if method in it.get("comparisons", {})]
+    if not rows:
+        return None
+    table = Table(
+        f"SAMI vs {label}",
+        [
+            Column("iteration"),
+            Column("subset", left=True),
+            Column(f"SAMI vs {BASE}"),
+            Column(f"{label} vs {BASE}"),
+            Column("SAMI adherence +"),
+            Column(f"{label} adherence +"),
+            Column("SAMI MI", detail=True),
+            Column(f"{label} MI", detail=True),
+            Column(f"{label} vs SAMI [95% CI]"),
+        ],
+        note=f"{label} is trained on the same samples as SAMI in each iteration and evaluated the same way. Win rates "
+        f"vs the {BASE} model; {label} vs SAMI: the head-to-head judgment of the two models of the same iteration "
+        f"(above 50%: {label} preferred).",
+    )
+    for it, other in rows:
+        sami_wr = dict(subset_win_rates(it, BASE))
+        other_wr = dict(subset_win_rates(other, BASE))
+        vs = other.get("vs_sami") or {}
+        vs_groups = {POOLED: vs, **(vs.get("subsets") or {})} if vs else {}
+        sami_groups, other_groups = dict(_groups(it)), dict(_groups(other))
+        for name in [POOLED, *_subset_names(it, other)]:
+            mine, theirs = sami_groups.get(name) or {}, other_groups.get(name) or {}
+            table.rows.append(
+                [
+                    str(it["iteration"]),
+                    name,
+                    fmt((sami_wr.get(name) or {}).get("win_rate"), 1, percent=True),
+                    fmt((other_wr.get(name) or {}).get("win_rate"), 1, percent=True),
+                    fmt((mine.get("adherence") or {}).get("positive"), 2),
+                    fmt((theirs.get("adherence") or {}).get("positive"), 2),
+                    fmt(mine.get("mi")),
+                    fmt(theirs.get("mi")),
+                    rate_ci(vs_groups.get(name)),
+                ]
+            )
+    return table
+
+
+def comparison_methods(summary: dict) -> list[str]:
+    return sorted({m for it in summary["iterations"] for m in it.get("comparisons", {})})
+
+
+def all_tables(summary: dict) -> list[Table]:
+    """Every table of the report, in page order."""
+    subsets, adherence = subsets_table(summary), adherence_table(summary)
+    if subsets is not None and adherence is not None:
+        adherence.console = False  # the per-subset table shows adherence pooled and per subset already
+    tables: list[Table | None] = [
+        metrics_table(summary),
+        *lengths_tables(summary),
+        subsets,
+        win_rates_table(summary),
+        adherence,
+        contrast_table(summary),
+        *(comparison_table(summary, m) for m in comparison_methods(summary)),
+    ]
+    return [t for t in tables if t is not None]
