@@ -56,6 +56,16 @@ def _rate_line(ax, points: list[tuple[float, float, tuple[float, float]]], **sty
     ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=yerr, capsize=4, markersize=5, **style)
 
 
+def _paired_style(i: int, dashed: bool) -> dict:
+    """Line style of series i: solid with circles, or (its paired series) dashed with squares."""
+    return {
+        "color": COLORS[i % len(COLORS)],
+        "linestyle": "--" if dashed else "-",
+        "marker": "s" if dashed else "o",
+        "linewidth": 1.5 if dashed else 2,
+    }
+
+
 def _rate_axes(ax, xs: list[int], title: str, ylabel: str) -> None:
     ax.set_ylim(-0.03, 1.05)
     ax.set_ylabel(ylabel)
@@ -115,15 +125,8 @@ def plot_win_rates(iterations: list[dict]) -> bytes | None:
                     errors = _errors(rate, s.get("ci95")) if not dashed else (0.0, 0.0)
                     pts.append((it["iteration"] + (0.04 if dashed else -0.04), rate, errors))
                     xs.append(it["iteration"])
-            _rate_line(
-                ax,
-                pts,
-                color=COLORS[i % len(COLORS)],
-                linestyle="--" if dashed else "-",
-                marker="s" if dashed else "o",
-                linewidth=1.5 if dashed else 2,
-                label=f"vs {baseline} ({'length-balanced' if dashed else 'raw'})",
-            )
+            label = f"vs {baseline} ({'length-balanced' if dashed else 'raw'})"
+            _rate_line(ax, pts, label=label, **_paired_style(i, dashed))
     _rate_axes(ax, xs, "win rate vs baselines (95% CI)", "win rate")
     ax.legend(fontsize=8, loc="lower right", frameon=False)
     return _png(fig)
@@ -167,15 +170,8 @@ def plot_adherence(iterations: list[dict]) -> bytes | None:
                     pts.append(
                         (it["iteration"] + (0.04 if dashed else -0.04), value, _errors(value, a.get(f"{key}_ci95")))
                     )
-            _rate_line(
-                ax,
-                pts,
-                color=COLORS[i % len(COLORS)],
-                linestyle="--" if dashed else "-",
-                marker="s" if dashed else "o",
-                linewidth=1.5 if dashed else 2,
-                label=f"{name} ({'under the antithesis' if dashed else 'under the principle'})",
-            )
+            label = f"{name} ({'under the antithesis' if dashed else 'under the principle'})"
+            _rate_line(ax, pts, label=label, **_paired_style(i, dashed))
     _rate_axes(
         ax, [it["iteration"] for it in rows], "adherence per principle (95% Wilson CI)", "fraction following it"
     )
