@@ -27,6 +27,7 @@ import torch
 from sami.constitutions import load_constitutions, sample_constitutions
 from sami.data import QuerySource, load_queries
 from sami.generation.hf import HFGenerator
+from sami.lm_head import accumulation_dtype
 from sami.logprobs import logprob_matrix
 from sami.models import load_model, load_tokenizer
 from sami.prompts import get_template, render_prompt
@@ -41,7 +42,7 @@ def old_rule_logprob(model, tok, prompt: str, response: str) -> float:
     ids = torch.tensor([p + r])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0]
-        logps = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        logps = torch.log_softmax(logits.to(accumulation_dtype(logits.dtype)), dim=-1)
     return float(sum(logps[len(p) - 1 + k, t] for k, t in enumerate(r)))
 
 

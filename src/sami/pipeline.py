@@ -106,6 +106,10 @@ class Pipeline:
         """π_t: the base model for t = 0, else the checkpoint trained in iteration t."""
         return self.layout.policy(t, self.config.model.policy)
 
+    def start_model(self, t: int) -> str:
+        """Where training of iteration t starts: π_0 (`iterations.train_from: base`, the paper's) or π_{t-1}."""
+        return self.config.model.policy if self.config.iterations.train_from == "base" else self.checkpoint(t - 1)
+
     def _stage(self, name: str) -> bool:
         """True when `name` still has to run (and says so)."""
         if self.manifest.done(name):
@@ -173,7 +177,7 @@ class Pipeline:
             return
         final = self.layout.train(t)
         partial = self.layout.train_partial(t)  # an interrupted attempt's resume checkpoint stays there
-        start = self.config.model.policy if self.config.iterations.train_from == "base" else self.checkpoint(t - 1)
+        start = self.start_model(t)
         if self.config.launcher.kind == "accelerate":
             from sami.launch import run_stage
 
@@ -212,13 +216,13 @@ class Pipeline:
         )
         self.manifest.finish(name, [out])
 
-    def report(self) -> Path:
+    def report(self) -> dict:
+        """Write the report; returns the summary it wrote."""
         from sami.report import write_report
 
-        write_report(self.run_dir)
-        index = self.layout.report / "index.html"
-        self.manifest.finish("report", [index.parent / "summary.json"])
-        return index
+        summary = write_report(self.run_dir)
+        self.manifest.finish("report", [self.layout.report / "summary.json"])
+        return summary
 
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -230,7 +234,8 @@ class Pipeline:
             self.train(t)
             self.evaluate(t, cset)
             run_comparisons(self, t, cset)
-        index = self.report()
-        self.console.print(summary_table(json.loads((index.parent / "summary.json").read_text(encoding="utf-8"))))
+        summary = self.report()
+        index = self.layout.report / "index.html"
+        self.console.print(summary_table(summary))
         self.console.print(f"report: {index}")
         return index

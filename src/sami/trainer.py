@@ -597,7 +597,7 @@ def train_sami(
     return train_and_export(trainer, tokenizer, output_dir, checkpoint, merge_lora=args.merge_lora_on_save)
 
 
-def resolve_tokenizer_ref(model_ref, tokenizer_ref):
+def resolve_tokenizer_ref(model_ref: Any, tokenizer_ref: str | os.PathLike | None) -> str | os.PathLike:
     """The tokenizer to load: `tokenizer_ref`, else the model's own reference (required for a loaded model)."""
     if tokenizer_ref is not None:
         return tokenizer_ref

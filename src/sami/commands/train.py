@@ -106,20 +106,22 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-def training_config(args: argparse.Namespace):
-    """The `SAMIConfig` of `sami train`: the flags given, over the run config's training section under --config,
-    else over SAMIConfig's own defaults (the same ones `sami run` resolves)."""
+def training_config(args: argparse.Namespace, run_config=None):
+    """The `SAMIConfig` of `sami train`: the flags given, over the --config's training section (`run_config`, when
+    the caller has loaded it already), else over SAMIConfig's own defaults (the same ones `sami run` resolves)."""
     import dataclasses
 
     from sami.trainer import SAMIConfig
 
     overrides = config_overrides(args)
-    if not args.config:
+    if run_config is None and args.config:
+        from sami.config import load_config
+
+        run_config = load_config(args.config)
+    if run_config is None:
         return SAMIConfig(**overrides)
-    from sami.config import load_config
     from sami.pipeline import training_arguments
 
-    run_config = load_config(args.config)
     base = training_arguments(run_config, output_dir=args.output_dir, max_steps=overrides.get("max_steps", -1))
     return dataclasses.replace(base, **overrides)
 
@@ -153,14 +155,14 @@ def run(args: argparse.Namespace) -> int:
     from sami.models import LoraSettings
     from sami.trainer import train_sami
 
-    config = training_config(args)
-    model, lora = args.model, None
+    model, lora, run_config = args.model, None, None
     if args.config:
         from sami.config import load_config
 
         run_config = load_config(args.config)
         model = model or run_config.model.policy
         lora = run_config.model.lora
+    config = training_config(args, run_config)
     if args.lora:
         lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha)
     model = model or "default"

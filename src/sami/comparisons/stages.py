@@ -43,10 +43,9 @@ def train_dpo_stage(pipeline: Pipeline, t: int) -> None:
     config, layout = pipeline.config, pipeline.layout
     final = layout.comparison_train(t, "dpo")
     partial = layout.comparison_train_partial(t, "dpo")
-    start = config.model.policy if config.iterations.train_from == "base" else pipeline.checkpoint(t - 1)
     train_dpo_from_config(
         config,
-        model_ref=start,
+        model_ref=pipeline.start_model(t),
         samples_path=layout.samples(t),
         output_dir=partial,
         max_steps=config.iterations.steps[t - 1],

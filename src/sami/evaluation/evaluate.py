@@ -41,6 +41,7 @@ from sami.evaluation.judges import JudgeSettings, PairItem, make_judge
 from sami.evaluation.winrate import summaries_table, summarize
 from sami.generation import GenerationSettings
 from sami.io import JsonlStore, atomic_write_json, read_jsonl
+from sami.layout import EvalLayout
 
 log = logging.getLogger(__name__)
 
@@ -325,11 +326,12 @@ def run_evaluation(
     positive = {qid: cs[0] for qid, cs in constitutions.items()}
     device = _device(settings)
 
-    responses = JsonlStore(out_dir / "responses.jsonl")
-    mi_store = JsonlStore(out_dir / "mi_responses.jsonl")
+    files = EvalLayout(out_dir)
+    responses = JsonlStore(files.responses)
+    mi_store = JsonlStore(files.mi_responses)
     checkable = settings.adherence and cset.checkable
-    anti_store = JsonlStore(out_dir / "antithesis_responses.jsonl") if checkable else None
-    contrast_store = JsonlStore(out_dir / "contrast_responses.jsonl") if contrast else None
+    anti_store = JsonlStore(files.antithesis_responses) if checkable else None
+    contrast_store = JsonlStore(files.contrast_responses) if contrast else None
     principles = [p.name for p in cset.pool(settings.mode)] if contrast else []
     contrast_queries = queries[: settings.contrast_limit] if settings.contrast_limit else queries
     loaded_here = model is None
@@ -434,7 +436,7 @@ def run_evaluation(
         judge_obj = None
         win_rates: dict[str, dict] = {}
         for name in baselines if judge else ():
-            store = JsonlStore(out_dir / f"judgments-{name}.jsonl")
+            store = JsonlStore(files.judgments(name))
             pending = [
                 q for q in queries if q.id not in store and f"model:{q.id}" in by_id and f"{name}:{q.id}" in by_id
             ]
@@ -483,7 +485,7 @@ def run_evaluation(
         "adherence": adherence_metrics,
         "contrast": contrast_metrics_,
     }
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_json(files.metrics, metrics)
     console.print(metrics_table(metrics))
     for warning in (contrast_metrics_ or {}).get("warnings", []):
         log.warning("%s", warning)

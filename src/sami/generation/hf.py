@@ -250,6 +250,8 @@ class HFGenerator:
     ) -> list[Completion]:
         import torch
 
+        from sami.lm_head import accumulation_dtype
+
         device = self._net.device
         n = len(batch_ids)
         shared = self._shared_prefix(batch_ids)
@@ -282,7 +284,7 @@ class HFGenerator:
             input_ids, mask, positions, shared + width + max_new_tokens, batch_ids[0][:shared]
         )
         for step in range(max_new_tokens):
-            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays float64
+            logits = logits.to(accumulation_dtype(logits.dtype))  # float32, or float64 for a float64 model
             step_logps = torch.log_softmax(logits, dim=-1) if self.logprobs else None
             if step < min_new_tokens and len(eos):
                 logits[:, eos] = float("-inf")
