@@ -15,7 +15,7 @@ from matplotlib.image import imread
 
 from sami.cli import main
 from sami.errors import SamiInputError
-from sami.report import build_summary, write_report
+from sami.report import build_summary, render_markdown, write_report
 
 PRINCIPLES = [
     {"name": "helpful", "principle": "Be helpful.", "antithesis": "Be unhelpful."},
@@ -163,6 +163,19 @@ def test_summary_shape_and_values(tmp_path):
     assert summary["run"]["model"] == "default" and summary["run"]["name"] == "demo-run"
     assert [p["name"] for p in summary["run"]["constitutions"]["principles"]] == ["helpful", "harmless"]
     assert summary["run"]["started"] == "2024-05-01T10:00:00+0000"
+
+
+def test_lengths_are_labelled_with_the_unit_the_metrics_carry(tmp_path):
+    # metrics.json as the evaluation writes it today: mean_length in tokens, no mean_length_tokens beside it
+    summary = build_summary(make_run(tmp_path))
+    assert summary["length_unit"] == "tokens"
+    md = render_markdown(summary)
+    assert "length + tokens" in md and "chars" not in md and "(characters)" not in md
+    # with tokens beside, mean_length is in characters and the headings say so
+    for it in summary["iterations"]:
+        it["mean_length_tokens"] = it["mean_length"]
+    summary["length_unit"] = "characters"
+    assert "length + chars (tokens)" in render_markdown(summary)
 
 
 def test_write_report_files_and_self_contained_html(tmp_path):

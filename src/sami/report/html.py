@@ -30,7 +30,7 @@ window.addEventListener("load", function () {
 PLOTS = {
     "mi": "Mutual information per iteration: the paper's metric (left) and the InfoNCE bound log C − loss (right).",
     "win_rate": "Win rate per iteration with 95% CI: raw (solid) and length-balanced (dashed); 0.5 = parity.",
-    "length": "Mean response length (characters) under the positive and the negative constitutions.",
+    "length": "Mean response length under the positive and the negative constitutions.",
     "loss": "SAMI training loss per optimizer step, one line per iteration.",
     "adherence": "Adherence per principle: fraction of responses following the principle under the positive "
     "constitution (solid) and following the antithesis under the antithesis constitution (dashed), 95% Wilson CI.",

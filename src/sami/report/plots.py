@@ -132,7 +132,7 @@ def plot_win_rates(iterations: list[dict]) -> bytes | None:
     return _png(fig)
 
 
-def plot_lengths(iterations: list[dict]) -> bytes | None:
+def plot_lengths(iterations: list[dict], unit: str = "tokens") -> bytes | None:
     rows = [it for it in iterations if it["mean_length"]]
     if not rows:
         return None
@@ -144,7 +144,7 @@ def plot_lengths(iterations: list[dict]) -> bytes | None:
         pts = [(it["iteration"], it["mean_length"].get(key)) for it in rows if it["mean_length"].get(key) is not None]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", color=color, linewidth=2, label=label)
-    ax.set_ylabel("mean response length (characters)")
+    ax.set_ylabel(f"mean response length ({unit})")
     ax.set_ylim(bottom=0)
     ax.set_title("response length by constitution sign", fontsize=10)
     _xticks(ax, [it["iteration"] for it in rows])
@@ -268,7 +268,7 @@ def make_plots(run_dir: str | os.PathLike, summary: dict) -> dict[str, bytes | N
     plots = {
         "mi": plot_mi(its),
         "win_rate": plot_win_rates(its),
-        "length": plot_lengths(its),
+        "length": plot_lengths(its, summary.get("length_unit", "tokens")),
         "loss": plot_loss(curves),
         "adherence": plot_adherence(its),
     }

@@ -348,9 +348,10 @@ def run_info(reader: Reader, layout: RunLayout, config: dict, manifest: dict, it
 def build_summary(run_dir: str | os.PathLike) -> dict:
     """The metrics of a run folder, per iteration, plus its config (without secrets) and what is missing.
 
-    Shape: `{"run": {...}, "iterations": [{"iteration", "mi", "mi_bound", "mi_kind", "mean_length" (characters),
-    "mean_length_tokens", "win_rates", "adherence", "contrast", "subsets": {name: {...}}, "samples", "train",
-    "comparisons": {"dpo": {... , "vs_sami"}} (when iter-T/dpo/ exists), "missing", "notes"}], "config": {...},
+    Shape: `{"run": {...}, "iterations": [{"iteration", "mi", "mi_bound", "mi_kind", "mean_length" (in
+    `length_unit`), "mean_length_tokens" (when `mean_length` is in characters), "win_rates", "adherence",
+    "contrast", "subsets": {name: {...}}, "samples", "train", "comparisons": {"dpo": {... , "vs_sami"}} (when
+    iter-T/dpo/ exists), "missing", "notes"}], "length_unit": "characters" | "tokens", "config": {...},
     "problems": [...]}`. A metric that does not exist yet is `null`. `adherence` (when principles carry checks)
     is `sami.evaluation.adherence.adherence` with `change_positive` / `change_antithesis` from iteration 0.
     """
@@ -378,6 +379,13 @@ def build_summary(run_dir: str | os.PathLike) -> dict:
     return {
         "run": run_info(reader, layout, config, manifest, iterations),
         "iterations": iterations,
+        "length_unit": length_unit(iterations),
         "config": config,
         "problems": reader.problems,
     }
+
+
+def length_unit(iterations: list[dict]) -> str:
+    """The unit of the iterations' `mean_length`: "characters" where the lengths come with tokens beside
+    (`mean_length_tokens`), else "tokens" (what the evaluation's metrics.json measures today)."""
+    return "characters" if any(it.get("mean_length_tokens") for it in iterations) else "tokens"

@@ -65,8 +65,14 @@ def fraction_ci(value: Any, ci: Any) -> str:
     return f"{text} {interval}" if interval and text != DASH else text
 
 
+def length_heading(summary: dict) -> str:
+    """How length columns name their unit: "chars (tokens)", or "tokens" for lengths measured in tokens only."""
+    return "chars (tokens)" if summary.get("length_unit") == "characters" else "tokens"
+
+
 def length(chars: dict, tokens: dict, key: str) -> str:
-    """A mean length in characters with the tokens beside: "412.0 (98.5 tok)"."""
+    """A mean length (`chars`: in the summary's `length_unit`) with the tokens beside when known:
+    "412.0 (98.5 tok)"."""
     text = fmt((chars or {}).get(key), 1)
     tok = number((tokens or {}).get(key))
     return text if tok is None else f"{text} ({fmt(tok, 1)} tok)"
@@ -125,6 +131,7 @@ def subset_win_rates(entry: dict, baseline: str) -> list[tuple[str, dict]]:
 
 def metrics_table(summary: dict) -> Table:
     """Pooled metrics per iteration."""
+    heading, unit = length_heading(summary), summary.get("length_unit", "tokens")
     table = Table(
         "Metrics per iteration",
         [
@@ -134,15 +141,15 @@ def metrics_table(summary: dict) -> Table:
             Column("MI ± s.e.", detail=True),
             Column("MI over", detail=True),
             Column("contrast acc.", detail=True),
-            Column("length + chars (tokens)"),
-            Column("length − chars (tokens)"),
+            Column(f"length + {heading}"),
+            Column(f"length − {heading}"),
             Column("eval queries", detail=True),
             Column("samples kept / dropped"),
             Column("train loss first → last"),
         ],
         note="MI (paper) = mean over queries of ℓ(y_j|c_j) − mean_k ℓ(y_j|c_k) with summed log-probs; InfoNCE bound "
         "= log C − symmetric InfoNCE loss. Lengths: mean response length under the positive (+) and the other (−) "
-        "constitutions, in characters, tokens beside.",
+        f"constitutions, in {unit}" + (", tokens beside." if unit == "characters" else "."),
         empty="no iteration folders yet",
     )
     for it in summary["iterations"]:
@@ -174,13 +181,13 @@ def metrics_table(summary: dict) -> Table:
 
 
 def lengths_tables(summary: dict) -> list[Table]:
-    """Mean length per constitution label and per principle sign (characters, tokens beside)."""
-    its = summary["iterations"]
+    """Mean length per constitution label and per principle sign (in the summary's `length_unit`)."""
+    its, unit = summary["iterations"], summary.get("length_unit", "tokens")
     out = []
     labels = sorted({k for it in its for k in (it.get("mean_length") or {}).get("by_constitution", {})})
     if labels:
         table = Table(
-            "Mean length by constitution (characters)",
+            f"Mean length by constitution ({unit})",
             [Column("iteration"), *(Column(lb) for lb in labels)],
             console=False,
         )
@@ -192,7 +199,7 @@ def lengths_tables(summary: dict) -> list[Table]:
     names = sorted({k for it in its for k in (it.get("mean_length") or {}).get("by_principle", {})})
     if names:
         table = Table(
-            "Mean length by principle sign (characters)",
+            f"Mean length by principle sign ({unit})",
             [Column("iteration"), *(Column(f"{s}{n}") for n in names for s in "+−")],
             console=False,
         )
@@ -212,6 +219,7 @@ def subsets_table(summary: dict) -> Table | None:
     its = [it for it in summary["iterations"] if it.get("subsets")]
     if not its:
         return None
+    heading = length_heading(summary)
     table = Table(
         "Per subset",
         [
@@ -221,8 +229,8 @@ def subsets_table(summary: dict) -> Table | None:
             Column("MI (paper)"),
             Column("MI ± s.e.", detail=True),
             Column("InfoNCE bound"),
-            Column("length + chars (tokens)"),
-            Column("length − chars (tokens)"),
+            Column(f"length + {heading}"),
+            Column(f"length − {heading}"),
             Column("adherence + [95% CI]"),
             Column("adherence −", detail=True),
         ],
