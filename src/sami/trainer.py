@@ -166,7 +166,7 @@ class SAMIConfig(TrainingArguments):
                 raise SamiInputError(f"{name}: must be a positive number of tokens, got {value}")
         if self.save_steps == 0 and self.save_strategy == "steps":
             self.save_strategy = "no"
-        if not _accelerator_present():
+        if not accelerator_present():
             self.dataloader_pin_memory = False  # pinned memory needs an accelerator; torch warns without one
         if self.ddp_backend is None and _deepspeed_on_cpu():
             # accelerate counts the ranks of a DeepSpeed launch only when it is told the backend, which it cannot
@@ -175,7 +175,7 @@ class SAMIConfig(TrainingArguments):
         super().__post_init__()
 
 
-def _accelerator_present() -> bool:
+def accelerator_present() -> bool:
     return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
 
 

@@ -161,6 +161,8 @@ def dpo_config(output_dir: str | os.PathLike, **fields: Any):
         from trl import DPOConfig
     except ImportError:
         raise SamiInputError("DPO needs TRL: pip install 'sami[compare]'") from None
+    from sami.trainer import accelerator_present
+
     defaults = {
         "activation_checkpointing": False,  # TRL's default is on (as the deprecated gradient_checkpointing)
         "bf16": False,
@@ -171,6 +173,7 @@ def dpo_config(output_dir: str | os.PathLike, **fields: Any):
         "max_length": None,
         "report_to": "none",
         "lr_scheduler_type": "constant",
+        "dataloader_pin_memory": accelerator_present(),  # as SAMIConfig: torch warns about pinning without one
     }
     fields = {**defaults, **fields}
     if fields.get("save_steps") == 0:
