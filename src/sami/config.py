@@ -7,13 +7,12 @@ Every section is a pydantic model that rejects unknown keys. Errors name the fie
 from __future__ import annotations
 
 import dataclasses
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sami.comparisons.dpo import DPOSettings
 from sami.data import QuerySource
@@ -22,6 +21,7 @@ from sami.evaluation.evaluate import EvaluationSettings
 from sami.generation import GenerationSettings
 from sami.models import LoraSettings
 from sami.prompts import REASONING_MAX_NEW_TOKENS, FilterSettings, TemplateSettings
+from sami.settings import read_yaml, validate
 
 DEFAULT_CONFIG = "demo.yaml"
 
@@ -229,46 +229,11 @@ class RunConfig(_Section):
         return Path(self.output_dir or Path("runs") / self.name)
 
 
-def _describe_error(err: dict) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    kind = err["type"]
-    got = err.get("input")
-    shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
-    if kind == "extra_forbidden":
-        return f"{loc}: unknown key"
-    if kind == "missing":
-        return f"{loc}: required field is missing"
-    expected = {
-        "float_parsing": "a number",
-        "float_type": "a number",
-        "int_parsing": "an integer",
-        "int_type": "an integer",
-        "int_from_float": "an integer",
-        "bool_parsing": "true or false",
-        "bool_type": "true or false",
-        "string_type": "a string",
-        "list_type": "a list",
-        "dict_type": "a mapping",
-        "model_type": "a mapping",
-    }.get(kind)
-    if expected:
-        return f"{loc}: expected {expected}, got {shown}"
-    message = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {message} (got {shown})"
-
-
 def parse_config(raw: dict | None, *, source: str = "config") -> RunConfig:
     """Validate a config mapping; raises `SamiInputError` naming the first bad field."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
+    if raw is not None and not isinstance(raw, dict):
         raise SamiInputError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as e:
-        errors = e.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise SamiInputError(f"{source}: {_describe_error(errors[0])}{more}") from None
+    return validate(RunConfig, raw, source=source)
 
 
 def default_config_path() -> Path:
@@ -281,14 +246,9 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     path = Path(path) if path is not None else default_config_path()
     if not path.is_file():
         raise SamiInputError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise SamiInputError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    raw = read_yaml(path)
     if overrides:
-        raw = {**(raw or {}), **overrides}
+        raw = {**raw, **overrides}
     config = parse_config(raw, source=str(path))
     _check_files_exist(config, source=str(path))
     return config

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sami.errors import SamiInputError
+from sami.settings import describe_validation_error
 
 if TYPE_CHECKING:
     from sami.constitutions import Constitution
@@ -416,15 +417,8 @@ def get_template(
     try:
         template = TemplateSettings(task=name, style=style, **custom).build()
     except ValidationError as e:
-        raise SamiInputError(f"prompt template: {_first_error(e)}") from None
+        raise SamiInputError(describe_validation_error(e, "prompt template")) from None
     return template.with_reasoning() if reasoning else template
-
-
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg}" if loc else msg
 
 
 def render_prompt(prompt: Prompt, tokenizer: Any = None) -> str:
@@ -490,7 +484,7 @@ class FilterSettings(BaseModel):
         try:
             return cls(**{**preset, **overrides})
         except ValidationError as e:
-            raise SamiInputError(f"filters: {_first_error(e)}") from None
+            raise SamiInputError(describe_validation_error(e, "filters")) from None
 
 
 def reasoning_filters(settings: FilterSettings, task: str) -> FilterSettings:

@@ -1,0 +1,213 @@
+"""Settings objects from a YAML file plus command-line flags, with one error formatter.
+
+Every stage takes one pydantic settings object; the CLI only builds it:
+
+- `add_settings_arguments(parser, Model, key=...)` adds one flag per field of `Model`, generated from the
+  field: the help is the field's description (and its default), `Literal` fields get `choices`, `bool` fields
+  get `--x/--no-x`, `list[...]` fields are repeatable, and nested models give dashed flags (`--judge-kind`).
+  A flag that is not given leaves no value behind, so only what the user typed overrides the file.
+- `settings_overrides(args, key)` reads those flags back as a nested mapping of field values.
+- `load_settings(Model, path, overrides)` reads the optional YAML file, applies the overrides on top and
+  validates; a bad value raises `SamiInputError` with one line naming the file (or the flags) and the field.
+- `describe_validation_error(error)` is that one line, used by every module that validates a pydantic model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticUndefined
+
+from sami.errors import SamiInputError
+
+M = TypeVar("M", bound=BaseModel)
+
+_EXPECTED = {
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+}
+
+
+def describe_error(err: dict) -> str:
+    """One pydantic error (an item of `ValidationError.errors()`) as `field.path: what is wrong`."""
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    got = err.get("input")
+    shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if kind == "missing":
+        return f"{loc}: required field is missing"
+    expected = _EXPECTED.get(kind)
+    if expected:
+        return f"{loc}: expected {expected}, got {shown}"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {message} (got {shown})"
+
+
+def describe_validation_error(error: ValidationError, source: str | None = None) -> str:
+    """The first error of `error` as one line, prefixed by `source` (a file or 'flags'), counting the rest."""
+    errors = error.errors()
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    line = f"{describe_error(errors[0])}{more}"
+    return f"{source}: {line}" if source else line
+
+
+def validate(model: type[M], raw: Any, *, source: str | None = None) -> M:
+    """`model.model_validate(raw)`, raising `SamiInputError` (one line, naming `source` and the field)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SamiInputError(f"{source or model.__name__}: expected a mapping, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise SamiInputError(describe_validation_error(e, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping ({} for an empty file); `SamiInputError` naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise SamiInputError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SamiInputError(f"{path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise SamiInputError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SamiInputError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` on top; nested mappings are merged key by key (a new dict, inputs untouched)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    model: type[M], path: str | Path | None = None, overrides: dict[str, Any] | None = None, *, source: str = "flags"
+) -> M:
+    """A `model` from the YAML file at `path` (optional) with `overrides` (e.g. `settings_overrides`) on top.
+
+    Errors name the file when there is one, else `source`."""
+    raw = read_yaml(path) if path is not None else {}
+    return validate(model, merge(raw, overrides or {}), source=str(path) if path is not None else source)
+
+
+# ---- flags from fields -------------------------------------------------------------------------------
+def _flag_kind(annotation: Any) -> tuple[str, Any] | None:
+    """How a field type becomes a flag: ("model", cls), ("bool", None), ("choices", values), ("list", item
+    type), ("value", type); None when it cannot be given on a command line (mappings, ...)."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        if len(options) == 1:
+            return _flag_kind(options[0])
+        return ("value", str) if str in options else None
+    if origin is Literal:
+        return "choices", list(get_args(annotation))
+    if origin is list:
+        (item,) = get_args(annotation) or (str,)
+        return ("list", item) if item in (str, int, float) else None
+    if annotation is bool:
+        return "bool", None
+    if annotation in (int, float, str):
+        return "value", annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "model", annotation
+    return None
+
+
+def _help(description: str | None, default: Any) -> str:
+    text = description or ""
+    if default is not PydanticUndefined and default is not None and default != [] and default != {}:
+        text = f"{text} (default: {default})" if text else f"default: {default}"
+    return text.replace("%", "%%")
+
+
+def add_settings_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    model: type[BaseModel],
+    *,
+    key: str,
+    fields: list[str] | None = None,
+    exclude: tuple[str, ...] = (),
+    flags: dict[str, list[str]] | None = None,
+    prefix: str = "",
+) -> None:
+    """Add one flag per field of `model` (only `fields` when given, none of `exclude`).
+
+    Flags are `--field-name` (nested models: `--section-field-name`); `flags` gives other spellings by dotted
+    field path (`{"judge.kind": ["--judge"]}`). Values land in `args` under `"{key}.{dotted path}"` and only
+    when given; `settings_overrides(args, key)` collects them."""
+    flags = flags or {}
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        if (fields is not None and name not in fields) or name in exclude or dotted in exclude:
+            continue
+        kind = _flag_kind(info.annotation)
+        if kind is None:
+            continue
+        what, arg = kind
+        if what == "model":
+            add_settings_arguments(parser, arg, key=key, exclude=exclude, flags=flags, prefix=f"{dotted}.")
+            continue
+        names = flags.get(dotted) or ["--" + dotted.replace(".", "-").replace("_", "-")]
+        options: dict[str, Any] = {
+            "dest": f"{key}.{dotted}",
+            "default": argparse.SUPPRESS,
+            "help": _help(info.description, info.default),  # a default_factory is not shown
+        }
+        if what == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        elif what == "choices":
+            options["choices"] = arg
+            options["type"] = type(arg[0])
+        elif what == "list":
+            options["action"] = "append"
+            options["type"] = arg
+        else:
+            options["type"] = arg
+        parser.add_argument(*names, **options)
+
+
+def settings_overrides(args: argparse.Namespace, key: str) -> dict[str, Any]:
+    """The field values given on the command line for the flags added with `key`, as a nested mapping."""
+    out: dict[str, Any] = {}
+    start = f"{key}."
+    for dest, value in vars(args).items():
+        if not dest.startswith(start):
+            continue
+        *parents, leaf = dest[len(start) :].split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
