@@ -14,7 +14,7 @@ from sami.generation import Completion
 from sami.io import read_jsonl
 from sami.layout import dropped_path, stats_path
 from sami.prompts import FilterSettings, get_template
-from sami.sampling import generate_samples
+from sami.sampling import SamplingSettings, generate_samples
 
 
 class ScriptedGenerator:
@@ -70,17 +70,21 @@ def plan(queries) -> dict[str, str]:
 
 
 def _run(generator, queries, out, **kwargs):
+    sampling = SamplingSettings(
+        scheme=kwargs.pop("scheme", "uniform"),
+        n_constitutions=kwargs.pop("n_constitutions", 2),
+        max_new_tokens=16,
+        chunk_size=kwargs.pop("chunk_size", 2),
+        **{k: kwargs.pop(k) for k in list(kwargs) if k in SamplingSettings.model_fields},
+    )
     return generate_samples(
         generator,
         queries,
         load_constitutions("hh_opus"),
         out,
+        sampling,
         template=get_template("dialogue", "base"),
         filters=FilterSettings.for_task("dialogue"),
-        scheme=kwargs.pop("scheme", "uniform"),
-        n_constitutions=kwargs.pop("n_constitutions", 2),
-        max_new_tokens=16,
-        chunk_size=kwargs.pop("chunk_size", 2),
         progress=kwargs.pop("progress", False),
         **kwargs,
     )
@@ -114,6 +118,38 @@ def test_records_filters_and_drop_reasons(tmp_path, queries, plan):
         assert r["meta"]["labels"] == [c.label() for c in cs] and len(r["meta"]["num_tokens"]) == 3
     # the generator saw generation prompts (with the format example), not training prompts
     assert all("Format example" in p for p in gen.prompts_seen)
+
+
+def test_dropped_responses_can_be_left_out(tmp_path, queries, plan):
+    out = tmp_path / "samples.jsonl"
+    _run(ScriptedGenerator(plan), queries, out, dropped_responses=False)
+    dropped = read_jsonl(dropped_path(out))
+    assert len(dropped) == 5 and all(set(r) == {"id", "reason", "labels"} for r in dropped)
+    assert len(read_jsonl(out)) == 7  # what is kept does not change
+
+
+def test_cli_sampling_flags_override_the_config_file(tmp_path, monkeypatch):
+    import sami.generation
+    from sami.cli import main
+
+    seen = []
+
+    class Recording(ScriptedGenerator):
+        def generate(self, prompts, **kwargs):
+            seen.append(kwargs)
+            return super().generate(prompts, **kwargs)
+
+    monkeypatch.setattr(sami.generation, "make_generator", lambda settings, **kw: Recording({}))
+    cfg = tmp_path / "sampling.yaml"
+    cfg.write_text("n_constitutions: 3\nmax_new_tokens: 20\ntemperature: 0.5\n", encoding="utf-8")
+    out = tmp_path / "samples.jsonl"
+    args = ["generate", "--queries", "hh_helpful_train", "--limit", "2", "--constitutions", "hh_opus"]
+    args += ["--out", str(out), "--no-progress", "--config", str(cfg), "--max-new-tokens", "9"]
+    assert main(args) == 0
+    assert seen[0]["max_new_tokens"] == 9 and seen[0]["temperature"] == 0.5
+    assert all(len(r["responses"]) == 3 for r in read_jsonl(out))
+    cfg.write_text("n_constitutions: 1\n", encoding="utf-8")
+    assert main(args) == 2  # SamiInputError naming the file and field
 
 
 def test_interrupted_run_resumes_without_duplicates(tmp_path, queries, plan):
@@ -170,6 +206,7 @@ def test_chat_style_renders_training_prompts(tmp_path, queries, default_tokenize
         queries[:3],
         load_constitutions("hh_opus"),
         out,
+        SamplingSettings(),
         template=get_template("dialogue", "chat"),
         tokenizer=default_tokenizer,
         progress=False,

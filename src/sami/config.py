@@ -20,7 +20,8 @@ from sami.errors import SamiInputError
 from sami.evaluation.evaluate import EvaluationSettings
 from sami.generation import GenerationSettings
 from sami.models import LoraSettings
-from sami.prompts import REASONING_MAX_NEW_TOKENS, FilterSettings, TemplateSettings
+from sami.prompts import FilterSettings, TemplateSettings
+from sami.sampling import SamplingSettings
 from sami.settings import read_yaml, validate
 
 DEFAULT_CONFIG = "demo.yaml"
@@ -59,34 +60,6 @@ class WriterSettings(_Section):
     model_name: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     retries: int = Field(3, ge=0)
-
-
-class SamplingSettings(_Section):
-    scheme: Literal["uniform", "paper-dialogue", "paper-summarization", "opposite", "diverse"] = Field(
-        "uniform", description="how C constitutions are drawn per query"
-    )
-    n_constitutions: int = Field(2, description="C: constitutions (and responses) per query")
-    max_new_tokens: int = Field(
-        350, ge=1, description="response budget during self-generation (default 350; 800 with reasoning)"
-    )
-    temperature: float = Field(0.0, ge=0.0, description="0 = greedy, as in the paper")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    reasoning: bool = Field(False, description="chain-of-thought data generation (reasoning first, then the response)")
-    chunk_size: int = Field(8, ge=1, description="queries generated and written per chunk")
-
-    @field_validator("n_constitutions")
-    @classmethod
-    def _at_least_two(cls, value: int) -> int:
-        if value < 2:
-            raise ValueError(f"SAMI contrasts at least 2 constitutions, got {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _reasoning_budget(self):
-        # chain-of-thought generation needs room for the reasoning: 800 new tokens unless set explicitly
-        if self.reasoning and "max_new_tokens" not in self.model_fields_set:
-            self.max_new_tokens = REASONING_MAX_NEW_TOKENS
-        return self
 
 
 class DataSettings(_Section):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sami.io import JsonlStore, atomic_write_json, read_jsonl, write_jsonl
 from sami.layout import dropped_path, shard_path, stats_path
-from sami.sampling import generate_samples_from_config, read_stats, sample_stats
+from sami.sampling import generate_samples, policy_generator, read_stats, sample_stats
 
 if TYPE_CHECKING:
     from sami.constitutions import ConstitutionSet
@@ -73,16 +73,14 @@ def generate_samples_distributed(
 ) -> dict[str, Any] | None:
     """Run the self-generation stage of a `RunConfig` across all processes of the current launch.
 
-    Every rank must call this with the same arguments (`seed` as in `generate_samples_from_config`). Returns the
-    merged stats on rank 0 and None elsewhere.
-    With one process and no shards on disk, it is exactly `generate_samples_from_config`.
+    Every rank must call this with the same arguments (`seed` defaults to `config.seed`). Returns the merged
+    stats on rank 0 and None elsewhere. With one process and no shards on disk, it is exactly one
+    `generate_samples` call into `out_path`.
     """
     out_path = Path(out_path)
     state = process_state()
     if state.num_processes == 1 and not shard_paths(out_path):
-        return generate_samples_from_config(
-            config, policy=policy, queries=queries, cset=cset, out_path=out_path, seed=seed, progress=progress
-        )
+        return _generate(config, policy, queries, cset, out_path, seed=seed, progress=progress)
     rank, world = state.process_index, state.num_processes
     if config.generation.backend == "hf" and config.generation.device is None:
         generation = config.generation.model_copy(update={"device": str(state.device)})
@@ -94,15 +92,8 @@ def generate_samples_distributed(
     mine = todo[rank::world]
     start = time.perf_counter()
     if mine:
-        generate_samples_from_config(
-            config,
-            policy=policy,
-            queries=mine,
-            cset=cset,
-            out_path=shard_path(out_path, rank),
-            seed=seed,
-            progress=progress and state.is_main_process,
-        )
+        shard = shard_path(out_path, rank)
+        _generate(config, policy, mine, cset, shard, seed=seed, progress=progress and state.is_main_process)
     seconds = time.perf_counter() - start
     state.wait_for_everyone()
     stats = None
@@ -110,6 +101,17 @@ def generate_samples_distributed(
         stats = merge_shards(out_path, queries, config=config, world=world, seconds=seconds)
     state.wait_for_everyone()
     return stats
+
+
+def _generate(
+    config: Any, policy: str, queries: list[Query], cset: ConstitutionSet, out_path: Path, *, seed: int | None,
+    progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    generator, tokenizer = policy_generator(config, policy)
+    return generate_samples(
+        generator, queries, cset, out_path, config.sampling, template=config.prompts.build(), filters=config.filters,
+        seed=config.seed if seed is None else seed, tokenizer=tokenizer, progress=progress,
+    )  # fmt: skip
 
 
 def merge_shards(

@@ -27,8 +27,9 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -47,6 +48,7 @@ from sami.prompts import (
 )
 
 if TYPE_CHECKING:
+    from sami.config import RunConfig
     from sami.data import Query
     from sami.generation import TextGenerator
 
@@ -58,47 +60,74 @@ def query_rng(seed: int, query_id: str) -> random.Random:
     return random.Random(f"sami:{seed}:{query_id}")
 
 
+class SamplingSettings(BaseModel):
+    """How the self-generation stage draws constitutions and generates (`sampling` in a run config; the flags
+    of `sami generate`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheme: Literal["uniform", "paper-dialogue", "paper-summarization", "opposite", "diverse"] = Field(
+        "uniform", description="how C constitutions are drawn per query"
+    )
+    n_constitutions: int = Field(2, description="C: constitutions (and responses) per query")
+    max_new_tokens: int = Field(
+        350, ge=1, description="response budget during self-generation (350; 800 with reasoning unless set)"
+    )
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy, as in the paper")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    reasoning: bool = Field(False, description="chain-of-thought data generation (reasoning first, then the response)")
+    chunk_size: int = Field(8, ge=1, description="queries generated and written per chunk")
+    dropped_responses: bool = Field(
+        True, description="keep the responses of dropped queries in samples.dropped.jsonl (false: id, reason, labels)"
+    )
+
+    @field_validator("n_constitutions")
+    @classmethod
+    def _at_least_two(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"SAMI contrasts at least 2 constitutions, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _reasoning_budget(self):
+        # chain-of-thought generation needs room for the reasoning: 800 new tokens unless set explicitly
+        if self.reasoning and "max_new_tokens" not in self.model_fields_set:
+            self.max_new_tokens = REASONING_MAX_NEW_TOKENS
+        return self
+
+
 def generate_samples(
     generator: TextGenerator,
     queries: list[Query],
     cset: ConstitutionSet,
     out_path: str | Path,
+    sampling: SamplingSettings,
     *,
     template: PromptTemplate,
     filters: FilterSettings | None = None,
-    scheme: str = "uniform",
-    n_constitutions: int = 2,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
     seed: int = 0,
-    chunk_size: int = 8,
     tokenizer: Any = None,
     mode: str = "train",
-    reasoning: bool = False,
     progress: bool = True,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Self-generate SAMI training examples into `out_path` (resumable); returns the stats dict.
+    """Self-generate SAMI training examples into `out_path` (resumable) as `sampling` says; returns the stats.
 
     `tokenizer` renders chat-style training prompts to strings (default: the generator's tokenizer, if it
-    has one). `filters` defaults to the preset of `template.name`. `max_new_tokens` defaults to 350, or
-    `REASONING_MAX_NEW_TOKENS` (800) with `reasoning`.
+    has one). `filters` defaults to the preset of `template.name`. `mode` is the principle pool drawn from.
 
-    `reasoning` (chain-of-thought data generation): generate with `template.with_reasoning()`, keep only the
-    text after the marker as the response (a query with a completion lacking the marker is dropped as
-    "no_marker"), store the C reasonings in `meta["reasoning"]`, and add `reasoning_filters` to `filters`.
-    The record's `prompts` stay the ordinary training prompts.
+    `sampling.reasoning` (chain-of-thought data generation; also on when `template` already has a marker):
+    generate with `template.with_reasoning()`, keep only the text after the marker as the response (a query
+    with a completion lacking the marker is dropped as "no_marker"), store the C reasonings in
+    `meta["reasoning"]`, and add `reasoning_filters` to `filters`. The record's `prompts` stay the ordinary
+    training prompts.
     """
-    reasoning = reasoning or template.marker is not None
-    if reasoning:
+    if template.marker is not None and not sampling.reasoning:
+        sampling = SamplingSettings.model_validate({**sampling.model_dump(exclude_unset=True), "reasoning": True})
+    if sampling.reasoning:
         template = template.with_reasoning()
-    if max_new_tokens is None:
-        max_new_tokens = REASONING_MAX_NEW_TOKENS if reasoning else 350
-    if chunk_size < 1:
-        raise SamiInputError(f"sampling.chunk_size: must be >= 1, got {chunk_size}")
     filters = filters or FilterSettings.for_task(template.name)
-    if reasoning:
+    if sampling.reasoning:
         filters = reasoning_filters(filters, template.name)
     tokenizer = tokenizer if tokenizer is not None else getattr(generator, "tokenizer", None)
     if template.style == "chat" and tokenizer is None:
@@ -122,7 +151,7 @@ def generate_samples(
         run["seconds"] = round(time.perf_counter() - start, 3)
         stats = sample_stats(
             len(queries), kept.records, dropped.records, previous, run,
-            scheme=scheme, n_constitutions=n_constitutions, seed=seed,
+            scheme=sampling.scheme, n_constitutions=sampling.n_constitutions, seed=seed,
         )  # fmt: skip
         atomic_write_json(stats_path(out_path), stats)
         return stats
@@ -141,26 +170,12 @@ def generate_samples(
     bar.update(task, tps="-")
     try:
         with bar:
-            for i in range(0, len(todo), chunk_size):
-                chunk = todo[i : i + chunk_size]
+            for i in range(0, len(todo), sampling.chunk_size):
+                chunk = todo[i : i + sampling.chunk_size]
                 _generate_chunk(
-                    generator,
-                    chunk,
-                    cset,
-                    kept,
-                    dropped,
-                    template=template,
-                    filters=filters,
-                    scheme=scheme,
-                    n_constitutions=n_constitutions,
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
-                    seed=seed,
-                    tokenizer=tokenizer,
-                    mode=mode,
-                    run=run,
-                )
+                    generator, chunk, cset, kept, dropped, sampling,
+                    template=template, filters=filters, seed=seed, tokenizer=tokenizer, mode=mode, run=run,
+                )  # fmt: skip
                 kept.flush()
                 dropped.flush()
                 stats = write_stats()
@@ -181,29 +196,24 @@ def _generate_chunk(
     cset: ConstitutionSet,
     kept: JsonlStore,
     dropped: JsonlStore,
+    sampling: SamplingSettings,
     *,
     template: PromptTemplate,
     filters: FilterSettings,
-    scheme: str,
-    n_constitutions: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
     seed: int,
     tokenizer: Any,
     mode: str,
     run: dict[str, Any],
 ) -> None:
     """Generate all C responses of a chunk of queries in one generator call, then keep or drop each query."""
-    drawn = [
-        sample_constitutions(cset, scheme, n_constitutions, query_rng(seed, q.id), query=q, mode=mode) for q in chunk
-    ]
+    scheme, n = sampling.scheme, sampling.n_constitutions
+    drawn = [sample_constitutions(cset, scheme, n, query_rng(seed, q.id), query=q, mode=mode) for q in chunk]
     prompts = [template.generation_prompt(c, q.query) for q, cs in zip(chunk, drawn, strict=True) for c in cs]
     completions = generator.generate(
         prompts,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
         stop=template.stop or None,
         seed=seed,
     )
@@ -230,7 +240,8 @@ def _generate_chunk(
         else:
             reason = check_responses(responses, cs, filters, num_tokens=num_tokens, finish_reasons=finish)
         if reason is not None:
-            dropped.add({"id": q.id, "reason": reason, "labels": labels, "responses": responses})
+            record = {"id": q.id, "reason": reason, "labels": labels}
+            dropped.add({**record, "responses": responses} if sampling.dropped_responses else record)
             run["dropped"] += 1
             continue
         kept.add(
@@ -243,7 +254,7 @@ def _generate_chunk(
                 "meta": {
                     **q.meta,
                     "labels": labels,
-                    "scheme": scheme,
+                    "scheme": sampling.scheme,
                     "num_tokens": num_tokens,
                     "finish_reasons": finish,
                     "separators": separators,
@@ -316,22 +327,13 @@ def drop_table(stats: dict[str, Any]) -> Table:
     return table
 
 
-def generate_samples_from_config(
-    config: Any,
-    *,
-    policy: str,
-    queries: list[Query],
-    cset: ConstitutionSet,
-    out_path: str | Path,
-    model: Any = None,
-    tokenizer: Any = None,
-    seed: int | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the stage as a `RunConfig` describes it, generating with `policy` (a model reference).
+def policy_generator(
+    config: RunConfig, policy: str, *, model: Any = None, tokenizer: Any = None
+) -> tuple[TextGenerator, Any]:
+    """The generator a run's self-generation uses with `policy` (a model reference), and the tokenizer that
+    renders its chat-style training prompts (None for base-style prompts when the backend has none).
 
-    `model`/`tokenizer` may be an already loaded policy (hf backend). `seed` defaults to `config.seed`.
-    """
+    `model`/`tokenizer` may be an already loaded policy (hf backend)."""
     from sami.generation import make_generator
     from sami.models import load_tokenizer
 
@@ -343,26 +345,20 @@ def generate_samples_from_config(
         }
     )
     generator = make_generator(settings, model=model, tokenizer=tokenizer)
-    template = config.prompts.build()
-    if template.style == "chat" and tokenizer is None and getattr(generator, "tokenizer", None) is None:
+    tokenizer = tokenizer if tokenizer is not None else getattr(generator, "tokenizer", None)
+    if config.prompts.style == "chat" and tokenizer is None:
         tokenizer = load_tokenizer(str(policy), trust_remote_code=config.model.trust_remote_code)
-    filters = config.filters or FilterSettings.for_task(config.prompts.task)
-    s = config.sampling
+    return generator, tokenizer
+
+
+def generate_samples_from_config(
+    config: RunConfig, *, policy: str, queries: list[Query], cset: ConstitutionSet, out_path: str | Path,
+    seed: int | None = None, progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """TEMPORARY shim, only until main's `Pipeline.generate` calls `policy_generator` + `generate_samples`
+    (pipeline.py is changed at merge); delete it then."""
+    generator, tokenizer = policy_generator(config, policy)
     return generate_samples(
-        generator,
-        queries,
-        cset,
-        out_path,
-        template=template,
-        filters=filters,
-        scheme=s.scheme,
-        n_constitutions=s.n_constitutions,
-        max_new_tokens=s.max_new_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        seed=config.seed if seed is None else seed,
-        chunk_size=s.chunk_size,
-        tokenizer=tokenizer,
-        reasoning=s.reasoning,
-        progress=progress,
-    )
+        generator, queries, cset, out_path, config.sampling, template=config.prompts.build(),
+        filters=config.filters, seed=config.seed if seed is None else seed, tokenizer=tokenizer, progress=progress,
+    )  # fmt: skip
