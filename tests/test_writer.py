@@ -208,3 +208,24 @@ def test_cli_reports_writer_failure_and_shows_files(tmp_path, monkeypatch, capsy
     assert not (tmp_path / "x.json").exists()
     assert main(["principles", "show", "hh_opus"]) == 0
     assert "harmless" in capsys.readouterr().out
+
+
+def test_cli_write_reads_a_settings_file_and_flags_win(tmp_path, monkeypatch, capsys):
+    import sami.generation
+
+    made = []
+
+    def make(settings, **_):
+        made.append(settings)
+        return ScriptedGenerator([GOOD])
+
+    monkeypatch.setattr(sami.generation, "make_generator", make)
+    cfg = tmp_path / "writer.yaml"
+    cfg.write_text("task: summarize posts\nprinciples: [verbose]\nmodel: from-file\n", encoding="utf-8")
+    out = tmp_path / "mine.json"
+    args = ["principles", "write", "--config", str(cfg), "--principle", "concise", "--no-contrast"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert load_constitutions(str(out)).names == ["concise"]
+    assert made[0].model == "from-file" and made[0].backend == "hf"
+    assert main(["principles", "write", "--principle", "concise", "--out", str(out)]) == 2
+    assert "command line: task: required field is missing" in capsys.readouterr().err

@@ -50,16 +50,25 @@ class ModelSettings(_Section):
 
 
 class WriterSettings(_Section):
-    task: str = Field(..., description="what the model is asked to do, e.g. 'summarize Reddit posts'")
+    """Who writes the principles and antitheses (`writer` in a run config; the flags of `sami principles write`)."""
+
+    task: str = Field(..., description="what the aligned model does, e.g. 'summarize Reddit posts'")
     principles: list[str] = Field(
-        ..., min_length=1, description="principle names, optionally 'name: short description'"
+        ...,
+        min_length=1,
+        description="a principle name, optionally with a description: 'concise' or 'comprehensive: covers key "
+        "points' (one per principle)",
     )
-    model: str = Field("default", description="instruction-tuned model that writes the principles")
-    backend: Literal["hf", "openai"] = "hf"
-    base_url: str | None = None
-    model_name: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    retries: int = Field(3, ge=0)
+    model: str = Field("default", description="writer model: 'default', a folder, a GGUF or a hub id")
+    backend: Literal["hf", "openai"] = Field(
+        "hf", description="hf: a local model; openai: a server (implied by base_url)"
+    )
+    base_url: str | None = Field(
+        None, description="use an OpenAI-compatible server at this URL instead of a local model"
+    )
+    model_name: str | None = Field(None, description="model name on the server (default: the first it lists)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the server's API key")
+    retries: int = Field(3, ge=0, description="extra attempts per principle on a bad answer")
 
 
 class DataSettings(_Section):

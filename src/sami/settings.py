@@ -195,6 +195,8 @@ def add_settings_arguments(
             options["type"] = arg
         else:
             options["type"] = arg
+        if what in ("list", "value"):
+            options["metavar"] = names[0].lstrip("-").upper().replace("-", "_")
         parser.add_argument(*names, **options)
 
 

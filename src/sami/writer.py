@@ -26,10 +26,13 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sami.constitutions import ConstitutionSet, Principle
 from sami.errors import SamiInputError
+
+if TYPE_CHECKING:
+    from sami.config import WriterSettings
 
 log = logging.getLogger(__name__)
 
@@ -261,23 +264,22 @@ def write_principles(
     )
 
 
-def write_constitutions_from_settings(settings: Any, *, seed: int = 0, task_type: str | None = None):
-    """Run the writer from a `WriterSettings`-like object (task, principles, model, backend, base_url,
-    model_name, api_key_env, retries)."""
+def write_constitutions_from_settings(
+    settings: WriterSettings, *, seed: int = 0, task_type: str | None = None
+) -> ConstitutionSet:
+    """Run the writer as `settings` says (the model or server writing, the task, the principles)."""
     from sami.generation import GenerationSettings, make_generator
 
-    backend = getattr(settings, "backend", "hf")
-    if getattr(settings, "base_url", None):
-        backend = "openai"
+    backend = "openai" if settings.base_url else settings.backend
     gen_settings = GenerationSettings(
         backend=backend,
         model=settings.model,
-        base_url=getattr(settings, "base_url", None),
-        model_name=getattr(settings, "model_name", None),
-        api_key_env=getattr(settings, "api_key_env", "OPENAI_API_KEY"),
+        base_url=settings.base_url,
+        model_name=settings.model_name,
+        api_key_env=settings.api_key_env,
         seed=seed,
     )
-    check_requests(settings.task, list(settings.principles), getattr(settings, "retries", 3))
+    check_requests(settings.task, list(settings.principles), settings.retries)
     generator = make_generator(gen_settings)
     label = (gen_settings.model_name or "the server's model") if backend == "openai" else gen_settings.model
     if backend != "openai" and label == "default":
@@ -288,7 +290,7 @@ def write_constitutions_from_settings(settings: Any, *, seed: int = 0, task_type
         generator,
         settings.task,
         list(settings.principles),
-        retries=getattr(settings, "retries", 3),
+        retries=settings.retries,
         seed=seed,
         task_type=task_type,
         writer=label,

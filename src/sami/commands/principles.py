@@ -6,28 +6,19 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sami.config import WriterSettings
+    from sami.settings import add_settings_arguments
+
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     w = sub.add_parser("write", help="an instruction-tuned model writes each principle and its antithesis")
-    w.add_argument("--task", required=True, help="what the aligned model does, e.g. 'summarize Reddit posts'")
-    w.add_argument(
-        "--principle",
-        action="append",
-        required=True,
-        metavar="SPEC",
-        help="a principle name, optionally with a description: 'concise' or 'comprehensive: covers key points' "
-        "(repeat for each principle)",
-    )
     w.add_argument("--out", required=True, help="constitution file to write (.json, .yaml or .yml)")
     w.add_argument(
         "--task-type",
         choices=["dialogue", "summarization"],
         help="the constitution's task (default: summarization if the task mentions summaries, else dialogue)",
     )
-    w.add_argument("--model", default="default", help="writer model: 'default', a folder, a GGUF or a hub id")
-    w.add_argument("--base-url", help="use an OpenAI-compatible server at this URL instead of a local model")
-    w.add_argument("--model-name", help="model name on the server (default: the first it lists)")
-    w.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the server's API key")
-    w.add_argument("--retries", type=int, default=3, help="extra attempts per principle on a bad answer (default 3)")
+    w.add_argument("--config", metavar="FILE", help="a YAML file of writer settings (the flags win)")
+    add_settings_arguments(w, WriterSettings, key="writer", flags={"principles": ["--principle"]})
     w.add_argument("--seed", type=int, default=0, help="seed of the sampled retries (default 0)")
     w.add_argument(
         "--no-contrast",
@@ -74,18 +65,11 @@ def run(args: argparse.Namespace) -> int:
         print_table(cset, f"{args.constitutions} (task: {cset.task}; writer: {cset.writer})")
         return 0
 
+    from sami.config import WriterSettings
+    from sami.settings import load_settings, settings_overrides
     from sami.writer import write_constitutions_from_settings
 
-    settings = argparse.Namespace(
-        task=args.task,
-        principles=args.principle,
-        model=args.model,
-        backend="openai" if args.base_url else "hf",
-        base_url=args.base_url,
-        model_name=args.model_name,
-        api_key_env=args.api_key_env,
-        retries=args.retries,
-    )
+    settings = load_settings(WriterSettings, args.config, settings_overrides(args, "writer"), source="command line")
     cset = write_constitutions_from_settings(settings, seed=args.seed, task_type=args.task_type)
     path = cset.save(args.out)
     print_table(cset, f"{path} (task: {cset.task}; writer: {cset.writer})")
