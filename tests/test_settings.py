@@ -106,3 +106,31 @@ def test_merge_is_deep_and_pure():
     base = {"a": 1, "inner": {"kind": "a", "both_orders": False}}
     assert merge(base, {"inner": {"kind": "b"}}) == {"a": 1, "inner": {"kind": "b", "both_orders": False}}
     assert base["inner"]["kind"] == "a"
+
+
+def test_sami_evaluate_builds_its_settings_from_file_and_flags(tmp_path):
+    from sami.cli import build_parser
+    from sami.commands.evaluate import build_settings
+    from sami.evaluation.evaluate import BaselineSettings
+
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text("max_new_tokens: 20\nbaselines: {sft: some/model}\njudge: {max_tokens: 8, seed: 5}\n")
+    argv = ["evaluate", "--model", "m", "--out", str(tmp_path / "o"), "--config", str(cfg), "--seed", "3"]
+    argv += ["--judge", "api", "--judge-base-url", "http://127.0.0.1:1/v1", "--both-orders", "--no-intrinsic"]
+    argv += ["--baseline-style", "sft=chat", "--limit", "4"]
+    s = build_settings(build_parser(argv).parse_args(argv))
+    assert (s.max_new_tokens, s.limit, s.seed, s.intrinsic) == (20, 4, 3, False)
+    assert (s.judge.kind, s.judge.base_url, s.judge.both_orders, s.judge.max_tokens) == (
+        "api", "http://127.0.0.1:1/v1", True, 8,
+    )  # fmt: skip
+    assert s.judge.seed == 5  # the file's judge seed stays; without one the judge follows --seed
+    assert s.baselines == {"sft": BaselineSettings(model="some/model", style="chat")}
+
+    plain = ["evaluate", "--model", "m", "--out", "o", "--seed", "3", "--baseline", "a=x", "--baseline", "b=y"]
+    s = build_settings(build_parser(plain).parse_args(plain))
+    assert s.judge.seed == 3 and list(s.baselines) == ["a", "b"]
+    bare = ["evaluate", "--model", "m", "--out", "o"]
+    assert build_settings(build_parser(bare).parse_args(bare)).baselines == {"base": BaselineSettings()}
+    bad = [*bare, "--judge-tie-band", "0.7"]
+    with pytest.raises(SamiInputError, match=r"^command line: judge\.tie_band: "):
+        build_settings(build_parser(bad).parse_args(bad))
