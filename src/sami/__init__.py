@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "sami_loss": "sami.loss",
-    "SAMILoss": "sami.loss",
+    "SAMILossOutput": "sami.loss",
     "paper_mutual_information": "sami.loss",
     "logprob_matrix": "sami.logprobs",
     "batched_logprob_matrices": "sami.logprobs",

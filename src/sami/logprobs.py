@@ -28,7 +28,6 @@ log-softmax run in chunks that keep no full-vocabulary logits (`sami.lm_head`). 
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from sami.lm_head import (
     run_chunked_head,
     supports_chunked_head,
 )
+from sami.models import accepts_logits_to_keep
 from sami.tokens import encode_prompts, encode_responses, eos_flags, resolve_eos
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ def _check_model(base) -> bool:
             f"prefix-shared log-probs need a 4D attention mask: load the model with attn_implementation='sdpa', "
             f"'eager' or 'flex_attention' (it uses {impl!r})"
         )
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return accepts_logits_to_keep(base)
 
 
 def packed_logprobs(

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 
 @dataclass
-class SAMILoss:
+class SAMILossOutput:
     """Result of `sami_loss`: the scalar loss plus its parts (all averaged over the batch)."""
 
     loss: torch.Tensor  # (row + col) / 2, differentiable
@@ -20,7 +20,7 @@ class SAMILoss:
     mi_bound: torch.Tensor  # log C - loss: the InfoNCE lower bound on I(Y; C | X)
 
 
-def sami_loss(logprobs: torch.Tensor) -> SAMILoss:
+def sami_loss(logprobs: torch.Tensor) -> SAMILossOutput:
     """Symmetric InfoNCE over a `[C, C]` or `[B, C, C]` log-prob matrix.
 
     `logprobs[b, i, j] = log π(y_j | x_b, c_i)`: row i is the conditioning constitution, column j the response
@@ -42,7 +42,7 @@ def sami_loss(logprobs: torch.Tensor) -> SAMILoss:
     loss = (loss_row + loss_col) / 2
     with torch.no_grad():
         accuracy = torch.cat([rows.argmax(-1) == targets, cols.argmax(-1) == targets]).float().mean()
-    return SAMILoss(
+    return SAMILossOutput(
         loss=loss,
         loss_row=loss_row.detach(),
         loss_col=loss_col.detach(),

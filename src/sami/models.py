@@ -202,3 +202,27 @@ def apply_lora(model, lora: LoraSettings | dict):
         **lora.extra,
     )
     return get_peft_model(model, config)
+
+
+# ---- calling a loaded causal LM ------------------------------------------------------------------------
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (compute the LM head on the last positions only).
+    `model`: the plain transformers model (`sami.logprobs.unwrap_model` strips DDP and peft wrappers)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def left_pad(sequences: list[list[int]], pad_id: int):
+    """Token id lists as `(input_ids, attention_mask)` long tensors, padded on the left, so the last column is
+    every sequence's last token (batched next-token prediction and generation)."""
+    import torch
+
+    width = max((len(x) for x in sequences), default=0)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, x in enumerate(sequences):
+        if x:
+            input_ids[row, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+            mask[row, width - len(x) :] = 1
+    return input_ids, mask

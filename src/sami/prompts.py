@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sami.errors import SamiInputError
+from sami.generation.base import cut_at_stop
 from sami.settings import describe_validation_error
 
 if TYPE_CHECKING:
@@ -287,12 +288,7 @@ class PromptTemplate:
 
         An empty result stays empty (so the "empty" filter drops it) rather than becoming the bare prefix.
         """
-        cut = len(text)
-        for s in self.stop:
-            i = text.find(s)
-            if i != -1:
-                cut = min(cut, i)
-        text = text[:cut].strip()
+        text = cut_at_stop(text, self.stop)[0].strip()
         if self.response_prefix and text and not text.startswith(self.response_prefix):
             sep = "" if text[0] in "',.:;!?" else " "
             text = f"{self.response_prefix}{sep}{text}"

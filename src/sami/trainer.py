@@ -295,9 +295,9 @@ class SAMITrainer(Trainer):
         self.num_tokens = 0
         self.num_truncated_prompts = 0
         self.ref_model = ref_model
-        if args.beta > 0 and ref_model is None and not _is_peft(unwrap_peft_free(self.model)):
+        if args.beta > 0 and ref_model is None and not _is_peft(unwrap_data_parallel(self.model)):
             # Full fine-tuning: freeze a copy of the starting model (under LoRA, adapters are switched off instead).
-            self.ref_model = copy.deepcopy(unwrap_peft_free(self.model)).eval().requires_grad_(False)
+            self.ref_model = copy.deepcopy(unwrap_data_parallel(self.model)).eval().requires_grad_(False)
         if self.ref_model is not None:
             self.ref_model.to(self.args.device)
 
@@ -307,7 +307,7 @@ class SAMITrainer(Trainer):
             if self.ref_model is not None:
                 _, logits = packed_logprobs(self.ref_model, inputs, return_logits=True)
             else:
-                peft_model = unwrap_peft_free(model)
+                peft_model = unwrap_data_parallel(model)
                 with peft_model.disable_adapter():
                     _, logits = packed_logprobs(peft_model, inputs, return_logits=True)
         return logits
@@ -317,7 +317,7 @@ class SAMITrainer(Trainer):
         off, the head is the policy's own and is used inside the policy's forward."""
         if self.ref_model is not None:
             return reference_states(self.ref_model, inputs)
-        peft_model = unwrap_peft_free(model)
+        peft_model = unwrap_data_parallel(model)
         with peft_model.disable_adapter():
             return reference_states(peft_model, inputs, shares_head=True)
 
@@ -435,8 +435,9 @@ class _NoFinalCheckpoint(TrainerCallback):
         return control
 
 
-def unwrap_peft_free(model):
-    """Strip DDP/DataParallel wrappers only (keep a peft wrapper)."""
+def unwrap_data_parallel(model):
+    """The model inside DDP/DataParallel wrappers; a peft wrapper is kept (`sami.logprobs.unwrap_model` strips
+    that too)."""
     while isinstance(model, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel):
         model = model.module
     return model
@@ -450,7 +451,7 @@ def export_checkpoint(model, tokenizer, output_dir: str | os.PathLike, *, merge_
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = unwrap_peft_free(model)
+    model = unwrap_data_parallel(model)
     if _is_peft(model) and merge_lora:
         model = model.merge_and_unload()
     model.save_pretrained(output_dir)

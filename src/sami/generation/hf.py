@@ -14,6 +14,10 @@ import os
 import secrets
 from typing import Any
 
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
 from sami.errors import SamiInputError
 from sami.generation.base import (
     Completion,
@@ -23,6 +27,9 @@ from sami.generation.base import (
     cut_at_stop,
     prompt_seeds,
 )
+from sami.lm_head import accumulation_dtype
+from sami.models import accepts_logits_to_keep, left_pad, load_model, load_tokenizer
+from sami.prompts import render_prompt
 from sami.tokens import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -67,7 +74,7 @@ class HFGenerator:
         self._net = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = inspect.signature(self._net.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._keep_arg = "logits_to_keep" in params
+        self._keep_arg = accepts_logits_to_keep(self._net)
         probe = self._new_cache(1)  # prefix sharing and prefill in parts need this module's cache layers
         self._own_cache = probe is not None and all(hasattr(layer, "join_rows") for layer in probe.layers)
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -78,10 +85,6 @@ class HFGenerator:
     @classmethod
     def from_settings(cls, settings: GenerationSettings, *, model: Any = None, tokenizer: Any = None) -> HFGenerator:
         """Use a loaded `model` + `tokenizer`, or load `model` (a reference; default `settings.model`)."""
-        import torch
-
-        from sami.models import load_model, load_tokenizer
-
         if settings.num_threads:
             torch.set_num_threads(settings.num_threads)
         if model is None or isinstance(model, str | os.PathLike):
@@ -105,11 +108,7 @@ class HFGenerator:
     # ---- prompts -------------------------------------------------------------------------------------
     def prompt_text(self, prompt: Prompt) -> str:
         """The model's input text: a string as it is, chat messages through the chat template."""
-        if isinstance(prompt, str):
-            return prompt
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise SamiInputError("chat messages need a tokenizer with a chat template; use plain-text prompts")
-        return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return render_prompt(prompt, self.tokenizer)
 
     def encode(self, prompt: Prompt, text: str | None = None) -> list[int]:
         """Token ids of a prompt: a string as scoring encodes it (`sami.tokens.encode_prompts`: the tokenizer's
@@ -134,8 +133,6 @@ class HFGenerator:
     ) -> list[Completion]:
         """Generate one completion per prompt. `min_new_tokens` forbids EOS and stop strings before that
         many tokens (used by benchmarks to force a fixed length)."""
-        import torch
-
         check_request(prompts, max_new_tokens, temperature, top_p)
         if not prompts:
             return []
@@ -175,14 +172,11 @@ class HFGenerator:
     def _new_cache(self, capacity: int):
         """A KV cache whose full-attention layers are allocated once for `capacity` tokens (None: the model's own)."""
         try:
-            from transformers import DynamicCache
-            from transformers.cache_utils import DynamicLayer
-
             cache = DynamicCache(config=self._net.config)
-        except Exception:  # an older transformers or an unusual config: let the model build its cache
+        except Exception:  # an unusual config: let the model build its cache
             return None
         if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-            cache.layers = [_PreallocatedLayer(capacity) for _ in cache.layers]
+            cache.layers = [PreallocatedLayer(capacity) for _ in cache.layers]
         return cache
 
     def _forward(self, input_ids, attention_mask, position_ids, cache):
@@ -212,8 +206,6 @@ class HFGenerator:
         copied to every row. The rest runs `prefill_batch_size` rows at a time; the rows' caches are then
         joined into one. Both need this module's preallocated cache; without it, one plain forward.
         """
-        import torch
-
         n, rows = len(input_ids), self.prefill_batch_size
         if not self._own_cache:
             return self._forward(input_ids, attention_mask, position_ids, self._new_cache(capacity))
@@ -248,20 +240,11 @@ class HFGenerator:
         stop: list[str],
         min_new_tokens: int,
     ) -> list[Completion]:
-        import torch
-
-        from sami.lm_head import accumulation_dtype
-
         device = self._net.device
         n = len(batch_ids)
         shared = self._shared_prefix(batch_ids)
-        rest = [x[shared:] for x in batch_ids]
-        width = max(len(x) for x in rest)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for r, x in enumerate(rest):
-            input_ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-            mask[r, width - len(x) :] = 1
+        input_ids, mask = left_pad([x[shared:] for x in batch_ids], self.pad_id)
+        width = input_ids.shape[1]
         # Positions count real tokens only, so a left-padded prompt sees the same positions as an unpadded one
         # (with a shared prefix, the padding sits between the prefix and each prompt's own tokens).
         positions = (mask.cumsum(-1) - 1).clamp(min=0) + shared
@@ -352,8 +335,6 @@ class HFGenerator:
     @staticmethod
     def _pick(logits, temperature: float, top_p: float, generators):
         """Next token per row: argmax when greedy, else a draw from each row's own generator."""
-        import torch
-
         if temperature <= 0:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits / temperature, dim=-1)
@@ -368,83 +349,67 @@ class HFGenerator:
         return torch.cat(picks).to(logits.device)
 
 
-def _preallocated_layer_class():
-    import torch
-    from transformers.cache_utils import DynamicLayer
+class PreallocatedLayer(DynamicLayer):
+    """A `DynamicLayer` that writes new keys/values into storage allocated once for `capacity` tokens.
 
-    class PreallocatedLayer(DynamicLayer):
-        """A `DynamicLayer` that writes new keys/values into storage allocated once for `capacity` tokens.
+    The stock layer concatenates the whole cache with each new token, copying it at every decoding step;
+    here `keys`/`values` are views of the filled part of the storage. It grows (by copying) only if a
+    sequence outgrows `capacity`.
+    """
 
-        The stock layer concatenates the whole cache with each new token, copying it at every decoding step;
-        here `keys`/`values` are views of the filled part of the storage. It grows (by copying) only if a
-        sequence outgrows `capacity`.
-        """
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+        self._k = self._v = None
 
-        def __init__(self, capacity: int):
-            super().__init__()
-            self.capacity = capacity
-            self.length = 0
-            self._k = self._v = None
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, end = self.length, self.length + key_states.shape[-2]
+        if self._k is None or end > self._k.shape[-2]:
+            size = max(end, self.capacity)
+            k = key_states.new_empty((*key_states.shape[:2], size, key_states.shape[-1]))
+            v = value_states.new_empty((*value_states.shape[:2], size, value_states.shape[-1]))
+            if start:
+                k[:, :, :start] = self._k[:, :, :start]
+                v[:, :, :start] = self._v[:, :, :start]
+            self._k, self._v = k, v
+        self._k[:, :, start:end] = key_states
+        self._v[:, :, start:end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
 
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            start, end = self.length, self.length + key_states.shape[-2]
-            if self._k is None or end > self._k.shape[-2]:
-                size = max(end, self.capacity)
-                k = key_states.new_empty((*key_states.shape[:2], size, key_states.shape[-1]))
-                v = value_states.new_empty((*value_states.shape[:2], size, value_states.shape[-1]))
-                if start:
-                    k[:, :, :start] = self._k[:, :, :start]
-                    v[:, :, :start] = self._v[:, :, :start]
-                self._k, self._v = k, v
-            self._k[:, :, start:end] = key_states
-            self._v[:, :, start:end] = value_states
-            self.length = end
-            self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
-            return self.keys, self.values
-
-        def batch_select_indices(self, indices) -> None:
-            if self._k is not None:
-                self._k, self._v = self._k[indices], self._v[indices]
-                self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
-
-        def repeated(self, rows: int):
-            """A new layer holding this layer's single row copied `rows` times (a prefix shared by a batch)."""
-            if self._k is None or self._k.shape[0] != 1:
-                raise ValueError("only a one-row cache can be repeated")
-            layer = PreallocatedLayer(self.capacity)
-            layer.lazy_initialization(self.keys, self.values)
-            layer._k, layer._v = self._k.repeat(rows, 1, 1, 1), self._v.repeat(rows, 1, 1, 1)
-            layer.length = self.length
-            layer.keys, layer.values = layer._k[:, :, : self.length], layer._v[:, :, : self.length]
-            return layer
-
-        def join_rows(self, others: list) -> None:
-            """Append the rows of other layers filled to the same length (a batch prefilled in parts)."""
-            if any(o.length != self.length for o in others):
-                raise ValueError("only caches of the same length can be joined")
-            self._k = torch.cat([self._k, *(o._k for o in others)])
-            self._v = torch.cat([self._v, *(o._v for o in others)])
+    def batch_select_indices(self, indices) -> None:
+        if self._k is not None:
+            self._k, self._v = self._k[indices], self._v[indices]
             self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
 
-        def crop(self, tokens_to_remove: int) -> None:
-            raise NotImplementedError("this cache only grows")
+    def repeated(self, rows: int):
+        """A new layer holding this layer's single row copied `rows` times (a prefix shared by a batch)."""
+        if self._k is None or self._k.shape[0] != 1:
+            raise ValueError("only a one-row cache can be repeated")
+        layer = PreallocatedLayer(self.capacity)
+        layer.lazy_initialization(self.keys, self.values)
+        layer._k, layer._v = self._k.repeat(rows, 1, 1, 1), self._v.repeat(rows, 1, 1, 1)
+        layer.length = self.length
+        layer.keys, layer.values = layer._k[:, :, : self.length], layer._v[:, :, : self.length]
+        return layer
 
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            raise NotImplementedError("this cache does not repeat rows")
+    def join_rows(self, others: list) -> None:
+        """Append the rows of other layers filled to the same length (a batch prefilled in parts)."""
+        if any(o.length != self.length for o in others):
+            raise ValueError("only caches of the same length can be joined")
+        self._k = torch.cat([self._k, *(o._k for o in others)])
+        self._v = torch.cat([self._v, *(o._v for o in others)])
+        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
 
-    return PreallocatedLayer
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("this cache only grows")
 
-
-def _PreallocatedLayer(capacity: int):  # noqa: N802 - builds the class lazily, so importing this module needs no torch
-    global _PREALLOCATED
-    if _PREALLOCATED is None:
-        _PREALLOCATED = _preallocated_layer_class()
-    return _PREALLOCATED(capacity)
-
-
-_PREALLOCATED = None
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("this cache does not repeat rows")
 
 
 def _device_type(model: Any) -> str:
