@@ -47,6 +47,11 @@ class EvalLayout:
     def contrast_responses(self) -> Path:
         return self.root / "contrast_responses.jsonl"
 
+    @property
+    def scores(self) -> Path:
+        """The intrinsic scores of the responses (per query), written by the responses step for the metrics step."""
+        return self.root / "scores.json"
+
     def judgments(self, baseline: str) -> Path:
         return self.root / f"judgments-{baseline}.jsonl"
 
