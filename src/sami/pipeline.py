@@ -101,9 +101,9 @@ def train_queries(config: RunConfig, t: int) -> list[Query]:
     ]
 
 
-# Evaluation fields that do not change the evaluated responses: the judge (its own stage) and how often files are
-# written.
-NOT_IN_RESPONSES = ("judge", "chunk_size")
+# Evaluation fields that do not change the evaluated responses: the judge (its own stage), whether a foreign judge's
+# file is judged again (the pipeline always does) and how often files are written.
+NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size")
 
 
 def stage_keys(config: RunConfig) -> dict[str, StageKey]:
@@ -340,10 +340,10 @@ class Pipeline:
             "baselines": baselines,
             "baseline_responses": self.base_responses() if "base" in baselines else {},
             "trust_remote_code": config.model.trust_remote_code,
-            "contrast": contrast,
             "console": self.console,
         }
         settings = run_settings(config)
+        common["contrast"] = contrast and settings.contrast
         name = f"{prefix}/responses"
         status = self._stage(name)
         if status:
@@ -354,7 +354,7 @@ class Pipeline:
                 prepare()
             run_evaluation(settings, model_ref, files.root, steps=("responses",), **common)
             written = [files.responses, files.mi_responses, files.antithesis_responses, files.contrast_responses]
-            written.append(files.root / "scores.json")
+            written.append(files.scores)
             self.manifest.finish(name, [p for p in written if p.exists()])
         if baselines and self._stage(f"{prefix}/judgments"):
             # rejudge: a judgments file of another judge is moved aside and judged again, never mixed
