@@ -121,10 +121,13 @@ class Manifest:
                 raise SamiInputError(f"{self.path}: invalid JSON ({e.msg})") from None
             if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
                 raise SamiInputError(f"{self.path}: not a manifest (no 'stages' mapping)")
-            if data.get("version") != MANIFEST_VERSION:
+            upgrade = data.get("version") != MANIFEST_VERSION
+            if upgrade:
                 data = self._upgrade(data, config_hash, run_dir)
             data["config_hash"] = config_hash  # for information: the config of the latest run into the folder
             self.data = data
+            if upgrade:
+                self._save()
         else:
             self.data = {"version": MANIFEST_VERSION, "config_hash": config_hash, "created_at": _now(), "stages": {}}
             self._save()
