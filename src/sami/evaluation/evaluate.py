@@ -592,8 +592,9 @@ def judgments_step(
     skipped."""
     by_id = {str(r["id"]): r for r in JsonlStore(ev.files.responses).records}
     judge_obj = None
+    identity = ev.settings.judge.identity()
     for name in ev.baselines:
-        store = JsonlStore(ev.files.judgments(name))
+        store = _judgments_store(ev.files, name, identity, rejudge=rejudge)
         pending = [
             q for q in ev.queries if q.id not in store and f"model:{q.id}" in by_id and f"{name}:{q.id}" in by_id
         ]
@@ -625,6 +626,37 @@ def judgments_step(
         judge_obj.close()
 
 
+def judge_hash(identity: dict) -> str:
+    """8 hex digits naming a judge identity (the suffix of a judgments file kept aside)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:8]
+
+
+def _judgments_store(files: EvalLayout, baseline: str, identity: dict, *, rejudge: bool) -> JsonlStore:
+    """The judgments file of `baseline`, holding only verdicts of the judge `identity`. A file written by another
+    judge is moved aside (`rejudge`) or refused: verdicts of two judges never mix, and none is deleted."""
+    path = files.judgments(baseline)
+    store = JsonlStore(path)
+    foreign = [r.get("judge") for r in store.records if r.get("judge") != identity]
+    if not foreign:
+        return store
+    other = foreign[0] if isinstance(foreign[0], dict) else {}
+    aside = files.judgments_aside(baseline, judge_hash(other))
+    if not rejudge:
+        who = f"{other.get('kind', '?')}/{other.get('model') or other.get('model_name') or '?'}"
+        raise SamiInputError(
+            f"{path}: judged by another judge ({who}); pass --rejudge to judge again (the old verdicts are kept as "
+            f"{aside.name})"
+        )
+    if aside.exists():
+        raise SamiInputError(f"{aside}: already exists; move it away before judging {baseline} again")
+    path.rename(aside)
+    log.warning("%s: judged by another judge; its verdicts are kept as %s, judging again", path, aside.name)
+    return JsonlStore(path)
+
+
 def metrics_step(ev: _Evaluation) -> dict:
     """`metrics.json` from the evaluation's files alone (scores.json, the response and judgment files)."""
     from sami.evaluation.metrics import aggregate_scores
@@ -647,11 +679,17 @@ def metrics_step(ev: _Evaluation) -> dict:
             scores=scores.get("contrast") or {},
         )  # fmt: skip
     win_rates: dict[str, dict] = {}
+    judges: list[dict] = []
     for name in ev.baselines:
         path = ev.files.judgments(name)
         if path.is_file():
             records = [r for r in read_jsonl(path) if str(r["id"]) in ids]
             win_rates[name] = summarize(records, seed=settings.seed)
+            for record in records:
+                if record.get("judge") not in judges:
+                    judges.append(record.get("judge"))
+    if len(judges) > 1:
+        raise SamiInputError(f"{ev.files.root}: the judgments were given by {len(judges)} different judges")
     metrics = {
         "model": ev.label,
         "model_ref": ev.model_ref,
@@ -664,7 +702,7 @@ def metrics_step(ev: _Evaluation) -> dict:
         "accuracy": intrinsic.get("accuracy"),
         "mean_length": intrinsic.get("mean_length") or {},
         "win_rates": win_rates,
-        "judge": settings.judge.model_dump(mode="json") if win_rates else None,
+        "judge": judges[0] if judges else None,
         "adherence": adherence_metrics,
         "contrast": contrast_,
     }
