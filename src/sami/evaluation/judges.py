@@ -146,8 +146,11 @@ class PairItem:
     constitution: object  # sami.constitutions.Constitution (the positive one)
     model_response: str
     baseline_response: str
-    model_length: int = 0
+    model_length: int = 0  # characters (AlpacaEval's unit; the length-controlled win rate reads these)
     baseline_length: int = 0
+    model_length_tokens: int | None = None  # tokens of the evaluated model's tokenizer
+    baseline_length_tokens: int | None = None
+    subset: str = "all"  # the query's subset (e.g. "helpful" / "harmless")
 
 
 @dataclass
@@ -324,8 +327,11 @@ class PairwiseJudge(ABC):
             "model": model,
             "baseline": baseline,
             "win": win,
+            "subset": item.subset,
             "model_length": int(item.model_length),
             "baseline_length": int(item.baseline_length),
+            "model_length_tokens": item.model_length_tokens,
+            "baseline_length_tokens": item.baseline_length_tokens,
             "order": order,
             "status": status,
             "judge_text": text,
