@@ -64,8 +64,14 @@ def test_metrics_step_reads_files_only(evaluated, monkeypatch, tiny_model, defau
     mi = [v["mi"] for v in scores.values()]
     assert metrics["mi"] == pytest.approx(sum(mi) / 3) and metrics["n_queries"] == 3
     records = [json.loads(line) for line in (out / "mi_responses.jsonl").read_text().splitlines()]
-    expected = aggregate_scores(scores, {r["id"]: r["constitutions"] for r in records})
+    expected = aggregate_scores(scores, records)
     assert metrics["mean_length"] == expected["mean_length"] and metrics["mi_bound"] == expected["mi_bound"]
+    assert metrics["mean_length_tokens"] == expected["mean_length_tokens"]
+    pos_chars = [len(r["responses"][0]) for r in records]
+    assert metrics["mean_length"]["positive"] == pytest.approx(sum(pos_chars) / 3)  # characters
+    assert metrics["mean_length_tokens"]["positive"] == pytest.approx(
+        sum(scores[r["id"]]["lengths"][0] for r in records) / 3
+    )
     assert metrics["win_rates"] == {}  # not judged yet: no judgments file
 
 

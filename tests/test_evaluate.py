@@ -129,7 +129,9 @@ def test_precomputed_baseline_responses_are_used(tmp_path, tiny_model, default_t
     judged = read_jsonl(tmp_path / "judgments-base.jsonl")
     assert [r["id"] for r in judged] == [q.id for q in queries]
     lengths = [len(default_tokenizer(given[q.id], add_special_tokens=False).input_ids) for q in queries]
-    assert [r["baseline_length"] for r in judged] == lengths  # policy-tokenizer tokens
+    assert [r["baseline_length_tokens"] for r in judged] == lengths  # policy-tokenizer tokens
+    assert [r["baseline_length"] for r in judged] == [len(given[q.id]) for q in queries]  # characters
+    assert all(r["subset"] == "harmless" for r in judged)
     assert metrics["win_rates"]["base"]["n"] == 3 and metrics["mi"] is None
 
 

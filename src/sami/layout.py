@@ -20,8 +20,11 @@ Modules ask a layout for a path instead of joining names themselves, so the layo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+_ASIDE = re.compile(r"\.[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,14 @@ class EvalLayout:
     def judgments(self, baseline: str) -> Path:
         return self.root / f"judgments-{baseline}.jsonl"
 
+    def judgments_aside(self, baseline: str, judge_hash: str) -> Path:
+        """Where the verdicts of another judge are kept when the baseline is judged again (`judge_hash`: 8 hex
+        digits of that judge's identity)."""
+        return self.root / f"judgments-{baseline}.{judge_hash}.jsonl"
+
     def judgment_files(self) -> list[Path]:
-        return sorted(self.root.glob("judgments-*.jsonl"))
+        """The current judgments files, one per baseline (not the ones kept aside after a rejudge)."""
+        return sorted(p for p in self.root.glob("judgments-*.jsonl") if not _ASIDE.search(p.stem))
 
     @property
     def metrics(self) -> Path:

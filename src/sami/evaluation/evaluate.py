@@ -146,8 +146,11 @@ def _template(task: str, style: str, template=None):
     return get_template(task, style)
 
 
-def _token_length(tokenizer, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
+def _tokens(tokenizer, text: str) -> int:
+    """Length of one response in tokens (`sami.evaluation.metrics.response_lengths`)."""
+    from sami.evaluation.metrics import response_lengths
+
+    return response_lengths(tokenizer, [text])[0]
 
 
 def _free() -> None:
@@ -256,6 +259,8 @@ def _generate_side(
 
 # ---- the stage -----------------------------------------------------------------------------------------
 STEPS = ("responses", "judgments", "metrics")
+# The keys of each entry of metrics.json's `subsets` (what sami.report.summary.subset_entry reads).
+SUBSET_KEYS = ("n_queries", "mi", "mi_sem", "mi_bound", "mean_length", "mean_length_tokens", "win_rates", "adherence")
 
 
 @dataclass
@@ -564,7 +569,7 @@ def _baseline_responses(ev, responses, baseline_responses, gen_settings, progres
                         "query": q.query,
                         "constitution": positive[q.id].to_dict(),
                         "response": given[q.id],
-                        "num_tokens": _token_length(ev.get_tokenizer(), given[q.id]),
+                        "num_tokens": _tokens(ev.get_tokenizer(), given[q.id]),
                     }
                 )
         responses.flush()
@@ -592,8 +597,9 @@ def judgments_step(
     skipped."""
     by_id = {str(r["id"]): r for r in JsonlStore(ev.files.responses).records}
     judge_obj = None
+    identity = ev.settings.judge.identity()
     for name in ev.baselines:
-        store = JsonlStore(ev.files.judgments(name))
+        store = _judgments_store(ev.files, name, identity, rejudge=rejudge)
         pending = [
             q for q in ev.queries if q.id not in store and f"model:{q.id}" in by_id and f"{name}:{q.id}" in by_id
         ]
@@ -612,8 +618,11 @@ def judgments_step(
                         constitution=ev.positive[q.id],
                         model_response=mine,
                         baseline_response=theirs,
-                        model_length=_token_length(ev.get_tokenizer(), mine),
-                        baseline_length=_token_length(ev.get_tokenizer(), theirs),
+                        model_length=len(mine),
+                        baseline_length=len(theirs),
+                        model_length_tokens=_tokens(ev.get_tokenizer(), mine),
+                        baseline_length_tokens=_tokens(ev.get_tokenizer(), theirs),
+                        subset=query_subset(q),
                     )
                 )
             for record in judge_obj.judge(items, model=ev.label, baseline=name, task=ev.task):
@@ -625,48 +634,114 @@ def judgments_step(
         judge_obj.close()
 
 
-def metrics_step(ev: _Evaluation) -> dict:
-    """`metrics.json` from the evaluation's files alone (scores.json, the response and judgment files)."""
-    from sami.evaluation.metrics import aggregate_scores
+def judge_hash(identity: dict) -> str:
+    """8 hex digits naming a judge identity (the suffix of a judgments file kept aside)."""
+    import hashlib
+    import json
 
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:8]
+
+
+def _judgments_store(files: EvalLayout, baseline: str, identity: dict, *, rejudge: bool) -> JsonlStore:
+    """The judgments file of `baseline`, holding only verdicts of the judge `identity`. A file written by another
+    judge is moved aside (`rejudge`) or refused: verdicts of two judges never mix, and none is deleted."""
+    path = files.judgments(baseline)
+    store = JsonlStore(path)
+    foreign = [r.get("judge") for r in store.records if r.get("judge") != identity]
+    if not foreign:
+        return store
+    other = foreign[0] if isinstance(foreign[0], dict) else {}
+    aside = files.judgments_aside(baseline, judge_hash(other))
+    if not rejudge:
+        who = f"{other.get('kind', '?')}/{other.get('model') or other.get('model_name') or '?'}"
+        raise SamiInputError(
+            f"{path}: judged by another judge ({who}); pass --rejudge to judge again (the old verdicts are kept as "
+            f"{aside.name})"
+        )
+    if aside.exists():
+        raise SamiInputError(f"{aside}: already exists; move it away before judging {baseline} again")
+    path.rename(aside)
+    log.warning("%s: judged by another judge; its verdicts are kept as %s, judging again", path, aside.name)
+    return JsonlStore(path)
+
+
+def metrics_step(ev: _Evaluation) -> dict:
+    """`metrics.json` from the evaluation's files alone (scores.json, the response and judgment files), pooled and,
+    when the queries come from two or more subsets, per subset (`subsets`)."""
     settings, queries = ev.settings, ev.queries
     ids = {q.id for q in queries}
     responses, mi_store, anti_store, contrast_store = _stores(ev)
     scores = read_scores(ev.files.scores)
-    intrinsic: dict = {}
-    if settings.intrinsic:
-        per_query = {k: v for k, v in (scores.get("intrinsic") or {}).items() if k in ids}
-        cs = {str(r["id"]): r["constitutions"] for r in mi_store.records if str(r["id"]) in per_query}
-        if cs:
-            intrinsic = aggregate_scores(per_query, cs)
-    adherence_metrics = _adherence(queries, ev.positive, responses, anti_store) if anti_store is not None else None
+    judgments: dict[str, list[dict]] = {}
+    judges: list[dict] = []
+    for name in ev.baselines:
+        path = ev.files.judgments(name)
+        if path.is_file():
+            judgments[name] = [r for r in read_jsonl(path) if str(r["id"]) in ids]
+            for record in judgments[name]:
+                if record.get("judge") not in judges:
+                    judges.append(record.get("judge"))
+    if len(judges) > 1:
+        raise SamiInputError(f"{ev.files.root}: the judgments were given by {len(judges)} different judges")
+    mi_records = [r for r in mi_store.records if str(r["id"]) in ids]
+
+    def part(subset_queries: list[Query]) -> dict:
+        """Intrinsic metrics, win rates and adherence of some of the queries."""
+        from sami.evaluation.metrics import aggregate_scores
+
+        sub_ids = {q.id for q in subset_queries}
+        intrinsic: dict = {}
+        if settings.intrinsic:
+            per_query = {k: v for k, v in (scores.get("intrinsic") or {}).items() if k in sub_ids}
+            records = [r for r in mi_records if str(r["id"]) in per_query]
+            if records:
+                intrinsic = aggregate_scores(per_query, records)
+        win_rates = {
+            name: summarize([r for r in records if str(r["id"]) in sub_ids], seed=settings.seed)
+            for name, records in judgments.items()
+        }
+        adherence_ = _adherence(subset_queries, ev.positive, responses, anti_store) if anti_store is not None else None
+        return {
+            "n_queries": len(subset_queries),
+            "mi": intrinsic.get("mi"),
+            "mi_sem": intrinsic.get("mi_sem"),
+            "mi_bound": intrinsic.get("mi_bound"),
+            "sami_loss": intrinsic.get("sami_loss"),
+            "accuracy": intrinsic.get("accuracy"),
+            "mean_length": intrinsic.get("mean_length") or {},
+            "mean_length_tokens": intrinsic.get("mean_length_tokens") or {},
+            "win_rates": win_rates,
+            "adherence": adherence_,
+        }
+
+    pooled = part(queries)
     contrast_ = None
     if contrast_store is not None:
         contrast_ = contrast_metrics(
             ev.contrast_queries, ev.positive, responses, contrast_store, ev.principles,
             scores=scores.get("contrast") or {},
         )  # fmt: skip
-    win_rates: dict[str, dict] = {}
-    for name in ev.baselines:
-        path = ev.files.judgments(name)
-        if path.is_file():
-            records = [r for r in read_jsonl(path) if str(r["id"]) in ids]
-            win_rates[name] = summarize(records, seed=settings.seed)
+    by_subset: dict[str, list[Query]] = {}
+    for q in queries:
+        by_subset.setdefault(query_subset(q), []).append(q)
+    subsets = {}
+    if len(by_subset) >= 2:
+        for name in sorted(by_subset):
+            entry = part(by_subset[name])
+            subsets[name] = {k: entry[k] for k in SUBSET_KEYS}
     metrics = {
         "model": ev.label,
         "model_ref": ev.model_ref,
         "n_queries": len(queries),
         "n_constitutions": settings.n_constitutions or 2,
-        "mi": intrinsic.get("mi"),
-        "mi_sem": intrinsic.get("mi_sem"),
-        "mi_bound": intrinsic.get("mi_bound"),
-        "sami_loss": intrinsic.get("sami_loss"),
-        "accuracy": intrinsic.get("accuracy"),
-        "mean_length": intrinsic.get("mean_length") or {},
-        "win_rates": win_rates,
-        "judge": settings.judge.model_dump(mode="json") if win_rates else None,
-        "adherence": adherence_metrics,
+        **{k: pooled[k] for k in ("mi", "mi_sem", "mi_bound", "sami_loss", "accuracy")},
+        "mean_length": pooled["mean_length"],
+        "mean_length_tokens": pooled["mean_length_tokens"],
+        "win_rates": pooled["win_rates"],
+        "judge": judges[0] if judges else None,
+        "adherence": pooled["adherence"],
         "contrast": contrast_,
+        "subsets": subsets,
     }
     atomic_write_json(ev.files.metrics, metrics)
     return metrics
@@ -734,7 +809,8 @@ def _generate_under(store, generator, template, jobs, settings, progress, descri
         advance(len(chunk))
 
 
-def _subset(q: Query) -> str:
+def query_subset(q: Query) -> str:
+    """The subset a query comes from (`q.meta["subset"]`, e.g. "helpful" / "harmless"; "all" when none)."""
     return str(q.meta.get("subset") or "all")
 
 
@@ -746,7 +822,7 @@ def _adherence(queries, positive, responses, anti_store) -> dict | None:
     items = [
         AdherenceItem(
             id=q.id,
-            subset=_subset(q),
+            subset=query_subset(q),
             positive=positive[q.id],
             positive_response=str(by_id[f"model:{q.id}"]["response"]),
             antithesis=positive[q.id].flipped(),

@@ -6,9 +6,10 @@ For each query x the evaluated model wrote a greedy response y_j under each of C
 - `mi` (the paper's "mutual information"): mean over queries and responses of `L_sum[j, j] − (1/C) Σ_k L_sum[k, j]`
   with **summed** log-probs (`sami.loss.paper_mutual_information`); not bounded by log C.
 - `mi_bound`: the InfoNCE lower bound `log C − sami_loss(L_mean)` with **mean** (per-token) log-probs.
-- `mean_length`: mean response length in tokens of the scoring tokenizer, for the all-positive constitution
+- `mean_length`: mean response length in characters (AlpacaEval's unit), for the all-positive constitution
   (`positive`) and all others (`negative`), per constitution label, and per principle (`by_principle`:
-  mean length when the principle is positive vs negated).
+  mean length when the principle is positive vs negated); `mean_length_tokens`: the same in tokens of the scoring
+  tokenizer (`response_lengths`).
 """
 
 from __future__ import annotations
@@ -85,9 +86,9 @@ def intrinsic_metrics(
     responses get EOS; `include_eos=True/False` is the older spelling of eos "always"/"never".
 
     Returns `{"n_queries", "n_constitutions", "n_skipped", "mi", "mi_sem", "mi_bound", "sami_loss", "accuracy",
-    "mean_length": {...}, "per_query": {id: {"mi", "mi_bound", "sami_loss", "accuracy", "lengths": [C token
-    counts]}}}` (`aggregate_scores` of the per-query scores); `mi_sem` is the standard error of `mi` over queries
-    (None with fewer than 2).
+    "mean_length": {...} (characters), "mean_length_tokens": {...}, "per_query": {id: {"mi", "mi_bound",
+    "sami_loss", "accuracy", "lengths": [C token counts]}}}` (`aggregate_scores` of the per-query scores);
+    `mi_sem` is the standard error of `mi` over queries (None with fewer than 2).
     """
     from sami.logprobs import batched_logprob_matrices, tokenize_responses
     from sami.tokens import resolve_eos, response_context
@@ -162,7 +163,13 @@ def intrinsic_metrics(
                         sami_loss=float(result.loss),
                         accuracy=float(result.accuracy),
                     )
-    out = aggregate_scores(per_query, dict(zip([ex[0] for ex in examples], all_constitutions, strict=True)))
+    out = aggregate_scores(
+        per_query,
+        [
+            {"id": ex[0], "constitutions": cs, "responses": ex[2]}
+            for ex, cs in zip(examples, all_constitutions, strict=True)
+        ],
+    )
     out["per_query"] = per_query
     return out
 
@@ -177,24 +184,27 @@ def mean_sem(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1) / n)
 
 
-def aggregate_scores(per_query: dict[str, dict], constitutions: dict[str, Sequence[Constitution | dict]]) -> dict:
+def aggregate_scores(per_query: dict[str, dict], records: Sequence[dict]) -> dict:
     """The intrinsic metrics of a set of queries from their per-query scores (`intrinsic_metrics(...)["per_query"]`,
-    as stored in `scores.json`): `{"n_queries", "n_constitutions", "n_skipped", "mi", "mi_sem", "mi_bound",
-    "sami_loss", "accuracy", "mean_length"}`. `constitutions`: each query's constitutions, in response order (the
-    lengths' labels). Queries without scores (an empty response) count in `n_skipped` and in the lengths only."""
-    ids = [qid for qid in per_query if qid in constitutions]
-    scored = [per_query[qid] for qid in ids if per_query[qid].get("mi") is not None]
+    as stored in `scores.json`) and their mi-style `records` (`{"id", "constitutions", "responses"}`, response j
+    under constitution j): `{"n_queries", "n_constitutions", "n_skipped", "mi", "mi_sem", "mi_bound", "sami_loss",
+    "accuracy", "mean_length" (characters), "mean_length_tokens"}`. Only records with scores count; those without
+    an MI (an empty response) count in `n_skipped` and in the lengths only."""
+    records = [r for r in records if str(r["id"]) in per_query]
+    scores = [per_query[str(r["id"])] for r in records]
+    scored = [q for q in scores if q.get("mi") is not None]
     mi, sem = mean_sem([q["mi"] for q in scored])
-    cs = [[_constitution(c) for c in constitutions[qid]] for qid in ids]
+    cs = [[_constitution(c) for c in r["constitutions"]] for r in records]
     sizes = {len(c) for c in cs}
     return {
-        "n_queries": len(ids),
+        "n_queries": len(records),
         "n_constitutions": sizes.pop() if len(sizes) == 1 else sorted(sizes),
-        "n_skipped": len(ids) - len(scored),
+        "n_skipped": len(records) - len(scored),
         "mi": mi,
         "mi_sem": sem,
         "mi_bound": _mean([q["mi_bound"] for q in scored]),
         "sami_loss": _mean([q["sami_loss"] for q in scored]),
         "accuracy": _mean([q["accuracy"] for q in scored]),
-        "mean_length": length_stats(cs, [per_query[qid]["lengths"] for qid in ids]),
+        "mean_length": length_stats(cs, [[len(str(t)) for t in r["responses"]] for r in records]),
+        "mean_length_tokens": length_stats(cs, [q["lengths"] for q in scores]),
     }
