@@ -274,3 +274,26 @@ def test_reruns_touch_nothing_outside_the_run_folder(run_copy, tmp_path, tiny_mo
     assert tree(tmp_path, skip=run) == sibling and tree(Path(tiny_model_dir)) == model
     manifest = json.loads((run / "manifest.json").read_text())
     assert list(manifest["stages"]) == STAGES
+
+
+def test_comparison_stages_are_keyed_like_samis(tiny_model_dir):
+    """A DPO setting changes the DPO stages (and the report) only; a judge change reaches the DPO judgments too."""
+    base = tiny_config(tiny_model_dir, iterations={"count": 1, "steps": [1]}, comparisons={"dpo": {"beta": 0.1}})
+    keys = stage_keys(parse_config(base))
+    dpo = ["iter-1/dpo/train", "iter-1/dpo/responses", "iter-1/dpo/judgments", "iter-1/dpo/metrics"]
+    assert list(keys)[-5:] == [*dpo, "report"]
+    assert set(keys["iter-1/dpo/responses"].upstream) == {
+        "constitutions", "iter-1/dpo/train", "iter-1/responses", "iter-0/responses"
+    }  # fmt: skip
+
+    def changed(config: dict) -> list[str]:
+        other = stage_keys(parse_config(config))
+        return [name for name in keys if other[name].hash != keys[name].hash]
+
+    assert changed({**base, "comparisons": {"dpo": {"beta": 0.3}}}) == [*dpo, "report"]
+    assert changed(judged_later(base)) == [
+        "iter-1/judgments", "iter-1/metrics", "iter-1/dpo/judgments", "iter-1/dpo/metrics", "report"
+    ]  # fmt: skip
+    # a run without comparisons keeps its keys when the section is written out empty (`comparisons: null`)
+    plain = tiny_config(tiny_model_dir)
+    assert stage_keys(parse_config({**plain, "comparisons": None})) == stage_keys(parse_config(plain))
