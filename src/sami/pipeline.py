@@ -110,9 +110,7 @@ def stage_keys(config: RunConfig) -> dict[str, StageKey]:
     """Every stage of a run, in run order, keyed by the config parts it depends on and the stages it reads."""
     c = config.model_dump(mode="json")
     model, data, ev, iters = c["model"], c["data"], c["evaluation"], c["iterations"]
-    policy = {"model.policy": model["policy"], "model.dtype": model["dtype"], "model.trust_remote_code": model[
-        "trust_remote_code"
-    ]}  # fmt: skip
+    policy = {f"model.{k}": model[k] for k in ("policy", "dtype", "trust_remote_code")}  # π_0 (LoRA: training's)
     sampling = {
         **policy,
         "sampling": c["sampling"],
