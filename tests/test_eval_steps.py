@@ -32,8 +32,8 @@ def test_responses_step_writes_scores_and_no_metrics(evaluated):
     out, _, _ = evaluated
     assert not (out / "metrics.json").exists() and not list(out.glob("judgments-*"))
     scores = json.loads((out / "scores.json").read_text())
-    assert scores["eos"] == "generated" and len(scores["intrinsic"]) == 3
-    assert all(isinstance(v["mi"], float) and len(v["lengths"]) == 2 for v in scores["intrinsic"].values())
+    assert scores["eos"] == "never" and scores["mi"] == "sign_patterns" and len(scores["intrinsic"]) == 3
+    assert all(isinstance(v["mi"], float) and len(v["lengths"]) == 4 for v in scores["intrinsic"].values())
 
 
 def test_rerun_with_all_files_loads_nothing_and_changes_no_byte(evaluated, monkeypatch):
@@ -82,7 +82,9 @@ def test_scores_equal_intrinsic_metrics_in_one_go(evaluated, tiny_model, default
 
     out, _, _ = evaluated
     records = [json.loads(line) for line in (out / "mi_responses.jsonl").read_text().splitlines()]
-    direct = intrinsic_metrics(tiny_model, default_tokenizer, records, template=get_template("dialogue", "base"))
+    direct = intrinsic_metrics(
+        tiny_model, default_tokenizer, records, template=get_template("dialogue", "base"), eos="never"
+    )
     metrics = run_evaluation(EvaluationSettings(constitutions="hh_opus"), "x", out, steps=("metrics",),
                              queries=load_queries("hh_harmless_test")[:3], baselines={})  # fmt: skip
     for key in ("mi", "mi_sem", "mi_bound", "sami_loss", "accuracy"):

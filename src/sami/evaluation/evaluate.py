@@ -104,8 +104,18 @@ class EvaluationSettings(BaseModel):
     )
     device: str | None = Field(None, description="torch device (None: cuda when available, else cpu)")
     intrinsic: bool = Field(True, description="compute the intrinsic metrics (MI, InfoNCE bound, lengths)")
-    eos: Literal["generated", "always", "never"] = Field(
-        "generated", description="intrinsic metrics: score EOS where the model ended (generated), always or never"
+    mi: Literal["sign_patterns", "training_pairs"] = Field(
+        "sign_patterns",
+        description="MI over every sign pattern of the positive constitution's principles (2^k constitutions, the "
+        "paper's) or over the C constitutions drawn as for training (scheme, n_constitutions)",
+    )
+    mi_max_patterns: int = Field(
+        16, ge=2, description="sign_patterns: above this many, the positive plus a seeded sample (mi_sampled)"
+    )
+    eos: Literal["generated", "always", "never"] | None = Field(
+        None,
+        description="intrinsic metrics: score EOS where the model ended (generated), always or never (None: never "
+        "for sign_patterns, the paper's response tokens only; generated for training_pairs)",
     )
     include_eos: bool | None = Field(None, description="older spelling of eos: true = always, false = never")
     adherence: bool = Field(
@@ -276,6 +286,8 @@ class _Evaluation:
     template: Any
     positive: dict
     constitutions: dict[str, list]
+    mi_constitutions: dict[str, list]  # the constitutions of each mi_responses.jsonl record, in order
+    mi_sampled: bool
     files: EvalLayout
     baselines: dict[str, BaselineSettings]
     principles: list[str]
@@ -341,6 +353,12 @@ def _prepare(settings, model_ref, out_dir, *, queries, cset, template, model, to
         cset = load_constitutions(settings.constitutions)
     task = settings.task or (cset.task if cset.task in TASKS else "dialogue")
     constitutions = query_constitutions(cset, queries, settings)
+    mi_constitutions, sampled = constitutions, False
+    if settings.mi == "sign_patterns":
+        mi_constitutions = {}
+        for qid, cs in constitutions.items():
+            mi_constitutions[qid], was_sampled = sign_patterns(cs[0], settings.mi_max_patterns, settings.seed)
+            sampled = sampled or was_sampled
     return _Evaluation(
         settings=settings,
         model_ref=str(model_ref),
@@ -351,6 +369,8 @@ def _prepare(settings, model_ref, out_dir, *, queries, cset, template, model, to
         template=_template(task, settings.style, template),
         positive={qid: cs[0] for qid, cs in constitutions.items()},
         constitutions=constitutions,
+        mi_constitutions=mi_constitutions,
+        mi_sampled=sampled,
         files=EvalLayout(out_dir),
         baselines=resolved,
         principles=[p.name for p in cset.pool(settings.mode)] if contrast else [],
@@ -455,8 +475,10 @@ def responses_step(ev: _Evaluation, baseline_responses: dict[str, dict[str, str]
     settings, queries, positive = ev.settings, ev.queries, ev.positive
     responses, mi_store, anti_store, contrast_store = _stores(ev)
     gen_settings = GenerationSettings(backend="hf", batch_size=settings.batch_size, dtype=settings.dtype)
+    _check_mi_store(ev, mi_store)
     todo = [q for q in queries if f"model:{q.id}" not in responses]
     mi_todo = [q for q in queries if q.id not in mi_store] if settings.intrinsic else []
+    patterns = settings.mi == "sign_patterns"
     anti_todo = [q for q in queries if q.id not in anti_store] if anti_store is not None else []
     contrast_todo = [
         (name, q)
@@ -472,7 +494,12 @@ def responses_step(ev: _Evaluation, baseline_responses: dict[str, dict[str, str]
                 responses, generator, ev.template, todo, positive, side="model", label=ev.label, settings=settings,
                 advance=advance,
             )  # fmt: skip
+        if mi_todo and not patterns:
             _generate_mi(mi_store, responses, generator, ev.template, mi_todo, ev.constitutions, settings, progress)
+        if mi_todo and patterns:  # the antithesis and one-flipped responses below are then taken from these
+            known = _known_responses(responses, anti_store, contrast_store)
+            _generate_patterns(mi_store, generator, ev.template, mi_todo, ev.mi_constitutions, settings, progress,
+                               known=known)  # fmt: skip
         if anti_todo:
             jobs = [(q.id, q, positive[q.id].flipped(), {}) for q in anti_todo]
             known = _known_responses(responses, mi_store)
@@ -491,9 +518,45 @@ def responses_step(ev: _Evaluation, baseline_responses: dict[str, dict[str, str]
 
 
 def _eos_policy(settings: EvaluationSettings) -> str:
+    """The EOS policy of the intrinsic metrics: `eos`, the older `include_eos`, else the MI kind's default."""
     from sami.tokens import resolve_eos
 
+    if settings.eos is None and settings.include_eos is None:
+        return "never" if settings.mi == "sign_patterns" else "generated"
     return resolve_eos(settings.eos if settings.include_eos is None else None, settings.include_eos)
+
+
+def sign_patterns(positive, cap: int = 16, seed: int = 0) -> tuple[list, bool]:
+    """Every sign pattern of `positive`'s principles (2^k constitutions, `positive` first, then in binary order of
+    the flipped principles), or, when 2^k > `cap`, `positive` and a sample of `cap − 1` others seeded by `seed`
+    and k only (the same patterns for every query with k principles). Returns `(constitutions, sampled)`."""
+    import itertools
+
+    names = [p.name for p, _ in positive.items]
+    flips = [
+        {name for name, bit in zip(names, bits, strict=True) if bit}
+        for bits in itertools.product((False, True), repeat=len(names))
+    ][1:]
+    sampled = len(flips) + 1 > cap
+    if sampled:
+        rng = random.Random(f"{seed}:sign-patterns:{len(names)}")
+        flips = [flips[i] for i in sorted(rng.sample(range(len(flips)), cap - 1))]
+    return [positive, *(positive.flipped(f) for f in flips)], sampled
+
+
+def _check_mi_store(ev: _Evaluation, mi_store: JsonlStore) -> None:
+    """mi_responses.jsonl must hold the constitutions this evaluation scores (the MI kind and C did not change)."""
+    from sami.constitutions import Constitution
+
+    for r in mi_store.records:
+        expected = ev.mi_constitutions.get(str(r["id"]))
+        if expected is None:
+            continue
+        if [Constitution.from_dict(c).label() for c in r["constitutions"]] != [c.label() for c in expected]:
+            raise SamiInputError(
+                f"{ev.files.mi_responses}: query {r['id']} was written under other constitutions than evaluation.mi "
+                f"= {ev.settings.mi!r} draws (the MI kind, C or scheme changed); evaluate into another folder"
+            )
 
 
 def read_scores(path: str | Path) -> dict:
@@ -519,8 +582,8 @@ def _score(ev: _Evaluation, mi_store: JsonlStore, responses: JsonlStore, contras
     settings = ev.settings
     policy = _eos_policy(settings)
     old = read_scores(ev.files.scores)
-    scores = {"eos": policy, "intrinsic": {}, "contrast": {}}
-    if old.get("eos") == policy:
+    scores = {"eos": policy, "mi": settings.mi, "intrinsic": {}, "contrast": {}}
+    if old.get("eos") == policy and old.get("mi", "training_pairs") == settings.mi:
         scores["intrinsic"] = dict(old.get("intrinsic") or {})
         scores["contrast"] = {k: dict(v) for k, v in (old.get("contrast") or {}).items()}
     changed = False
@@ -634,6 +697,12 @@ def judgments_step(
         judge_obj.close()
 
 
+def _n_constitutions(ev: _Evaluation) -> int | list[int]:
+    """Constitutions per query of the intrinsic metrics (one number, or the sorted distinct counts)."""
+    sizes = sorted({len(cs) for cs in ev.mi_constitutions.values()})
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def judge_hash(identity: dict) -> str:
     """8 hex digits naming a judge identity (the suffix of a judgments file kept aside)."""
     import hashlib
@@ -733,7 +802,11 @@ def metrics_step(ev: _Evaluation) -> dict:
         "model": ev.label,
         "model_ref": ev.model_ref,
         "n_queries": len(queries),
-        "n_constitutions": settings.n_constitutions or 2,
+        "n_constitutions": _n_constitutions(ev),
+        "mi_kind": settings.mi,
+        "n_sign_patterns": _n_constitutions(ev) if settings.mi == "sign_patterns" else None,
+        "mi_sampled": ev.mi_sampled if settings.mi == "sign_patterns" else None,
+        "mi_eos": _eos_policy(settings),
         **{k: pooled[k] for k in ("mi", "mi_sem", "mi_bound", "sami_loss", "accuracy")},
         "mean_length": pooled["mean_length"],
         "mean_length_tokens": pooled["mean_length_tokens"],
@@ -748,24 +821,27 @@ def metrics_step(ev: _Evaluation) -> dict:
 
 
 # ---- antithesis responses, adherence and the contrast check -------------------------------------------
-def _known_responses(*stores) -> dict[tuple[str, str], tuple[str, int]]:
-    """`(query_id, constitution label) -> (response, num_tokens)` of the evaluated model's greedy responses already
+def _known_responses(*stores) -> dict[tuple[str, str], tuple]:
+    """`(query_id, constitution label) -> (response, num_tokens, separator, ended_with_eos)` of the evaluated model's
+    greedy responses already
     written (responses.jsonl's model side, mi_responses.jsonl, antithesis_responses.jsonl). Same label = the same
     principles in the same forms; only the order in the prompt may differ."""
     from sami.constitutions import Constitution
 
-    known: dict[tuple[str, str], tuple[str, int]] = {}
+    known: dict[tuple[str, str], tuple] = {}
     for store in (s for s in stores if s is not None):
         for r in store.records:
             if "responses" in r:  # an mi record: C constitutions
-                counts = r.get("num_tokens") or [0] * len(r["responses"])
-                for c, text, n in zip(r["constitutions"], r["responses"], counts, strict=True):
-                    known.setdefault((str(r["id"]), Constitution.from_dict(c).label()), (text, int(n)))
+                n = len(r["responses"])
+                counts = r.get("num_tokens") or [0] * n
+                seps, ended = r.get("separators") or [None] * n, r.get("ended_with_eos") or [None] * n
+                for c, text, k, sep, eos in zip(r["constitutions"], r["responses"], counts, seps, ended, strict=True):
+                    known.setdefault((str(r["id"]), Constitution.from_dict(c).label()), (text, int(k), sep, eos))
             elif r.get("side", "model") == "model" and "constitution" in r:
                 qid = str(r.get("query_id", r["id"]))
                 known.setdefault(
                     (qid, Constitution.from_dict(r["constitution"]).label()),
-                    (r["response"], int(r.get("num_tokens", 0))),
+                    (r["response"], int(r.get("num_tokens", 0)), r.get("separator"), r.get("ended_with_eos")),
                 )
     return known
 
@@ -787,7 +863,7 @@ def _generate_under(store, generator, template, jobs, settings, progress, descri
             if c.finish_reason == "error":
                 log.warning("no response for %s (%s); a rerun retries it", rid, c.error)
                 continue
-            made[rid] = (template.postprocess(c.text), int(c.num_tokens))
+            made[rid] = (template.postprocess(c.text), int(c.num_tokens), template.separator(c.text), c.ended_with_eos)
         for rid, q, c, extra in chunk:
             reused = (q.id, c.label()) in known
             got = known.get((q.id, c.label())) or made.get(rid)
@@ -802,6 +878,8 @@ def _generate_under(store, generator, template, jobs, settings, progress, descri
                     "constitution": c.to_dict(),
                     "response": got[0],
                     "num_tokens": got[1],
+                    "separator": got[2],
+                    "ended_with_eos": got[3],
                     "reused": reused,
                 }
             )
@@ -844,8 +922,7 @@ def _intrinsic(model, tokenizer, records, template, settings) -> dict:
         records,
         template=template,
         batch_size=settings.batch_size,
-        eos=settings.eos if settings.include_eos is None else None,
-        include_eos=settings.include_eos,
+        eos=_eos_policy(settings),
     )
 
 
@@ -985,6 +1062,53 @@ def _generate_mi(store, responses, generator, template, todo, constitutions, set
                     "num_tokens": [known[(qi, j)][1] for j in range(len(cs))],
                     "separators": [known[(qi, j)][2] for j in range(len(cs))],
                     "ended_with_eos": [known[(qi, j)][3] for j in range(len(cs))],
+                }
+            )
+        store.flush()
+        advance(len(chunk))
+
+
+def _generate_patterns(store, generator, template, todo, constitutions, settings, progress, *, known) -> None:
+    """Greedy responses of the evaluated model under every sign pattern of each query (mi_responses.jsonl),
+    reusing `known` responses written under the same constitution (`_known_responses`)."""
+    advance = progress.task("responses under every sign pattern", len(todo))
+    for start in range(0, len(todo), settings.chunk_size):
+        chunk = todo[start : start + settings.chunk_size]
+        got: dict[tuple[str, int], tuple] = {}
+        fresh = []
+        for q in chunk:
+            for j, c in enumerate(constitutions[q.id]):
+                if (q.id, c.label()) in known:
+                    got[(q.id, j)] = known[(q.id, c.label())]
+                else:
+                    fresh.append((q, j, c))
+        completions = []
+        if fresh:
+            completions = generator.generate(
+                [template.generation_prompt(c, q.query) for q, _, c in fresh],
+                max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=template.stop or None,
+            )  # fmt: skip
+        failed: set[str] = set()
+        for (q, j, _), c in zip(fresh, completions, strict=True):
+            if c.finish_reason == "error":
+                failed.add(q.id)
+            got[(q.id, j)] = (template.postprocess(c.text), int(c.num_tokens), template.separator(c.text),
+                              c.ended_with_eos)  # fmt: skip
+        for q in chunk:
+            if q.id in failed:
+                log.warning("mi responses: generation failed for query %s; a rerun retries it", q.id)
+                continue
+            cs = constitutions[q.id]
+            parts = [got[(q.id, j)] for j in range(len(cs))]
+            store.add(
+                {
+                    "id": q.id,
+                    "query": q.query,
+                    "constitutions": [c.to_dict() for c in cs],
+                    "responses": [x[0] for x in parts],
+                    "num_tokens": [x[1] for x in parts],
+                    "separators": [x[2] for x in parts],
+                    "ended_with_eos": [x[3] for x in parts],
                 }
             )
         store.flush()
