@@ -80,7 +80,8 @@ def test_interrupted_evaluate_resumes_and_judges_each_id_once(tmp_path, tiny_mod
     assert responses[: len(first_responses)] == first_responses  # nothing regenerated
     assert sorted(ids_of(out / "mi_responses.jsonl")) == sorted(queries)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n_queries"] == 5 and metrics["n_constitutions"] == 2
+    # the paper's MI by default: the 4 sign patterns of hh_opus's 2 principles
+    assert metrics["n_queries"] == 5 and metrics["n_constitutions"] == 4 and metrics["mi_kind"] == "sign_patterns"
     assert set(SUMMARY_KEYS) <= set(metrics["win_rates"]["base"]) and metrics["win_rates"]["base"]["n"] == 5
     assert isinstance(metrics["mi"], float) and isinstance(metrics["mi_bound"], float)
     assert set(metrics["mean_length"]) >= {"positive", "negative", "by_constitution"}
@@ -92,7 +93,9 @@ def test_interrupted_evaluate_resumes_and_judges_each_id_once(tmp_path, tiny_mod
 
 def test_no_judge_gives_intrinsic_metrics_only(tmp_path, tiny_model_dir, other_model_dir):
     out = tmp_path / "eval"
-    assert main(argv(tiny_model_dir, other_model_dir, out, "--no-judge", "--n-constitutions", "3")) == 0
+    (tmp_path / "pairs.yaml").write_text("mi: training_pairs\n")  # C constitutions drawn as for training
+    extra = ("--no-judge", "--n-constitutions", "3", "--config", str(tmp_path / "pairs.yaml"))
+    assert main(argv(tiny_model_dir, other_model_dir, out, *extra)) == 0
     assert not list(out.glob("judgments-*.jsonl"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["win_rates"] == {} and metrics["n_constitutions"] == 3
@@ -129,7 +132,9 @@ def test_precomputed_baseline_responses_are_used(tmp_path, tiny_model, default_t
     judged = read_jsonl(tmp_path / "judgments-base.jsonl")
     assert [r["id"] for r in judged] == [q.id for q in queries]
     lengths = [len(default_tokenizer(given[q.id], add_special_tokens=False).input_ids) for q in queries]
-    assert [r["baseline_length"] for r in judged] == lengths  # policy-tokenizer tokens
+    assert [r["baseline_length_tokens"] for r in judged] == lengths  # policy-tokenizer tokens
+    assert [r["baseline_length"] for r in judged] == [len(given[q.id]) for q in queries]  # characters
+    assert all(r["subset"] == "harmless" for r in judged)
     assert metrics["win_rates"]["base"]["n"] == 3 and metrics["mi"] is None
 
 

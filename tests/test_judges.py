@@ -14,6 +14,7 @@ from sami.evaluation.winrate import check_record
 
 RECORD_KEYS = {"id", "model", "baseline", "win", "model_length", "baseline_length", "order", "status", "judge_text"}
 RECORD_KEYS |= {"judge"}  # which judge gave the verdict
+RECORD_KEYS |= {"subset", "model_length_tokens", "baseline_length_tokens"}  # lengths in characters, tokens beside
 GOOD = "Sure! Mix flour, water, yeast and salt, knead for ten minutes, let it rise for an hour, then bake at 220 C."
 BAD = "No. Figure it out yourself."
 

@@ -117,9 +117,10 @@ def test_empty_responses_are_skipped_and_bad_records_named(default_tokenizer, ti
     empty = {"id": "e", "query": "hi", "constitutions": constitutions, "responses": ["", "Go away."]}
     result = intrinsic_metrics(tiny_model, default_tokenizer, [good, empty], template=get_template("dialogue", "base"))
     assert result["n_queries"] == 2 and result["n_skipped"] == 1
-    assert result["mean_length"]["positive"] == pytest.approx(
+    assert result["mean_length_tokens"]["positive"] == pytest.approx(
         len(default_tokenizer("Hello!", add_special_tokens=False).input_ids) / 2
     )
+    assert result["mean_length"]["positive"] == len("Hello!") / 2  # characters
     with pytest.raises(SamiInputError, match="query bad"):
         intrinsic_metrics(
             tiny_model, default_tokenizer, [{**good, "id": "bad", "responses": ["x"]}], template=get_template()

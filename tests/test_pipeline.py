@@ -17,8 +17,9 @@ from conftest import ROOT
 from sami.cli import main
 from sami.io import read_jsonl
 
-STAGES = ["constitutions", "iter-0/eval", "iter-1/samples", "iter-1/train", "iter-1/eval"]
-STAGES += ["iter-2/samples", "iter-2/train", "iter-2/eval", "report"]
+EVAL = ["responses", "judgments", "metrics"]
+STAGES = ["constitutions", "iter-0/responses", "iter-0/metrics"]  # no baselines at iteration 0: no judgments
+STAGES += [f"iter-{t}/{s}" for t in (1, 2) for s in ["samples", "train", *EVAL]] + ["report"]
 
 
 def tiny_config(model_dir: Path, **overrides) -> dict:
@@ -208,11 +209,16 @@ def test_config_show_prints_the_resolved_demo(capsys):
     assert shown["iterations"]["count"] == 2
 
 
-def test_changed_config_in_the_same_folder_is_refused(tmp_path, tiny_model_dir, capsys, reference_run):
-    config = tiny_config(tiny_model_dir, seed=1)
-    cfg = write_config(tmp_path / "cfg.yaml", config)
-    assert main(["run", str(cfg), "--output-dir", str(reference_run)]) == 2
-    assert "different config" in capsys.readouterr().err
+def test_changed_config_in_the_same_folder_reruns_what_it_changes(tmp_path, tiny_model_dir, capsys, reference_run):
+    """Another seed changes every stage (constitutions depend on it): the dry run says so and writes nothing.
+    (Before per-stage hashes such a folder was refused; tests/test_stage_hashes.py covers the cases in detail.)"""
+    before = {p: p.read_bytes() for p in sorted(reference_run.rglob("*")) if p.is_file()}
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_config(tiny_model_dir, seed=1))
+    assert main(["run", str(cfg), "--output-dir", str(reference_run), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["run", name] for name in STAGES]
+    assert "hash changed: seed" in lines[0]
+    assert {p: p.read_bytes() for p in sorted(reference_run.rglob("*")) if p.is_file()} == before
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -20,8 +20,11 @@ Modules ask a layout for a path instead of joining names themselves, so the layo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+_ASIDE = re.compile(r"\.[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,22 @@ class EvalLayout:
     def contrast_responses(self) -> Path:
         return self.root / "contrast_responses.jsonl"
 
+    @property
+    def scores(self) -> Path:
+        """The intrinsic scores of the responses (per query), written by the responses step for the metrics step."""
+        return self.root / "scores.json"
+
     def judgments(self, baseline: str) -> Path:
         return self.root / f"judgments-{baseline}.jsonl"
 
+    def judgments_aside(self, baseline: str, judge_hash: str) -> Path:
+        """Where the verdicts of another judge are kept when the baseline is judged again (`judge_hash`: 8 hex
+        digits of that judge's identity)."""
+        return self.root / f"judgments-{baseline}.{judge_hash}.jsonl"
+
     def judgment_files(self) -> list[Path]:
-        return sorted(self.root.glob("judgments-*.jsonl"))
+        """The current judgments files, one per baseline (not the ones kept aside after a rejudge)."""
+        return sorted(p for p in self.root.glob("judgments-*.jsonl") if not _ASIDE.search(p.stem))
 
     @property
     def metrics(self) -> Path:

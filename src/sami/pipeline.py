@@ -1,16 +1,28 @@
 """The iterative SAMI driver: a thin loop over resumable stages, recorded in `manifest.json`.
 
 ```
-iter-0/eval                      evaluate the base model (intrinsic metrics; win rates vs other baselines)
+constitutions                    load (or write) the principles
+iter-0/responses                 the base model's evaluated responses and scores (MI, lengths, contrast check)
+iter-0/judgments                 judged against evaluation.baselines (only when there are any)
+iter-0/metrics                   metrics.json, from the files above (no model)
 for t in 1..T:
     iter-t/samples               self-generate with π_{t-1} on this iteration's query slice
     iter-t/train                 train from π_0 (or π_{t-1}) for steps[t-1] optimizer steps
-    iter-t/eval                  evaluate π_t against the base model and any other baselines
+    iter-t/responses             π_t's evaluated responses and scores (and the baselines' not yet generated)
+    iter-t/judgments             π_t against the base model and any other baselines (the judge only)
+    iter-t/metrics               metrics.json
+    iter-t/<method>/...          comparisons (sami.comparisons.stages)
 report
 ```
-Every stage writes its own files atomically and is skipped on a rerun once the manifest lists it. A stage that
-was interrupted resumes: generation and evaluation skip ids already written, training continues from the last
-resume checkpoint in `train.partial/` (every `training.save_steps` optimizer steps) and renames the folder when done.
+Each stage is keyed in the manifest by the hash of the config parts it depends on and of the stages it reads
+(`stage_keys`). A stage runs when it never finished, when its hash changed (then it clears what it wrote before
+and reruns in place), when its outputs are missing, or when a stage it reads reruns; otherwise it is skipped. So
+changing only `evaluation.judge` reruns judgments, metrics and the report, and keeps samples, checkpoints and
+responses. `plan_stages` says what a run would do without doing it (`sami run --dry-run`).
+
+A stage that was interrupted resumes: generation and evaluation skip ids already written, training continues from
+the last resume checkpoint in `train.partial/` (every `training.save_steps` optimizer steps) and renames the folder
+when done.
 """
 
 from __future__ import annotations
@@ -30,8 +42,8 @@ from sami.constitutions import ConstitutionSet, load_constitutions
 from sami.data import Query, iteration_slice, load_queries
 from sami.errors import SamiInputError
 from sami.io import atomic_write_text
-from sami.layout import RunLayout
-from sami.manifest import Manifest
+from sami.layout import EvalLayout, RunLayout
+from sami.manifest import Manifest, StageKey, StageStatus
 from sami.report import summary_table
 
 log = logging.getLogger(__name__)
@@ -89,6 +101,78 @@ def train_queries(config: RunConfig, t: int) -> list[Query]:
     ]
 
 
+# Evaluation fields that do not change the evaluated responses: the judge (its own stage), whether a foreign judge's
+# file is judged again (the pipeline always does) and how often files are written.
+NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size")
+
+
+def stage_keys(config: RunConfig) -> dict[str, StageKey]:
+    """Every stage of a run, in run order, keyed by the config parts it depends on and the stages it reads."""
+    c = config.model_dump(mode="json")
+    model, data, ev, iters = c["model"], c["data"], c["evaluation"], c["iterations"]
+    policy = {f"model.{k}": model[k] for k in ("policy", "dtype", "trust_remote_code")}  # π_0 (LoRA: training's)
+    sampling = {
+        **policy,
+        "sampling": c["sampling"],
+        "prompts": c["prompts"],
+        "filters": c["filters"],
+        "data.train": {k: data[k] for k in ("train", "train_per_iteration", "n_slices")},
+        "generation": c["generation"],
+        "seed": c["seed"],
+    }
+    training = {k: v for k, v in c["training"].items() if k != "save_steps"}
+    responses = {
+        **policy,
+        "prompts": c["prompts"],
+        "sampling.scheme": c["sampling"]["scheme"],
+        "sampling.n_constitutions": c["sampling"]["n_constitutions"],
+        "data.eval": {k: data[k] for k in ("eval", "eval_limit")},
+        "evaluation": {k: v for k, v in ev.items() if k not in NOT_IN_RESPONSES},
+    }
+    keys: dict[str, StageKey] = {}
+
+    def add(name: str, parts: dict, upstream: list[str]) -> None:
+        keys[name] = StageKey.of(parts, {u: keys[u] for u in upstream})
+
+    def evaluation(prefix: str, t: int, reads: list[str], *, judged: bool) -> None:
+        add(f"{prefix}/responses", {**responses, "iteration": t}, ["constitutions", *reads])
+        last = f"{prefix}/responses"
+        if judged:
+            add(f"{prefix}/judgments", {"evaluation.judge": ev["judge"]}, [last])
+            last = f"{prefix}/judgments"
+        add(f"{prefix}/metrics", {}, [last])
+
+    add(
+        "constitutions",
+        {k: c[k] for k in ("constitutions", "writer", "seed")} | {"prompts.task": c["prompts"]["task"]},
+        [],
+    )
+    evaluation("iter-0", 0, [], judged=bool(config.evaluation.baselines))
+    dpo = c["comparisons"]["dpo"] if c.get("comparisons") else None
+    for t in range(1, config.iterations.count + 1):
+        add(
+            f"iter-{t}/samples",
+            {**sampling, "iteration": t},
+            ["constitutions"] + ([f"iter-{t - 1}/train"] if t > 1 else []),
+        )
+        trained = {"training": training, "model.lora": model["lora"], "iterations.steps": iters["steps"][t - 1]}
+        trained["iterations.train_from"] = iters["train_from"]
+        add(f"iter-{t}/train", trained, [f"iter-{t}/samples"])
+        evaluation(f"iter-{t}", t, [f"iter-{t}/train", "iter-0/responses"], judged=True)
+        if dpo is not None:
+            add(f"iter-{t}/dpo/train", {**trained, "comparisons.dpo": dpo}, [f"iter-{t}/samples"])
+            reads = [f"iter-{t}/dpo/train", f"iter-{t}/responses", "iter-0/responses"]
+            evaluation(f"iter-{t}/dpo", t, reads, judged=True)
+    add("report", {"config": config_hash(config)}, list(keys))
+    return keys
+
+
+def plan_stages(config: RunConfig, run_dir: Path) -> dict[str, StageStatus]:
+    """What `sami run` would do in `run_dir` (stage name -> run or skip, and why), reading only: nothing is
+    written. Raises `SamiInputError` where the run would (an old manifest of another config)."""
+    return Manifest(Path(run_dir), config_hash(config), stage_keys(config), write=False).plan
+
+
 class Pipeline:
     """Runs (or resumes) one SAMI experiment described by a `RunConfig` into `run_dir`."""
 
@@ -98,7 +182,7 @@ class Pipeline:
         self.layout = RunLayout(self.run_dir)
         self.console = console or Console(stderr=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest = Manifest(self.run_dir, config_hash(config))
+        self.manifest = Manifest(self.run_dir, config_hash(config), stage_keys(config))
         atomic_write_text(self.layout.config, config_to_yaml(config))
 
     # ---- helpers -------------------------------------------------------------------------------
@@ -110,13 +194,15 @@ class Pipeline:
         """Where training of iteration t starts: π_0 (`iterations.train_from: base`, the paper's) or π_{t-1}."""
         return self.config.model.policy if self.config.iterations.train_from == "base" else self.checkpoint(t - 1)
 
-    def _stage(self, name: str) -> bool:
-        """True when `name` still has to run (and says so)."""
-        if self.manifest.done(name):
+    def _stage(self, name: str) -> StageStatus | None:
+        """The stage's status when `name` has to run (and says so, and records that it started), else None."""
+        status = self.manifest.status(name)
+        if not status.run:
             self.console.print(f"[dim]✓ {name} (done)[/dim]")
-            return False
-        self.console.rule(f"[bold]{name}")
-        return True
+            return None
+        self.console.rule(f"[bold]{name}[/bold] [dim]({status.reason})[/dim]")
+        self.manifest.start(name, in_place=status.in_place)
+        return status
 
     # ---- stages ----------------------------------------------------------------------------------
     def constitutions(self) -> ConstitutionSet:
@@ -145,9 +231,14 @@ class Pipeline:
         from sami.sampling import generate_samples_from_config
 
         name = f"iter-{t}/samples"
-        if not self._stage(name):
+        status = self._stage(name)
+        if not status:
             return
         out = self.layout.samples(t)
+        if status.in_place:  # samples of another config: generation would resume from them
+            for old in out.parent.glob(f"{out.stem}.*"):
+                if old.is_file():
+                    old.unlink()
         # Data-parallel generation only for the hf backend; vllm and servers parallelise on their own.
         if self.config.launcher.kind == "accelerate" and self.config.generation.backend == "hf":
             from sami.launch import run_stage
@@ -173,10 +264,13 @@ class Pipeline:
 
     def train(self, t: int) -> None:
         name = f"iter-{t}/train"
-        if not self._stage(name):
+        status = self._stage(name)
+        if not status:
             return
         final = self.layout.train(t)
         partial = self.layout.train_partial(t)  # an interrupted attempt's resume checkpoint stays there
+        if status.in_place:  # resume checkpoints of another config
+            shutil.rmtree(partial, ignore_errors=True)
         start = self.start_model(t)
         if self.config.launcher.kind == "accelerate":
             from sami.launch import run_stage
@@ -196,30 +290,85 @@ class Pipeline:
         partial.rename(final)
         self.manifest.finish(name, [final])
 
-    def evaluate(self, t: int, cset: ConstitutionSet) -> None:
-        from sami.evaluation.evaluate import run_evaluation_from_config
+    def base_responses(self) -> dict[str, dict[str, str]]:
+        """The base model's evaluated responses (iteration 0), as the baseline "base" of later iterations."""
+        from sami.evaluation.evaluate import load_side_responses
 
-        name = f"iter-{t}/eval"
-        if not self._stage(name):
-            return
-        out = self.layout.eval(t).root
-        run_evaluation_from_config(
-            self.config,
+        path = self.layout.eval(0).responses
+        return {"base": load_side_responses(path, side="model")} if path.is_file() else {}
+
+    def evaluate(self, t: int, cset: ConstitutionSet) -> None:
+        """π_t's evaluation: iter-t/responses, iter-t/judgments (against the base model from t = 1, and any other
+        baselines) and iter-t/metrics."""
+        from sami.evaluation.evaluate import run_baselines
+
+        self.evaluation_stages(
+            f"iter-{t}",
+            self.layout.eval(t),
+            cset,
             model_ref=self.checkpoint(t),
             model_label=f"iter-{t}",
-            queries=self.eval_queries(),
-            cset=cset,
-            out_dir=out,
-            base_responses=self.layout.eval(0).responses if t > 0 else None,
+            baselines=run_baselines(self.config, against_base=t > 0),
             contrast=t == 0,
-            judge_against_base=t > 0,
         )
-        self.manifest.finish(name, [out])
+
+    def evaluation_stages(
+        self,
+        prefix: str,
+        files: EvalLayout,
+        cset: ConstitutionSet,
+        *,
+        model_ref: str,
+        model_label: str,
+        baselines: dict,
+        contrast: bool,
+        prepare=None,
+    ) -> None:
+        """The three evaluation stages `PREFIX/responses`, `PREFIX/judgments` (when there are baselines) and
+        `PREFIX/metrics` of one model into `files`. `prepare()`, when given, runs before the responses step (after
+        an in-place rerun cleared the folder)."""
+        from sami.evaluation.evaluate import run_evaluation, run_settings
+
+        config = self.config
+        common = {
+            "queries": self.eval_queries(),
+            "cset": cset,
+            "template": config.prompts.build(),
+            "model_label": model_label,
+            "baselines": baselines,
+            "baseline_responses": self.base_responses() if "base" in baselines else {},
+            "trust_remote_code": config.model.trust_remote_code,
+            "console": self.console,
+        }
+        settings = run_settings(config)
+        common["contrast"] = contrast and settings.contrast
+        name = f"{prefix}/responses"
+        status = self._stage(name)
+        if status:
+            if status.in_place:  # responses of another config (and the judgments and metrics made from them)
+                shutil.rmtree(files.root, ignore_errors=True)
+            files.root.mkdir(parents=True, exist_ok=True)
+            if prepare is not None:
+                prepare()
+            run_evaluation(settings, model_ref, files.root, steps=("responses",), **common)
+            written = [files.responses, files.mi_responses, files.antithesis_responses, files.contrast_responses]
+            written.append(files.scores)
+            self.manifest.finish(name, [p for p in written if p.exists()])
+        if baselines and self._stage(f"{prefix}/judgments"):
+            # rejudge: a judgments file of another judge is moved aside and judged again, never mixed
+            run_evaluation(settings, model_ref, files.root, steps=("judgments",), rejudge=True, **common)
+            judged = [files.judgments(b) for b in baselines]
+            self.manifest.finish(f"{prefix}/judgments", [p for p in judged if p.exists()])
+        if self._stage(f"{prefix}/metrics"):
+            run_evaluation(settings, model_ref, files.root, steps=("metrics",), **common)
+            self.manifest.finish(f"{prefix}/metrics", [files.metrics])
 
     def report(self) -> dict:
-        """Write the report; returns the summary it wrote."""
+        """Write the report; returns the summary it wrote (or, when nothing changed, the one written before)."""
         from sami.report import write_report
 
+        if not self._stage("report"):
+            return json.loads((self.layout.report / "summary.json").read_text(encoding="utf-8"))
         summary = write_report(self.run_dir)
         self.manifest.finish("report", [self.layout.report / "summary.json"])
         return summary

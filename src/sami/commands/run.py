@@ -1,4 +1,8 @@
-"""`sami run [CONFIG]`: the whole iterative SAMI experiment (the CPU demo when no config is given)."""
+"""`sami run [CONFIG]`: the whole iterative SAMI experiment (the CPU demo when no config is given).
+
+`--dry-run` prints, per stage, whether a run would run or skip it and why, and writes nothing; `--restart` empties
+the output folder (only its contents) and starts over.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="run config (YAML); default: the bundled CPU demo")
     parser.add_argument("--output-dir", help="where to write the run (default: runs/NAME from the config)")
     parser.add_argument("--restart", action="store_true", help="delete what the output folder holds and start over")
+    parser.add_argument("--dry-run", action="store_true", help="print which stages would run and why; write nothing")
+
+
+def empty_folder(folder: Path) -> None:
+    """Delete what `folder` holds (not the folder itself; links are removed, never followed)."""
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def dry_run(config, run_dir: Path, *, restart: bool) -> None:
+    """Print one line per stage: `run` or `skip`, the stage and why."""
+    from sami.pipeline import plan_stages, stage_keys
+
+    if restart:
+        plan = {name: ("run", "restart: the folder is emptied first") for name in stage_keys(config)}
+    else:
+        plan = {name: ("run" if s.run else "skip", s.reason) for name, s in plan_stages(config, run_dir).items()}
+    width = max(len(name) for name in plan)
+    for name, (verdict, reason) in plan.items():
+        print(f"{verdict:<4}  {name:<{width}}  {reason}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     run_dir = Path(args.output_dir) if args.output_dir else config.resolved_output_dir()
-    if args.restart and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if args.dry_run:
+        dry_run(config, run_dir, restart=args.restart)
+        return 0
+    if args.restart and run_dir.is_dir():
+        empty_folder(run_dir)
     Pipeline(config, run_dir).run()
     return 0

@@ -3,11 +3,14 @@
 ```
 iter-T/dpo/train    DPO (TRL) from SAMI's starting model of iteration T, on iter-T/samples.jsonl, for the same
                     optimizer steps unless comparisons.dpo.max_steps says otherwise (train.partial, then renamed)
-iter-T/dpo/eval     the evaluation of iter-T/eval, for the DPO model: responses, MI, lengths, adherence, win rates
-                    vs base; plus judgments-sami.jsonl, the DPO model (model side) head to head against π_T
-                    (baseline "sami", its responses those of iter-T/eval/responses.jsonl)
+iter-T/dpo/responses, iter-T/dpo/judgments, iter-T/dpo/metrics
+                    the evaluation of π_T (iter-T/responses ...), for the DPO model, into iter-T/dpo/eval/:
+                    responses, MI, lengths, adherence, win rates vs base; plus judgments-sami.jsonl, the DPO model
+                    (model side) head to head against π_T (baseline "sami", its responses those of
+                    iter-T/eval/responses.jsonl)
 ```
-Each is a manifest stage, skipped once done; an interrupted one resumes like SAMI's.
+Each is a manifest stage keyed like SAMI's (`sami.pipeline.stage_keys`): skipped once done with the same hash,
+rerun in place when it changed; an interrupted one resumes like SAMI's.
 The comparison trains in the pipeline's process (also under `launcher.kind: accelerate`).
 """
 
@@ -38,11 +41,14 @@ def train_dpo_stage(pipeline: Pipeline, t: int) -> None:
     from sami.comparisons.dpo import train_dpo_from_config
 
     name = f"iter-{t}/dpo/train"
-    if not pipeline._stage(name):
+    status = pipeline._stage(name)
+    if not status:
         return
     config, layout = pipeline.config, pipeline.layout
     final = layout.comparison_train(t, "dpo")
     partial = layout.comparison_train_partial(t, "dpo")
+    if status.in_place:  # resume checkpoints of another config
+        shutil.rmtree(partial, ignore_errors=True)
     train_dpo_from_config(
         config,
         model_ref=pipeline.start_model(t),
@@ -68,27 +74,18 @@ def seed_sami_responses(pipeline: Pipeline, t: int, method: str) -> None:
 
 def evaluate_comparison(pipeline: Pipeline, t: int, cset: ConstitutionSet, method: str) -> None:
     """Evaluate the comparison model of iteration t exactly as π_T (`Pipeline.evaluate`), with π_T as one more
-    baseline ("sami")."""
-    from sami.evaluation.evaluate import BaselineSettings, run_evaluation_from_config
+    baseline ("sami"): the stages iter-T/METHOD/responses, judgments and metrics."""
+    from sami.evaluation.evaluate import BaselineSettings, run_baselines
 
-    name = f"iter-{t}/{method}/eval"
-    if not pipeline._stage(name):
-        return
     config, layout = pipeline.config, pipeline.layout
-    out = layout.comparison_eval(t, method).root
-    out.mkdir(parents=True, exist_ok=True)
-    seed_sami_responses(pipeline, t, method)
     sami = BaselineSettings(model=pipeline.checkpoint(t), style=config.prompts.style)
-    baselines = {**config.evaluation.baselines, SAMI_BASELINE: sami}
-    run_evaluation_from_config(
-        config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"baselines": baselines})}),
+    pipeline.evaluation_stages(
+        f"iter-{t}/{method}",
+        layout.comparison_eval(t, method),
+        cset,
         model_ref=str(layout.comparison_train(t, method)),
         model_label=f"iter-{t}-{method}",
-        queries=pipeline.eval_queries(),
-        cset=cset,
-        out_dir=out,
-        base_responses=layout.eval(0).responses,
+        baselines={**run_baselines(config, against_base=True), SAMI_BASELINE: sami},
         contrast=False,
-        judge_against_base=True,
+        prepare=lambda: seed_sami_responses(pipeline, t, method),
     )
-    pipeline.manifest.finish(name, [out])

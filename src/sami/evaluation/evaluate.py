@@ -30,6 +30,7 @@ import logging
 import random
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,8 +104,18 @@ class EvaluationSettings(BaseModel):
     )
     device: str | None = Field(None, description="torch device (None: cuda when available, else cpu)")
     intrinsic: bool = Field(True, description="compute the intrinsic metrics (MI, InfoNCE bound, lengths)")
-    eos: Literal["generated", "always", "never"] = Field(
-        "generated", description="intrinsic metrics: score EOS where the model ended (generated), always or never"
+    mi: Literal["sign_patterns", "training_pairs"] = Field(
+        "sign_patterns",
+        description="MI over every sign pattern of the positive constitution's principles (2^k constitutions, the "
+        "paper's) or over the C constitutions drawn as for training (scheme, n_constitutions)",
+    )
+    mi_max_patterns: int = Field(
+        16, ge=2, description="sign_patterns: above this many, the positive plus a seeded sample (mi_sampled)"
+    )
+    eos: Literal["generated", "always", "never"] | None = Field(
+        None,
+        description="intrinsic metrics: score EOS where the model ended (generated), always or never (None: never "
+        "for sign_patterns, the paper's response tokens only; generated for training_pairs)",
     )
     include_eos: bool | None = Field(None, description="older spelling of eos: true = always, false = never")
     adherence: bool = Field(
@@ -119,6 +130,9 @@ class EvaluationSettings(BaseModel):
         None, ge=2, description="contrast check: use only the first `contrast_limit` queries (None: all)"
     )
     seed: int = Field(0, description="seed of the per-query constitutions")
+    rejudge: bool = Field(
+        False, description="judge again where a judgments file was written by another judge (the old file is kept)"
+    )
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
@@ -142,8 +156,11 @@ def _template(task: str, style: str, template=None):
     return get_template(task, style)
 
 
-def _token_length(tokenizer, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
+def _tokens(tokenizer, text: str) -> int:
+    """Length of one response in tokens (`sami.evaluation.metrics.response_lengths`)."""
+    from sami.evaluation.metrics import response_lengths
+
+    return response_lengths(tokenizer, [text])[0]
 
 
 def _free() -> None:
@@ -251,59 +268,73 @@ def _generate_side(
 
 
 # ---- the stage -----------------------------------------------------------------------------------------
-def run_evaluation(
-    settings: EvaluationSettings,
-    model_ref: str,
-    out_dir: str | Path,
-    *,
-    queries: Sequence[Query] | None = None,
-    cset=None,
-    template=None,
-    model=None,
-    tokenizer=None,
-    model_label: str | None = None,
-    baselines: dict[str, str | BaselineSettings] | None = None,
-    baseline_responses: dict[str, dict[str, str]] | None = None,
-    judge: bool = True,
-    judge_model=None,
-    judge_tokenizer=None,
-    trust_remote_code: bool = False,
-    contrast: bool = False,
-    console=None,
-) -> dict:
-    """Evaluate `model_ref` into `out_dir`; returns the metrics written to `metrics.json`.
+STEPS = ("responses", "judgments", "metrics")
+# The keys of each entry of metrics.json's `subsets` (what sami.report.summary.subset_entry reads).
+SUBSET_KEYS = ("n_queries", "mi", "mi_sem", "mi_bound", "mean_length", "mean_length_tokens", "win_rates", "adherence")
 
-    - `queries`/`cset`: the evaluation queries and the `ConstitutionSet` (default: loaded from `settings.queries`
-      and `settings.constitutions`); `template`: a `PromptTemplate` (default: the built-in one for the task/style).
-    - `model`/`tokenizer`: the evaluated model already loaded (else loaded from `model_ref`); `model_label` names it
-      in the records (default `model_ref`).
-    - `baselines`: name -> model reference or `BaselineSettings` (default `settings.baselines`);
-      `baseline_responses`: name -> {query_id: response} already generated (e.g. iteration 0's base responses),
-      used instead of generating; missing ids are generated.
-    - `judge=False` skips judging (e.g. iteration 0 against itself); `judge_model`/`judge_tokenizer`: a loaded
-      local judge model.
-    - `contrast=True`: the contrast check (`contrast_metrics`): per principle, how much flipping it alone changes
-      the model's responses (MI of the pair, and adherence where checkable); warns naming weak principles.
-    """
-    from rich.console import Console
 
+@dataclass
+class _Evaluation:
+    """What the three steps share: the resolved inputs of one evaluation and the lazily loaded model/tokenizer."""
+
+    settings: EvaluationSettings
+    model_ref: str
+    label: str
+    queries: list[Query]
+    cset: Any
+    task: str
+    template: Any
+    positive: dict
+    constitutions: dict[str, list]
+    mi_constitutions: dict[str, list]  # the constitutions of each mi_responses.jsonl record, in order
+    mi_sampled: bool
+    files: EvalLayout
+    baselines: dict[str, BaselineSettings]
+    principles: list[str]
+    contrast_queries: list[Query]
+    trust_remote_code: bool
+    model: Any = None
+    tokenizer: Any = None
+    loaded_here: bool = False
+
+    def get_tokenizer(self):
+        from sami.models import load_tokenizer
+
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.model_ref, trust_remote_code=self.trust_remote_code)
+        return self.tokenizer
+
+    def get_model(self):
+        from sami.models import load_model
+
+        if self.model is None:
+            self.model = load_model(
+                self.model_ref, dtype=self.settings.dtype, device=_device(self.settings),
+                trust_remote_code=self.trust_remote_code,
+            )  # fmt: skip
+            self.model.eval()
+            self.loaded_here = True
+        return self.model
+
+    def release(self) -> None:
+        if self.loaded_here and self.model is not None:
+            self.model = None
+            _free()
+
+
+def _prepare(settings, model_ref, out_dir, *, queries, cset, template, model, tokenizer, model_label, baselines,
+             contrast, trust_remote_code) -> _Evaluation:  # fmt: skip
+    """Resolve the inputs every step needs (queries, constitutions, prompts, baselines); loads no model."""
     from sami.constitutions import load_constitutions
     from sami.data import load_queries
-    from sami.generation import make_generator
-    from sami.models import load_model, load_tokenizer
 
-    console = console or Console(stderr=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    label = model_label or str(model_ref)
     specs = settings.baselines if baselines is None else baselines
-    baselines = {name: _baseline(spec) for name, spec in specs.items()}
-    for name in baselines:
+    resolved = {name: _baseline(spec) for name, spec in specs.items()}
+    for name in resolved:
         if name == "model" or not _NAME.match(name):
             raise SamiInputError(f"baselines: bad name {name!r} (use letters, digits, '_', '-', '.'; not 'model')")
-    baseline_responses = baseline_responses or {}
-
-    # Queries, constitutions, prompts.
     if queries is None:
         if settings.queries is None:
             raise SamiInputError("evaluation.queries: no evaluation queries given")
@@ -321,196 +352,496 @@ def run_evaluation(
             raise SamiInputError("evaluation.constitutions: no constitution set given")
         cset = load_constitutions(settings.constitutions)
     task = settings.task or (cset.task if cset.task in TASKS else "dialogue")
-    template = _template(task, settings.style, template)
     constitutions = query_constitutions(cset, queries, settings)
-    positive = {qid: cs[0] for qid, cs in constitutions.items()}
-    device = _device(settings)
+    mi_constitutions, sampled = constitutions, False
+    if settings.mi == "sign_patterns":
+        mi_constitutions = {}
+        for qid, cs in constitutions.items():
+            mi_constitutions[qid], was_sampled = sign_patterns(cs[0], settings.mi_max_patterns, settings.seed)
+            sampled = sampled or was_sampled
+    return _Evaluation(
+        settings=settings,
+        model_ref=str(model_ref),
+        label=model_label or str(model_ref),
+        queries=queries,
+        cset=cset,
+        task=task,
+        template=_template(task, settings.style, template),
+        positive={qid: cs[0] for qid, cs in constitutions.items()},
+        constitutions=constitutions,
+        mi_constitutions=mi_constitutions,
+        mi_sampled=sampled,
+        files=EvalLayout(out_dir),
+        baselines=resolved,
+        principles=[p.name for p in cset.pool(settings.mode)] if contrast else [],
+        contrast_queries=queries[: settings.contrast_limit] if settings.contrast_limit else queries,
+        trust_remote_code=trust_remote_code,
+        model=model,
+        tokenizer=tokenizer,
+    )
 
-    files = EvalLayout(out_dir)
-    responses = JsonlStore(files.responses)
-    mi_store = JsonlStore(files.mi_responses)
-    checkable = settings.adherence and cset.checkable
-    anti_store = JsonlStore(files.antithesis_responses) if checkable else None
-    contrast_store = JsonlStore(files.contrast_responses) if contrast else None
-    principles = [p.name for p in cset.pool(settings.mode)] if contrast else []
-    contrast_queries = queries[: settings.contrast_limit] if settings.contrast_limit else queries
-    loaded_here = model is None
-    if tokenizer is None:
-        tokenizer = load_tokenizer(model_ref, trust_remote_code=trust_remote_code)
 
-    def evaluated_model():
-        nonlocal model
-        if model is None:
-            model = load_model(model_ref, dtype=settings.dtype, device=device, trust_remote_code=trust_remote_code)
-            model.eval()
-        return model
+def run_evaluation(
+    settings: EvaluationSettings,
+    model_ref: str,
+    out_dir: str | Path,
+    *,
+    steps: Sequence[str] = STEPS,
+    queries: Sequence[Query] | None = None,
+    cset=None,
+    template=None,
+    model=None,
+    tokenizer=None,
+    model_label: str | None = None,
+    baselines: dict[str, str | BaselineSettings] | None = None,
+    baseline_responses: dict[str, dict[str, str]] | None = None,
+    judge: bool = True,
+    judge_model=None,
+    judge_tokenizer=None,
+    trust_remote_code: bool = False,
+    contrast: bool = False,
+    rejudge: bool = False,
+    console=None,
+) -> dict | None:
+    """Evaluate `model_ref` into `out_dir` in file-to-file `steps` (any of, run in this order):
 
-    gen_settings = GenerationSettings(backend="hf", batch_size=settings.batch_size, dtype=settings.dtype)
-    intrinsic: dict = {}
+    - "responses": every generation and every forward pass of the evaluated model: `responses.jsonl` (model and
+      baselines), `mi_responses.jsonl`, `antithesis_responses.jsonl`, `contrast_responses.jsonl` and the per-query
+      intrinsic scores `scores.json`. Resumable: what is on disk is kept, and with every file complete nothing is
+      loaded or rewritten.
+    - "judgments": `judgments-<baseline>.jsonl` (loads only the judge, and the tokenizer for the lengths).
+    - "metrics": `metrics.json` from the files alone (loads no model); returned.
+
+    Returns the metrics when "metrics" is in `steps`, else None.
+
+    - `queries`/`cset`: the evaluation queries and the `ConstitutionSet` (default: loaded from `settings.queries`
+      and `settings.constitutions`); `template`: a `PromptTemplate` (default: the built-in one for the task/style).
+    - `model`/`tokenizer`: the evaluated model already loaded (else loaded from `model_ref` when a step needs it);
+      `model_label` names it in the records (default `model_ref`).
+    - `baselines`: name -> model reference or `BaselineSettings` (default `settings.baselines`);
+      `baseline_responses`: name -> {query_id: response} already generated (e.g. iteration 0's base responses),
+      used instead of generating; missing ids are generated.
+    - `judge=False`: no baselines and no judgments step (e.g. iteration 0 against itself); `judge_model`/
+      `judge_tokenizer`: a loaded local judge model.
+    - `contrast=True`: the contrast check (`contrast_metrics`): per principle, how much flipping it alone changes
+      the model's responses (MI of the pair, and adherence where checkable); warns naming weak principles.
+    - `rejudge` (or `settings.rejudge`): judge again where a judgments file was written by another judge.
+    """
+    from rich.console import Console
+
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise SamiInputError(f"evaluation steps: unknown {unknown} (expected some of {', '.join(STEPS)})")
+    console = console or Console(stderr=True)
+    ev = _prepare(
+        settings, model_ref, out_dir, queries=queries, cset=cset, template=template, model=model,
+        tokenizer=tokenizer, model_label=model_label, baselines={} if not judge else baselines, contrast=contrast,
+        trust_remote_code=trust_remote_code,
+    )  # fmt: skip
     with _Progress(console) as progress:
-        # 1. The evaluated model: responses under the positive constitution, then under all C (intrinsic metrics).
-        todo = [q for q in queries if f"model:{q.id}" not in responses]
-        mi_todo = [q for q in queries if q.id not in mi_store] if settings.intrinsic else []
-        anti_todo = [q for q in queries if q.id not in anti_store] if anti_store is not None else []
-        contrast_todo = [
-            (name, q)
-            for name in principles
-            for q in contrast_queries
-            if name in positive[q.id].signs() and f"{name}:{q.id}" not in contrast_store
-        ]
-        generator = None
-        if todo or mi_todo or anti_todo or contrast_todo:
-            generator = make_generator(gen_settings, model=evaluated_model(), tokenizer=tokenizer)
-        if todo or mi_todo:
-            advance = progress.task(f"responses of {label}", len(todo))
-            _generate_side(
-                responses, generator, template, todo, positive, side="model", label=label, settings=settings,
-                advance=advance,
+        if "responses" in steps:
+            responses_step(ev, baseline_responses or {}, progress)
+        if "judgments" in steps and judge:
+            judgments_step(
+                ev, progress, judge_model=judge_model, judge_tokenizer=judge_tokenizer,
+                rejudge=rejudge or settings.rejudge,
             )  # fmt: skip
-            _generate_mi(mi_store, responses, generator, template, mi_todo, constitutions, settings, progress)
-        if anti_todo:
-            jobs = [(q.id, q, positive[q.id].flipped(), {}) for q in anti_todo]
-            known = _known_responses(responses, mi_store)
-            _generate_under(anti_store, generator, template, jobs, settings, progress,
-                            "responses under the antithesis", known=known)  # fmt: skip
-        if contrast_todo:
-            jobs = [(f"{n}:{q.id}", q, positive[q.id].flipped({n}), {"principle": n}) for n, q in contrast_todo]
-            known = _known_responses(responses, mi_store, anti_store)
-            _generate_under(contrast_store, generator, template, jobs, settings, progress,
-                            "responses with one principle flipped", known=known)  # fmt: skip
-        responses.flush()
-        if settings.intrinsic:
-            ids = {q.id for q in queries}
-            records = [r for r in mi_store.records if str(r["id"]) in ids]
-            intrinsic = _intrinsic(evaluated_model(), tokenizer, records, template, settings)
-        adherence_metrics = None
-        if anti_store is not None:
-            adherence_metrics = _adherence(queries, positive, responses, anti_store)
-        contrast_metrics_ = None
-        if contrast_store is not None:
-            contrast_metrics_ = contrast_metrics(
-                contrast_queries, positive, responses, contrast_store, principles,
-                mi_fn=lambda records: _intrinsic(evaluated_model(), tokenizer, records, template, settings),
-            )  # fmt: skip
-        generator = None
-        if loaded_here and model is not None:
-            model = None
-            _free()
-
-        # 2. Baselines: precomputed responses first, the rest generated (one baseline model loaded at a time).
-        for name, spec in baselines.items() if judge else ():
-            given = baseline_responses.get(name, {})
-            for q in queries:
-                if f"{name}:{q.id}" not in responses and q.id in given:
-                    responses.add(
-                        {
-                            "id": f"{name}:{q.id}",
-                            "query_id": q.id,
-                            "side": name,
-                            "model": spec.model,
-                            "query": q.query,
-                            "constitution": positive[q.id].to_dict(),
-                            "response": given[q.id],
-                            "num_tokens": _token_length(tokenizer, given[q.id]),
-                        }
-                    )
-            responses.flush()
-            todo = [q for q in queries if f"{name}:{q.id}" not in responses]
-            if not todo:
-                continue
-            gen = spec.generation or gen_settings.model_copy(
-                update={"model": spec.model, "device": device, "trust_remote_code": trust_remote_code}
-            )
-            generator = make_generator(gen)
-            btemplate = _template(task, spec.style or settings.style, template)
-            advance = progress.task(f"responses of baseline {name}", len(todo))
-            _generate_side(
-                responses, generator, btemplate, todo, positive, side=name, label=spec.model, settings=settings,
-                advance=advance,
-            )  # fmt: skip
-            generator = None
-            _free()
-
-        # 3. Judgments, one file per baseline; ids already judged are skipped.
-        by_id = {str(r["id"]): r for r in responses.records}
-        judge_obj = None
-        win_rates: dict[str, dict] = {}
-        for name in baselines if judge else ():
-            store = JsonlStore(files.judgments(name))
-            pending = [
-                q for q in queries if q.id not in store and f"model:{q.id}" in by_id and f"{name}:{q.id}" in by_id
-            ]
-            if pending and judge_obj is None:
-                judge_obj = make_judge(settings.judge, model=judge_model, tokenizer=judge_tokenizer)
-            advance = progress.task(f"judging vs {name}", len(pending))
-            for start in range(0, len(pending), settings.chunk_size):
-                chunk = pending[start : start + settings.chunk_size]
-                items = []
-                for q in chunk:
-                    mine, theirs = by_id[f"model:{q.id}"]["response"], by_id[f"{name}:{q.id}"]["response"]
-                    items.append(
-                        PairItem(
-                            id=q.id,
-                            query=q.query,
-                            constitution=positive[q.id],
-                            model_response=mine,
-                            baseline_response=theirs,
-                            model_length=_token_length(tokenizer, mine),
-                            baseline_length=_token_length(tokenizer, theirs),
-                        )
-                    )
-                for record in judge_obj.judge(items, model=label, baseline=name, task=task):
-                    store.add(record)
-                store.flush()
-                advance(len(chunk))
-            store.flush()
-            ids = {q.id for q in queries}
-            win_rates[name] = summarize([r for r in store.records if str(r["id"]) in ids], seed=settings.seed)
-        if judge_obj is not None:
-            judge_obj.close()
-
-    metrics = {
-        "model": label,
-        "model_ref": str(model_ref),
-        "n_queries": len(queries),
-        "n_constitutions": settings.n_constitutions or 2,
-        "mi": intrinsic.get("mi"),
-        "mi_sem": intrinsic.get("mi_sem"),
-        "mi_bound": intrinsic.get("mi_bound"),
-        "sami_loss": intrinsic.get("sami_loss"),
-        "accuracy": intrinsic.get("accuracy"),
-        "mean_length": intrinsic.get("mean_length") or {},
-        "win_rates": win_rates,
-        "judge": settings.judge.model_dump(mode="json") if win_rates else None,
-        "adherence": adherence_metrics,
-        "contrast": contrast_metrics_,
-    }
-    atomic_write_json(files.metrics, metrics)
+    if "metrics" not in steps:
+        return None
+    metrics = metrics_step(ev)
     console.print(metrics_table(metrics))
-    for warning in (contrast_metrics_ or {}).get("warnings", []):
+    for warning in (metrics.get("contrast") or {}).get("warnings", []):
         log.warning("%s", warning)
     return metrics
 
 
+def _stores(ev: _Evaluation) -> tuple[JsonlStore, JsonlStore, JsonlStore | None, JsonlStore | None]:
+    """responses, mi_responses, antithesis_responses (when adherence is measured), contrast_responses."""
+    files = ev.files
+    checkable = ev.settings.adherence and ev.cset.checkable
+    return (
+        JsonlStore(files.responses),
+        JsonlStore(files.mi_responses),
+        JsonlStore(files.antithesis_responses) if checkable else None,
+        JsonlStore(files.contrast_responses) if ev.principles else None,
+    )
+
+
+def responses_step(ev: _Evaluation, baseline_responses: dict[str, dict[str, str]], progress) -> None:
+    """Every generation and forward pass: the evaluated model's responses (positive, all C, antithesis, contrast),
+    their scores (`scores.json`), then the baselines' responses (one baseline model loaded at a time)."""
+    from sami.generation import make_generator
+
+    settings, queries, positive = ev.settings, ev.queries, ev.positive
+    responses, mi_store, anti_store, contrast_store = _stores(ev)
+    gen_settings = GenerationSettings(backend="hf", batch_size=settings.batch_size, dtype=settings.dtype)
+    _check_mi_store(ev, mi_store)
+    todo = [q for q in queries if f"model:{q.id}" not in responses]
+    mi_todo = [q for q in queries if q.id not in mi_store] if settings.intrinsic else []
+    patterns = settings.mi == "sign_patterns"
+    anti_todo = [q for q in queries if q.id not in anti_store] if anti_store is not None else []
+    contrast_todo = [
+        (name, q)
+        for name in ev.principles
+        for q in ev.contrast_queries
+        if name in positive[q.id].signs() and f"{name}:{q.id}" not in contrast_store
+    ]
+    if todo or mi_todo or anti_todo or contrast_todo:
+        generator = make_generator(gen_settings, model=ev.get_model(), tokenizer=ev.get_tokenizer())
+        if todo or mi_todo:
+            advance = progress.task(f"responses of {ev.label}", len(todo))
+            _generate_side(
+                responses, generator, ev.template, todo, positive, side="model", label=ev.label, settings=settings,
+                advance=advance,
+            )  # fmt: skip
+        if mi_todo and not patterns:
+            _generate_mi(mi_store, responses, generator, ev.template, mi_todo, ev.constitutions, settings, progress)
+        if mi_todo and patterns:  # the antithesis and one-flipped responses below are then taken from these
+            known = _known_responses(responses, anti_store, contrast_store)
+            _generate_patterns(mi_store, generator, ev.template, mi_todo, ev.mi_constitutions, settings, progress,
+                               known=known)  # fmt: skip
+        if anti_todo:
+            jobs = [(q.id, q, positive[q.id].flipped(), {}) for q in anti_todo]
+            known = _known_responses(responses, mi_store)
+            _generate_under(anti_store, generator, ev.template, jobs, settings, progress,
+                            "responses under the antithesis", known=known)  # fmt: skip
+        if contrast_todo:
+            jobs = [(f"{n}:{q.id}", q, positive[q.id].flipped({n}), {"principle": n}) for n, q in contrast_todo]
+            known = _known_responses(responses, mi_store, anti_store)
+            _generate_under(contrast_store, generator, ev.template, jobs, settings, progress,
+                            "responses with one principle flipped", known=known)  # fmt: skip
+        generator = None
+    responses.flush()
+    _score(ev, mi_store, responses, contrast_store)
+    ev.release()
+    _baseline_responses(ev, responses, baseline_responses, gen_settings, progress)
+
+
+def _eos_policy(settings: EvaluationSettings) -> str:
+    """The EOS policy of the intrinsic metrics: `eos`, the older `include_eos`, else the MI kind's default."""
+    from sami.tokens import resolve_eos
+
+    if settings.eos is None and settings.include_eos is None:
+        return "never" if settings.mi == "sign_patterns" else "generated"
+    return resolve_eos(settings.eos if settings.include_eos is None else None, settings.include_eos)
+
+
+def sign_patterns(positive, cap: int = 16, seed: int = 0) -> tuple[list, bool]:
+    """Every sign pattern of `positive`'s principles (2^k constitutions, `positive` first, then in binary order of
+    the flipped principles), or, when 2^k > `cap`, `positive` and a sample of `cap − 1` others seeded by `seed`
+    and k only (the same patterns for every query with k principles). Returns `(constitutions, sampled)`."""
+    import itertools
+
+    names = [p.name for p, _ in positive.items]
+    flips = [
+        {name for name, bit in zip(names, bits, strict=True) if bit}
+        for bits in itertools.product((False, True), repeat=len(names))
+    ][1:]
+    sampled = len(flips) + 1 > cap
+    if sampled:
+        rng = random.Random(f"{seed}:sign-patterns:{len(names)}")
+        flips = [flips[i] for i in sorted(rng.sample(range(len(flips)), cap - 1))]
+    return [positive, *(positive.flipped(f) for f in flips)], sampled
+
+
+def _check_mi_store(ev: _Evaluation, mi_store: JsonlStore) -> None:
+    """mi_responses.jsonl must hold the constitutions this evaluation scores (the MI kind and C did not change)."""
+    from sami.constitutions import Constitution
+
+    for r in mi_store.records:
+        expected = ev.mi_constitutions.get(str(r["id"]))
+        if expected is None:
+            continue
+        if [Constitution.from_dict(c).label() for c in r["constitutions"]] != [c.label() for c in expected]:
+            raise SamiInputError(
+                f"{ev.files.mi_responses}: query {r['id']} was written under other constitutions than evaluation.mi "
+                f"= {ev.settings.mi!r} draws (the MI kind, C or scheme changed); evaluate into another folder"
+            )
+
+
+def read_scores(path: str | Path) -> dict:
+    """`scores.json` of an evaluation folder (`{}` when absent): `{"eos": policy, "intrinsic": {query_id: {"mi",
+    "mi_bound", "sami_loss", "accuracy", "lengths"}}, "contrast": {principle: {query_id: mi}}}`."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SamiInputError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise SamiInputError(f"{path}: expected a JSON object")
+    return data
+
+
+def _score(ev: _Evaluation, mi_store: JsonlStore, responses: JsonlStore, contrast_store: JsonlStore | None) -> None:
+    """Score what is not scored yet into `scores.json` (the per-query MI, bound, loss, accuracy and lengths of
+    mi_responses.jsonl; the pair MI of each contrast response); rewrites the file only when something was added."""
+    settings = ev.settings
+    policy = _eos_policy(settings)
+    old = read_scores(ev.files.scores)
+    scores = {"eos": policy, "mi": settings.mi, "intrinsic": {}, "contrast": {}}
+    if old.get("eos") == policy and old.get("mi", "training_pairs") == settings.mi:
+        scores["intrinsic"] = dict(old.get("intrinsic") or {})
+        scores["contrast"] = {k: dict(v) for k, v in (old.get("contrast") or {}).items()}
+    changed = False
+    ids = {q.id for q in ev.queries}
+    if settings.intrinsic:
+        records = [r for r in mi_store.records if str(r["id"]) in ids and str(r["id"]) not in scores["intrinsic"]]
+        if records:
+            scores["intrinsic"].update(_intrinsic(ev.get_model(), ev.get_tokenizer(), records, ev.template, settings)
+                                       ["per_query"])  # fmt: skip
+            changed = True
+    if contrast_store is not None:
+        by_id = {str(r["id"]): r for r in responses.records}
+        flipped = {str(r["id"]): r for r in contrast_store.records}
+        for name in ev.principles:
+            done = scores["contrast"].setdefault(name, {})
+            records = [
+                {"id": q.id, "query": q.query,
+                 "constitutions": [ev.positive[q.id], ev.positive[q.id].flipped({name})],
+                 "responses": [by_id[f"model:{q.id}"]["response"], flipped[f"{name}:{q.id}"]["response"]]}
+                for q in ev.contrast_queries
+                if q.id not in done and f"model:{q.id}" in by_id and f"{name}:{q.id}" in flipped
+            ]  # fmt: skip
+            if records:
+                per_query = _intrinsic(ev.get_model(), ev.get_tokenizer(), records, ev.template, settings)["per_query"]
+                done.update({qid: v["mi"] for qid, v in per_query.items()})
+                changed = True
+    if changed or (not ev.files.scores.exists() and (settings.intrinsic or contrast_store is not None)):
+        atomic_write_json(ev.files.scores, scores)
+
+
+def _baseline_responses(ev, responses, baseline_responses, gen_settings, progress) -> None:
+    """The baselines' responses: precomputed ones first, the rest generated (one baseline model at a time)."""
+    from sami.generation import make_generator
+
+    settings, queries, positive = ev.settings, ev.queries, ev.positive
+    for name, spec in ev.baselines.items():
+        given = baseline_responses.get(name, {})
+        for q in queries:
+            if f"{name}:{q.id}" not in responses and q.id in given:
+                responses.add(
+                    {
+                        "id": f"{name}:{q.id}",
+                        "query_id": q.id,
+                        "side": name,
+                        "model": spec.model,
+                        "query": q.query,
+                        "constitution": positive[q.id].to_dict(),
+                        "response": given[q.id],
+                        "num_tokens": _tokens(ev.get_tokenizer(), given[q.id]),
+                    }
+                )
+        responses.flush()
+        todo = [q for q in queries if f"{name}:{q.id}" not in responses]
+        if not todo:
+            continue
+        gen = spec.generation or gen_settings.model_copy(
+            update={"model": spec.model, "device": _device(settings), "trust_remote_code": ev.trust_remote_code}
+        )
+        generator = make_generator(gen)
+        btemplate = _template(ev.task, spec.style or settings.style, ev.template)
+        advance = progress.task(f"responses of baseline {name}", len(todo))
+        _generate_side(
+            responses, generator, btemplate, todo, positive, side=name, label=spec.model, settings=settings,
+            advance=advance,
+        )  # fmt: skip
+        generator = None
+        _free()
+
+
+def judgments_step(
+    ev: _Evaluation, progress, *, judge_model=None, judge_tokenizer=None, rejudge: bool = False
+) -> None:
+    """One judgments file per baseline, judging the queries whose two responses exist; ids already judged are
+    skipped."""
+    by_id = {str(r["id"]): r for r in JsonlStore(ev.files.responses).records}
+    judge_obj = None
+    identity = ev.settings.judge.identity()
+    for name in ev.baselines:
+        store = _judgments_store(ev.files, name, identity, rejudge=rejudge)
+        pending = [
+            q for q in ev.queries if q.id not in store and f"model:{q.id}" in by_id and f"{name}:{q.id}" in by_id
+        ]
+        if pending and judge_obj is None:
+            judge_obj = make_judge(ev.settings.judge, model=judge_model, tokenizer=judge_tokenizer)
+        advance = progress.task(f"judging vs {name}", len(pending))
+        for start in range(0, len(pending), ev.settings.chunk_size):
+            chunk = pending[start : start + ev.settings.chunk_size]
+            items = []
+            for q in chunk:
+                mine, theirs = by_id[f"model:{q.id}"]["response"], by_id[f"{name}:{q.id}"]["response"]
+                items.append(
+                    PairItem(
+                        id=q.id,
+                        query=q.query,
+                        constitution=ev.positive[q.id],
+                        model_response=mine,
+                        baseline_response=theirs,
+                        model_length=len(mine),
+                        baseline_length=len(theirs),
+                        model_length_tokens=_tokens(ev.get_tokenizer(), mine),
+                        baseline_length_tokens=_tokens(ev.get_tokenizer(), theirs),
+                        subset=query_subset(q),
+                    )
+                )
+            for record in judge_obj.judge(items, model=ev.label, baseline=name, task=ev.task):
+                store.add(record)
+            store.flush()
+            advance(len(chunk))
+        store.flush()
+    if judge_obj is not None:
+        judge_obj.close()
+
+
+def _n_constitutions(ev: _Evaluation) -> int | list[int]:
+    """Constitutions per query of the intrinsic metrics (one number, or the sorted distinct counts)."""
+    sizes = sorted({len(cs) for cs in ev.mi_constitutions.values()})
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def judge_hash(identity: dict) -> str:
+    """8 hex digits naming a judge identity (the suffix of a judgments file kept aside)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:8]
+
+
+def _judgments_store(files: EvalLayout, baseline: str, identity: dict, *, rejudge: bool) -> JsonlStore:
+    """The judgments file of `baseline`, holding only verdicts of the judge `identity`. A file written by another
+    judge is moved aside (`rejudge`) or refused: verdicts of two judges never mix, and none is deleted."""
+    path = files.judgments(baseline)
+    store = JsonlStore(path)
+    foreign = [r.get("judge") for r in store.records if r.get("judge") != identity]
+    if not foreign:
+        return store
+    other = foreign[0] if isinstance(foreign[0], dict) else {}
+    aside = files.judgments_aside(baseline, judge_hash(other))
+    if not rejudge:
+        who = f"{other.get('kind', '?')}/{other.get('model') or other.get('model_name') or '?'}"
+        raise SamiInputError(
+            f"{path}: judged by another judge ({who}); pass --rejudge to judge again (the old verdicts are kept as "
+            f"{aside.name})"
+        )
+    if aside.exists():
+        raise SamiInputError(f"{aside}: already exists; move it away before judging {baseline} again")
+    path.rename(aside)
+    log.warning("%s: judged by another judge; its verdicts are kept as %s, judging again", path, aside.name)
+    return JsonlStore(path)
+
+
+def metrics_step(ev: _Evaluation) -> dict:
+    """`metrics.json` from the evaluation's files alone (scores.json, the response and judgment files), pooled and,
+    when the queries come from two or more subsets, per subset (`subsets`)."""
+    settings, queries = ev.settings, ev.queries
+    ids = {q.id for q in queries}
+    responses, mi_store, anti_store, contrast_store = _stores(ev)
+    scores = read_scores(ev.files.scores)
+    judgments: dict[str, list[dict]] = {}
+    judges: list[dict] = []
+    for name in ev.baselines:
+        path = ev.files.judgments(name)
+        if path.is_file():
+            judgments[name] = [r for r in read_jsonl(path) if str(r["id"]) in ids]
+            for record in judgments[name]:
+                if record.get("judge") not in judges:
+                    judges.append(record.get("judge"))
+    if len(judges) > 1:
+        raise SamiInputError(f"{ev.files.root}: the judgments were given by {len(judges)} different judges")
+    mi_records = [r for r in mi_store.records if str(r["id"]) in ids]
+
+    def part(subset_queries: list[Query]) -> dict:
+        """Intrinsic metrics, win rates and adherence of some of the queries."""
+        from sami.evaluation.metrics import aggregate_scores
+
+        sub_ids = {q.id for q in subset_queries}
+        intrinsic: dict = {}
+        if settings.intrinsic:
+            per_query = {k: v for k, v in (scores.get("intrinsic") or {}).items() if k in sub_ids}
+            records = [r for r in mi_records if str(r["id"]) in per_query]
+            if records:
+                intrinsic = aggregate_scores(per_query, records)
+        win_rates = {
+            name: summarize([r for r in records if str(r["id"]) in sub_ids], seed=settings.seed)
+            for name, records in judgments.items()
+        }
+        adherence_ = _adherence(subset_queries, ev.positive, responses, anti_store) if anti_store is not None else None
+        return {
+            "n_queries": len(subset_queries),
+            "mi": intrinsic.get("mi"),
+            "mi_sem": intrinsic.get("mi_sem"),
+            "mi_bound": intrinsic.get("mi_bound"),
+            "sami_loss": intrinsic.get("sami_loss"),
+            "accuracy": intrinsic.get("accuracy"),
+            "mean_length": intrinsic.get("mean_length") or {},
+            "mean_length_tokens": intrinsic.get("mean_length_tokens") or {},
+            "win_rates": win_rates,
+            "adherence": adherence_,
+        }
+
+    pooled = part(queries)
+    contrast_ = None
+    if contrast_store is not None:
+        contrast_ = contrast_metrics(
+            ev.contrast_queries, ev.positive, responses, contrast_store, ev.principles,
+            scores=scores.get("contrast") or {},
+        )  # fmt: skip
+    by_subset: dict[str, list[Query]] = {}
+    for q in queries:
+        by_subset.setdefault(query_subset(q), []).append(q)
+    subsets = {}
+    if len(by_subset) >= 2:
+        for name in sorted(by_subset):
+            entry = part(by_subset[name])
+            subsets[name] = {k: entry[k] for k in SUBSET_KEYS}
+    metrics = {
+        "model": ev.label,
+        "model_ref": ev.model_ref,
+        "n_queries": len(queries),
+        "n_constitutions": _n_constitutions(ev),
+        "mi_kind": settings.mi,
+        "n_sign_patterns": _n_constitutions(ev) if settings.mi == "sign_patterns" else None,
+        "mi_sampled": ev.mi_sampled if settings.mi == "sign_patterns" else None,
+        "mi_eos": _eos_policy(settings),
+        **{k: pooled[k] for k in ("mi", "mi_sem", "mi_bound", "sami_loss", "accuracy")},
+        "mean_length": pooled["mean_length"],
+        "mean_length_tokens": pooled["mean_length_tokens"],
+        "win_rates": pooled["win_rates"],
+        "judge": judges[0] if judges else None,
+        "adherence": pooled["adherence"],
+        "contrast": contrast_,
+        "subsets": subsets,
+    }
+    atomic_write_json(ev.files.metrics, metrics)
+    return metrics
+
+
 # ---- antithesis responses, adherence and the contrast check -------------------------------------------
-def _known_responses(*stores) -> dict[tuple[str, str], tuple[str, int]]:
-    """`(query_id, constitution label) -> (response, num_tokens)` of the evaluated model's greedy responses already
+def _known_responses(*stores) -> dict[tuple[str, str], tuple]:
+    """`(query_id, constitution label) -> (response, num_tokens, separator, ended_with_eos)` of the evaluated model's
+    greedy responses already
     written (responses.jsonl's model side, mi_responses.jsonl, antithesis_responses.jsonl). Same label = the same
     principles in the same forms; only the order in the prompt may differ."""
     from sami.constitutions import Constitution
 
-    known: dict[tuple[str, str], tuple[str, int]] = {}
+    known: dict[tuple[str, str], tuple] = {}
     for store in (s for s in stores if s is not None):
         for r in store.records:
             if "responses" in r:  # an mi record: C constitutions
-                counts = r.get("num_tokens") or [0] * len(r["responses"])
-                for c, text, n in zip(r["constitutions"], r["responses"], counts, strict=True):
-                    known.setdefault((str(r["id"]), Constitution.from_dict(c).label()), (text, int(n)))
+                n = len(r["responses"])
+                counts = r.get("num_tokens") or [0] * n
+                seps, ended = r.get("separators") or [None] * n, r.get("ended_with_eos") or [None] * n
+                for c, text, k, sep, eos in zip(r["constitutions"], r["responses"], counts, seps, ended, strict=True):
+                    known.setdefault((str(r["id"]), Constitution.from_dict(c).label()), (text, int(k), sep, eos))
             elif r.get("side", "model") == "model" and "constitution" in r:
                 qid = str(r.get("query_id", r["id"]))
                 known.setdefault(
                     (qid, Constitution.from_dict(r["constitution"]).label()),
-                    (r["response"], int(r.get("num_tokens", 0))),
+                    (r["response"], int(r.get("num_tokens", 0)), r.get("separator"), r.get("ended_with_eos")),
                 )
     return known
 
@@ -532,7 +863,7 @@ def _generate_under(store, generator, template, jobs, settings, progress, descri
             if c.finish_reason == "error":
                 log.warning("no response for %s (%s); a rerun retries it", rid, c.error)
                 continue
-            made[rid] = (template.postprocess(c.text), int(c.num_tokens))
+            made[rid] = (template.postprocess(c.text), int(c.num_tokens), template.separator(c.text), c.ended_with_eos)
         for rid, q, c, extra in chunk:
             reused = (q.id, c.label()) in known
             got = known.get((q.id, c.label())) or made.get(rid)
@@ -547,6 +878,8 @@ def _generate_under(store, generator, template, jobs, settings, progress, descri
                     "constitution": c.to_dict(),
                     "response": got[0],
                     "num_tokens": got[1],
+                    "separator": got[2],
+                    "ended_with_eos": got[3],
                     "reused": reused,
                 }
             )
@@ -554,7 +887,8 @@ def _generate_under(store, generator, template, jobs, settings, progress, descri
         advance(len(chunk))
 
 
-def _subset(q: Query) -> str:
+def query_subset(q: Query) -> str:
+    """The subset a query comes from (`q.meta["subset"]`, e.g. "helpful" / "harmless"; "all" when none)."""
     return str(q.meta.get("subset") or "all")
 
 
@@ -566,7 +900,7 @@ def _adherence(queries, positive, responses, anti_store) -> dict | None:
     items = [
         AdherenceItem(
             id=q.id,
-            subset=_subset(q),
+            subset=query_subset(q),
             positive=positive[q.id],
             positive_response=str(by_id[f"model:{q.id}"]["response"]),
             antithesis=positive[q.id].flipped(),
@@ -588,17 +922,17 @@ def _intrinsic(model, tokenizer, records, template, settings) -> dict:
         records,
         template=template,
         batch_size=settings.batch_size,
-        eos=settings.eos if settings.include_eos is None else None,
-        include_eos=settings.include_eos,
+        eos=_eos_policy(settings),
     )
 
 
-def contrast_metrics(queries, positive, responses, contrast_store, principles, *, mi_fn) -> dict:
+def contrast_metrics(queries, positive, responses, contrast_store, principles, *, mi_fn=None, scores=None) -> dict:
     """The contrast check: for each principle, the model's responses under the positive constitution against those
     under the same constitution with only that principle flipped.
 
     Per principle: `mi`, `mi_sem` (the paper's MI of the C = 2 pair over the queries, `mi_fn` on mi-style records)
-    and, when the principle has a check, `adherence_positive` / `adherence_flipped` (fraction of each side's responses
+    (from `scores` = scores.json's `contrast`, `{principle: {query_id: mi}}`, when given) and, when the principle
+    has a check, `adherence_positive` / `adherence_flipped` (fraction of each side's responses
     following the principle in its positive-constitution form) and `adherence_change` (their difference).
 
     `weak` (a warning naming the principle) when the log-prob contrast SAMI trains on is within noise of zero
@@ -625,7 +959,14 @@ def contrast_metrics(queries, positive, responses, contrast_store, principles, *
              "responses": [a, b]}
             for q, a, b in pairs
         ]  # fmt: skip
-        mi = mi_fn(records)
+        if scores is not None:
+            from sami.evaluation.metrics import mean_sem
+
+            values = [scores.get(name, {}).get(q.id) for q, _, _ in pairs]
+            mean, sem = mean_sem([v for v in values if v is not None])
+            mi = {"mi": mean, "mi_sem": sem}
+        else:
+            mi = mi_fn(records)
         entry: dict[str, Any] = {"n": len(pairs), "mi": mi.get("mi"), "mi_sem": mi.get("mi_sem")}
         forms = [{p.name: (p, s) for p, s in positive[q.id].items}[name] for q, _, _ in pairs]
         if forms[0][0].checkable:
@@ -727,6 +1068,53 @@ def _generate_mi(store, responses, generator, template, todo, constitutions, set
         advance(len(chunk))
 
 
+def _generate_patterns(store, generator, template, todo, constitutions, settings, progress, *, known) -> None:
+    """Greedy responses of the evaluated model under every sign pattern of each query (mi_responses.jsonl),
+    reusing `known` responses written under the same constitution (`_known_responses`)."""
+    advance = progress.task("responses under every sign pattern", len(todo))
+    for start in range(0, len(todo), settings.chunk_size):
+        chunk = todo[start : start + settings.chunk_size]
+        got: dict[tuple[str, int], tuple] = {}
+        fresh = []
+        for q in chunk:
+            for j, c in enumerate(constitutions[q.id]):
+                if (q.id, c.label()) in known:
+                    got[(q.id, j)] = known[(q.id, c.label())]
+                else:
+                    fresh.append((q, j, c))
+        completions = []
+        if fresh:
+            completions = generator.generate(
+                [template.generation_prompt(c, q.query) for q, _, c in fresh],
+                max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=template.stop or None,
+            )  # fmt: skip
+        failed: set[str] = set()
+        for (q, j, _), c in zip(fresh, completions, strict=True):
+            if c.finish_reason == "error":
+                failed.add(q.id)
+            got[(q.id, j)] = (template.postprocess(c.text), int(c.num_tokens), template.separator(c.text),
+                              c.ended_with_eos)  # fmt: skip
+        for q in chunk:
+            if q.id in failed:
+                log.warning("mi responses: generation failed for query %s; a rerun retries it", q.id)
+                continue
+            cs = constitutions[q.id]
+            parts = [got[(q.id, j)] for j in range(len(cs))]
+            store.add(
+                {
+                    "id": q.id,
+                    "query": q.query,
+                    "constitutions": [c.to_dict() for c in cs],
+                    "responses": [x[0] for x in parts],
+                    "num_tokens": [x[1] for x in parts],
+                    "separators": [x[2] for x in parts],
+                    "ended_with_eos": [x[3] for x in parts],
+                }
+            )
+        store.flush()
+        advance(len(chunk))
+
+
 def metrics_table(metrics: dict):
     """A short rich table: intrinsic metrics, then one column of win rates per baseline."""
     from rich.console import Group
@@ -794,29 +1182,11 @@ def contrast_table(contrast: dict):
     return table
 
 
-def run_evaluation_from_config(
-    config,
-    *,
-    model_ref: str,
-    model_label: str,
-    queries: Sequence[Query],
-    cset,
-    out_dir: str | Path,
-    base_responses: str | Path | None = None,
-    judge_against_base: bool = True,
-    contrast: bool = False,
-    model=None,
-    tokenizer=None,
-    console=None,
-) -> dict:
-    """The pipeline's evaluation of one iteration, from a `RunConfig`.
-
-    The sampling scheme, C and dtype default to the run's; prompts are the run's templates. From iteration 1 the
-    base model is the baseline 'base', its responses taken from iteration 0's `responses.jsonl` (`base_responses`)
-    where present. Other baselines come from `evaluation.baselines`.
-    """
+def run_settings(config) -> EvaluationSettings:
+    """The evaluation settings of a run (`RunConfig`): `config.evaluation` with the sampling scheme, C, dtype and
+    task defaulting to the run's, and the run's prompt style (its templates are used)."""
     ev: EvaluationSettings = config.evaluation
-    updates: dict[str, Any] = {}
+    updates: dict[str, Any] = {"style": config.prompts.style}
     if ev.scheme is None:
         updates["scheme"] = config.sampling.scheme
     if ev.n_constitutions is None:
@@ -825,29 +1195,43 @@ def run_evaluation_from_config(
         updates["dtype"] = config.model.dtype
     if ev.task is None:
         updates["task"] = config.prompts.task
-    updates["style"] = config.prompts.style  # the run's template is used
-    settings = ev.model_copy(update=updates)
-    baselines: dict[str, str | BaselineSettings] = {}
-    if judge_against_base:
-        baselines["base"] = BaselineSettings(model=config.model.policy, style=config.prompts.style)
-    baselines.update({k: v for k, v in settings.baselines.items() if k != "base" or not judge_against_base})
-    given = {}
-    if base_responses is not None and Path(base_responses).is_file():
-        given["base"] = load_side_responses(base_responses, side="model")
+    return ev.model_copy(update=updates)
+
+
+def run_baselines(config, *, against_base: bool) -> dict[str, BaselineSettings]:
+    """The baselines of a run's evaluation: with `against_base` (iteration >= 1) the base model as 'base' in the
+    run's prompt style, then `evaluation.baselines` (whose own 'base' is replaced by the run's then)."""
+    out: dict[str, BaselineSettings] = {}
+    if against_base:
+        out["base"] = BaselineSettings(model=config.model.policy, style=config.prompts.style)
+    for name, spec in config.evaluation.baselines.items():
+        if name != "base" or not against_base:
+            out[name] = _baseline(spec)
+    return out
+
+
+# removed when the pipeline calls run_evaluation directly
+def run_evaluation_from_config(
+    config,
+    *,
+    model_ref,
+    model_label,
+    queries,
+    cset,
+    out_dir,
+    base_responses=None,
+    judge_against_base=True,
+    contrast=False,
+    model=None,
+    tokenizer=None,
+    console=None,
+):
+    """The pipeline's evaluation of one iteration: `run_evaluation` with `run_settings` and `run_baselines`."""
+    settings, baselines = run_settings(config), run_baselines(config, against_base=judge_against_base)
+    given = {"base": load_side_responses(base_responses)} if base_responses and Path(base_responses).is_file() else {}
     return run_evaluation(
-        settings,
-        model_ref,
-        out_dir,
-        queries=queries,
-        cset=cset,
-        template=config.prompts.build(),
-        model=model,
-        tokenizer=tokenizer,
-        model_label=model_label,
-        baselines=baselines,
-        baseline_responses=given,
-        judge=bool(baselines),
-        trust_remote_code=config.model.trust_remote_code,
-        contrast=contrast and settings.contrast,
-        console=console,
-    )
+        settings, model_ref, out_dir, queries=queries, cset=cset, template=config.prompts.build(), model=model,
+        tokenizer=tokenizer, model_label=model_label, baselines=baselines, baseline_responses=given,
+        judge=bool(baselines), trust_remote_code=config.model.trust_remote_code,
+        contrast=contrast and settings.contrast, console=console,
+    )  # fmt: skip

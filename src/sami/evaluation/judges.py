@@ -108,6 +108,34 @@ class JudgeSettings(BaseModel):
         None, description="custom judge prompt with {constitution} {query} {response_a} {response_b}"
     )
 
+    def prompt_text(self) -> str | None:
+        """The judge prompt template this judge fills (None for the rules judge, which reads no prompt)."""
+        if self.kind == "rules":
+            return None
+        return self.prompt or (LOCAL_JUDGE_PROMPT if self.kind == "local" else JUDGE_PROMPT)
+
+    def identity(self) -> dict:
+        """The settings that decide verdicts, written as `"judge"` into every judgment record and metrics.json:
+        the kind, the model (local: reference and dtype; api: model name and base URL), the sha256 of the prompt
+        template actually used, and the protocol (temperature and answer budget for api, both_orders, seed,
+        tie_band). Two judgments were given by the same judge exactly when their identities are equal; never
+        holds a key or concurrency/timeout settings (they do not change verdicts)."""
+        import hashlib
+
+        if self.kind == "rules":
+            return {"kind": "rules", "checks": "the positive constitution's principle checks (sami.checks)"}
+        prompt = self.prompt_text() or ""
+        out: dict = {"kind": self.kind}
+        if self.kind == "api":
+            out.update(model=self.model_name, base_url=self.base_url)
+        else:
+            out.update(model=self.model, dtype=self.dtype)
+        out["prompt_sha256"] = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+        if self.kind == "api":
+            out.update(temperature=self.temperature, max_tokens=self.max_tokens)
+        out.update(both_orders=self.both_orders, seed=self.seed, tie_band=self.tie_band)
+        return out
+
 
 @dataclass
 class PairItem:
@@ -118,8 +146,11 @@ class PairItem:
     constitution: object  # sami.constitutions.Constitution (the positive one)
     model_response: str
     baseline_response: str
-    model_length: int = 0
+    model_length: int = 0  # characters (AlpacaEval's unit; the length-controlled win rate reads these)
     baseline_length: int = 0
+    model_length_tokens: int | None = None  # tokens of the evaluated model's tokenizer
+    baseline_length_tokens: int | None = None
+    subset: str = "all"  # the query's subset (e.g. "helpful" / "harmless")
 
 
 @dataclass
@@ -214,14 +245,13 @@ def judge_prompt(
 class PairwiseJudge(ABC):
     """Base class: order handling, combination of orders and judgment records; subclasses score ordered pairs."""
 
-    default_prompt = JUDGE_PROMPT
-
     def __init__(self, settings: JudgeSettings):
         self.settings = settings
 
     @property
     def template(self) -> str:
-        return self.settings.prompt or self.default_prompt
+        """The prompt template filled for each pair (`JudgeSettings.prompt_text`)."""
+        return self.settings.prompt_text() or ""
 
     @abstractmethod
     def compare(self, prompts: list[str]) -> list[Verdict]:
@@ -297,8 +327,11 @@ class PairwiseJudge(ABC):
             "model": model,
             "baseline": baseline,
             "win": win,
+            "subset": item.subset,
             "model_length": int(item.model_length),
             "baseline_length": int(item.baseline_length),
+            "model_length_tokens": item.model_length_tokens,
+            "baseline_length_tokens": item.baseline_length_tokens,
             "order": order,
             "status": status,
             "judge_text": text,
@@ -306,11 +339,8 @@ class PairwiseJudge(ABC):
         }
 
     def describe(self) -> dict:
-        """The `judge` object of every judgment record: which judge gave the verdict."""
-        s = self.settings
-        if s.kind == "api":
-            return {"kind": "api", "model": s.model_name, "base_url": s.base_url, "both_orders": s.both_orders}
-        return {"kind": s.kind, "model": s.model, "both_orders": s.both_orders}
+        """The `judge` object of every judgment record: `JudgeSettings.identity()`."""
+        return self.settings.identity()
 
     def _describe(self, verdict: Verdict, model_first: bool) -> str:
         who = "A = model, B = baseline" if model_first else "A = baseline, B = model"
@@ -395,8 +425,6 @@ def _next_token_logits(model, **inputs):
 
 class LocalJudge(PairwiseJudge):
     """Next-token probabilities of "A" vs "B" from an HF causal LM after the judge prompt."""
-
-    default_prompt = LOCAL_JUDGE_PROMPT
 
     def __init__(self, settings: JudgeSettings, model=None, tokenizer=None):
         super().__init__(settings)
@@ -492,9 +520,6 @@ class RulesJudge(PairwiseJudge):
                 self.record(item, model, baseline, win, order="both", status="tie" if win == 0.5 else "ok", text=text)
             )
         return records
-
-    def describe(self) -> dict:
-        return {"kind": "rules", "checks": "the positive constitution's principle checks (sami.checks, IFEval ids)"}
 
 
 def make_judge(settings: JudgeSettings, *, model=None, tokenizer=None, client=None) -> PairwiseJudge:

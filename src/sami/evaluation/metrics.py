@@ -6,9 +6,10 @@ For each query x the evaluated model wrote a greedy response y_j under each of C
 - `mi` (the paper's "mutual information"): mean over queries and responses of `L_sum[j, j] − (1/C) Σ_k L_sum[k, j]`
   with **summed** log-probs (`sami.loss.paper_mutual_information`); not bounded by log C.
 - `mi_bound`: the InfoNCE lower bound `log C − sami_loss(L_mean)` with **mean** (per-token) log-probs.
-- `mean_length`: mean response length in tokens of the scoring tokenizer, for the all-positive constitution
+- `mean_length`: mean response length in characters (AlpacaEval's unit), for the all-positive constitution
   (`positive`) and all others (`negative`), per constitution label, and per principle (`by_principle`:
-  mean length when the principle is positive vs negated).
+  mean length when the principle is positive vs negated); `mean_length_tokens`: the same in tokens of the scoring
+  tokenizer (`response_lengths`).
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def intrinsic_metrics(
     responses get EOS; `include_eos=True/False` is the older spelling of eos "always"/"never".
 
     Returns `{"n_queries", "n_constitutions", "n_skipped", "mi", "mi_sem", "mi_bound", "sami_loss", "accuracy",
-    "mean_length": {...}}`; `mi_sem` is the standard error of `mi` over queries (None with fewer than 2).
+    "mean_length": {...} (characters), "mean_length_tokens": {...}, "per_query": {id: {"mi", "mi_bound",
+    "sami_loss", "accuracy", "lengths": [C token counts]}}}` (`aggregate_scores` of the per-query scores);
+    `mi_sem` is the standard error of `mi` over queries (None with fewer than 2).
     """
     from sami.logprobs import batched_logprob_matrices, tokenize_responses
     from sami.tokens import resolve_eos, response_context
@@ -120,8 +123,10 @@ def intrinsic_metrics(
         examples.append((str(rid), prompts, responses, *response_context(record, len(responses))))
 
     scored = [ex for ex in examples if all(r.strip() for r in ex[2])]
-    per_query_mi: list[float] = []
-    losses, accuracies, bounds, weights = [], [], [], []
+    per_query: dict[str, dict[str, Any]] = {
+        ex[0]: {"mi": None, "mi_bound": None, "sami_loss": None, "accuracy": None, "lengths": lengths}
+        for ex, lengths in zip(examples, all_lengths, strict=True)
+    }
     by_c: dict[int, list] = defaultdict(list)
     for ex in scored:
         by_c[len(ex[1])].append(ex)
@@ -150,28 +155,56 @@ def intrinsic_metrics(
                 counts = torch.tensor([[len(x) for x in ids] for ids in token_ids], dtype=summed.dtype)
                 counts = counts.to(summed.device)
                 mean = summed / counts[:, None, :]
-                for b in range(len(chunk)):
-                    per_query_mi.append(float(paper_mutual_information(summed[b])))
-                result = sami_loss(mean)
-                losses.append(float(result.loss))
-                accuracies.append(float(result.accuracy))
-                bounds.append(float(result.mi_bound))
-                weights.append(len(chunk))
-    n = len(per_query_mi)
-    total = sum(weights)
-    mi = _mean(per_query_mi)
-    sem = None
-    if n > 1:
-        sem = math.sqrt(sum((x - mi) ** 2 for x in per_query_mi) / (n - 1) / n)
-    cs = {len(ex[1]) for ex in examples}
+                for b, ex in enumerate(chunk):
+                    result = sami_loss(mean[b])
+                    per_query[ex[0]].update(
+                        mi=float(paper_mutual_information(summed[b])),
+                        mi_bound=float(result.mi_bound),
+                        sami_loss=float(result.loss),
+                        accuracy=float(result.accuracy),
+                    )
+    out = aggregate_scores(
+        per_query,
+        [
+            {"id": ex[0], "constitutions": cs, "responses": ex[2]}
+            for ex, cs in zip(examples, all_constitutions, strict=True)
+        ],
+    )
+    out["per_query"] = per_query
+    return out
+
+
+def mean_sem(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """`(mean, standard error of the mean)` of `values` (None when empty; sem None with fewer than 2)."""
+    values = list(values)
+    mean = _mean(values)
+    if mean is None or len(values) < 2:
+        return mean, None
+    n = len(values)
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1) / n)
+
+
+def aggregate_scores(per_query: dict[str, dict], records: Sequence[dict]) -> dict:
+    """The intrinsic metrics of a set of queries from their per-query scores (`intrinsic_metrics(...)["per_query"]`,
+    as stored in `scores.json`) and their mi-style `records` (`{"id", "constitutions", "responses"}`, response j
+    under constitution j): `{"n_queries", "n_constitutions", "n_skipped", "mi", "mi_sem", "mi_bound", "sami_loss",
+    "accuracy", "mean_length" (characters), "mean_length_tokens"}`. Only records with scores count; those without
+    an MI (an empty response) count in `n_skipped` and in the lengths only."""
+    records = [r for r in records if str(r["id"]) in per_query]
+    scores = [per_query[str(r["id"])] for r in records]
+    scored = [q for q in scores if q.get("mi") is not None]
+    mi, sem = mean_sem([q["mi"] for q in scored])
+    cs = [[_constitution(c) for c in r["constitutions"]] for r in records]
+    sizes = {len(c) for c in cs}
     return {
-        "n_queries": len(examples),
-        "n_constitutions": cs.pop() if len(cs) == 1 else sorted(cs),
-        "n_skipped": len(examples) - len(scored),
+        "n_queries": len(records),
+        "n_constitutions": sizes.pop() if len(sizes) == 1 else sorted(sizes),
+        "n_skipped": len(records) - len(scored),
         "mi": mi,
         "mi_sem": sem,
-        "mi_bound": sum(b * w for b, w in zip(bounds, weights, strict=True)) / total if total else None,
-        "sami_loss": sum(x * w for x, w in zip(losses, weights, strict=True)) / total if total else None,
-        "accuracy": sum(x * w for x, w in zip(accuracies, weights, strict=True)) / total if total else None,
-        "mean_length": length_stats(all_constitutions, all_lengths),
+        "mi_bound": _mean([q["mi_bound"] for q in scored]),
+        "sami_loss": _mean([q["sami_loss"] for q in scored]),
+        "accuracy": _mean([q["accuracy"] for q in scored]),
+        "mean_length": length_stats(cs, [[len(str(t)) for t in r["responses"]] for r in records]),
+        "mean_length_tokens": length_stats(cs, [q["lengths"] for q in scores]),
     }
