@@ -22,7 +22,7 @@ from sami.prompts import (
     reasoning_filters,
     render_prompt,
 )
-from sami.sampling import generate_samples
+from sami.sampling import SamplingSettings, generate_samples
 
 CSET = load_constitutions("hh_opus")
 
@@ -126,14 +126,15 @@ def queries():
 
 
 def _generate(generator, queries, out, **kwargs):
+    budget = {"max_new_tokens": kwargs.pop("max_new_tokens")} if "max_new_tokens" in kwargs else {}
     return generate_samples(
         generator,
         queries,
         CSET,
         out,
+        SamplingSettings(reasoning=True, **budget),
         template=get_template("dialogue", "base"),
         filters=kwargs.pop("filters", FilterSettings.for_task("dialogue")),
-        reasoning=True,
         progress=False,
         **kwargs,
     )

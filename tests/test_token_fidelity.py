@@ -16,7 +16,7 @@ from sami.generation.hf import HFGenerator
 from sami.io import read_jsonl
 from sami.logprobs import encode_examples, logprob_matrix, tokenize_responses
 from sami.prompts import FilterSettings, get_template, render_prompt
-from sami.sampling import generate_samples
+from sami.sampling import SamplingSettings, generate_samples
 from sami.tokens import encode_prompts, resolve_eos, written_separator
 from sami.trainer import SAMICollator, SAMIConfig, load_samples
 
@@ -174,8 +174,8 @@ def self_generated(model, tok, tmp_path, style, *, n_queries=4, max_new_tokens=1
     keep_all = FilterSettings(leftovers=[], refusal_prefixes=[], drop_identical=False)
     path = tmp_path / f"samples-{style}.jsonl"
     generate_samples(
-        gen, queries, load_constitutions("hh_opus"), path, template=template, filters=keep_all,
-        max_new_tokens=max_new_tokens, progress=False,
+        gen, queries, load_constitutions("hh_opus"), path, SamplingSettings(max_new_tokens=max_new_tokens),
+        template=template, filters=keep_all, progress=False,
     )  # fmt: skip
     return template, gen, list(read_jsonl(path)), path
 

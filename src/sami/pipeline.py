@@ -228,7 +228,7 @@ class Pipeline:
         return [q for src in self.config.data.eval for q in load_queries(src)[:limit]]
 
     def generate(self, t: int, cset: ConstitutionSet) -> None:
-        from sami.sampling import generate_samples_from_config
+        from sami.sampling import generate_samples, policy_generator
 
         name = f"iter-{t}/samples"
         status = self._stage(name)
@@ -247,13 +247,17 @@ class Pipeline:
             run_stage(self.config.launcher, [*args, "--policy", self.checkpoint(t - 1)], what=name)
             stats = json.loads(self.layout.samples_stats(t).read_text(encoding="utf-8"))
         else:
-            stats = generate_samples_from_config(
-                self.config,
-                policy=self.checkpoint(t - 1),
-                queries=self.train_queries(t),
-                cset=cset,
-                out_path=out,
+            generator, tokenizer = policy_generator(self.config, self.checkpoint(t - 1))
+            stats = generate_samples(
+                generator,
+                self.train_queries(t),
+                cset,
+                out,
+                self.config.sampling,
+                template=self.config.prompts.build(),
+                filters=self.config.filters,
                 seed=iteration_seed(self.config, t),
+                tokenizer=tokenizer,
             )
         if not stats.get("kept"):
             raise SamiInputError(

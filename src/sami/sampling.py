@@ -350,15 +350,3 @@ def policy_generator(
         tokenizer = load_tokenizer(str(policy), trust_remote_code=config.model.trust_remote_code)
     return generator, tokenizer
 
-
-def generate_samples_from_config(
-    config: RunConfig, *, policy: str, queries: list[Query], cset: ConstitutionSet, out_path: str | Path,
-    seed: int | None = None, progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
-    """TEMPORARY shim, only until main's `Pipeline.generate` calls `policy_generator` + `generate_samples`
-    (pipeline.py is changed at merge); delete it then."""
-    generator, tokenizer = policy_generator(config, policy)
-    return generate_samples(
-        generator, queries, cset, out_path, config.sampling, template=config.prompts.build(),
-        filters=config.filters, seed=config.seed if seed is None else seed, tokenizer=tokenizer, progress=progress,
-    )  # fmt: skip
