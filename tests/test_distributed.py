@@ -175,7 +175,7 @@ def test_sami_run_with_the_accelerate_launcher(tmp_path, tiny_model_dir):
     config_path = write_config(tmp_path / "cfg.yaml", cfg)
     assert main(["run", str(config_path), "--output-dir", str(run_dir)]) == 0
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert {"iter-1/samples", "iter-1/train", "iter-1/eval", "report"} <= set(manifest["stages"])
+    assert {"iter-1/samples", "iter-1/train", "iter-1/metrics", "report"} <= set(manifest["stages"])
     stats = json.loads((run_dir / "iter-1" / "samples.stats.json").read_text())
     assert stats["processes"] == 2 and stats["queries"] == 4
     assert (run_dir / "iter-1" / "train" / "model.safetensors").is_file()

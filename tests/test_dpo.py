@@ -187,7 +187,7 @@ def test_run_with_dpo_writes_the_comparison(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
     assert main(["run", str(tmp_path / "cfg.yaml"), "--output-dir", str(run)]) == 0
     stages = json.loads((run / "manifest.json").read_text())["stages"]
-    assert {"iter-1/dpo/train", "iter-1/dpo/eval"} <= set(stages)
+    assert {f"iter-1/dpo/{s}" for s in ("train", "responses", "judgments", "metrics")} <= set(stages)
     train = run / "iter-1" / "dpo" / "train"
     history = json.loads((train / "log_history.json").read_text())
     assert [h["step"] for h in history if "loss" in h] == [1, 2]  # the SAMI iteration's 2 steps
