@@ -109,6 +109,9 @@ class EvaluationSettings(BaseModel):
         description="MI over every sign pattern of the positive constitution's principles (2^k constitutions, the "
         "paper's) or over the C constitutions drawn as for training (scheme, n_constitutions)",
     )
+    baseline_intrinsic: bool = Field(
+        True, description="baselines generated in this process (hf) get MI and lengths too (metrics 'baselines')"
+    )
     mi_max_patterns: int = Field(
         16, ge=2, description="sign_patterns: above this many, the positive plus a seeded sample (mi_sampled)"
     )
@@ -560,8 +563,9 @@ def _check_mi_store(ev: _Evaluation, mi_store: JsonlStore) -> None:
 
 
 def read_scores(path: str | Path) -> dict:
-    """`scores.json` of an evaluation folder (`{}` when absent): `{"eos": policy, "intrinsic": {query_id: {"mi",
-    "mi_bound", "sami_loss", "accuracy", "lengths"}}, "contrast": {principle: {query_id: mi}}}`."""
+    """`scores.json` of an evaluation folder (`{}` when absent): `{"eos": policy, "mi": kind, "intrinsic":
+    {query_id: {"mi", "mi_bound", "sami_loss", "accuracy", "lengths"}}, "contrast": {principle: {query_id: mi}},
+    "baselines": {name: {query_id: same as intrinsic}}, "baselines_skipped": {name: why its model did not load}}`."""
     import json
 
     path = Path(path)
@@ -582,9 +586,12 @@ def _score(ev: _Evaluation, mi_store: JsonlStore, responses: JsonlStore, contras
     settings = ev.settings
     policy = _eos_policy(settings)
     old = read_scores(ev.files.scores)
-    scores = {"eos": policy, "mi": settings.mi, "intrinsic": {}, "contrast": {}}
+    scores = {"eos": policy, "mi": settings.mi, "intrinsic": {}, "contrast": {}, "baselines": {}}
     if old.get("eos") == policy and old.get("mi", "training_pairs") == settings.mi:
         scores["intrinsic"] = dict(old.get("intrinsic") or {})
+        scores["baselines"] = {k: dict(v) for k, v in (old.get("baselines") or {}).items()}
+        if "baselines_skipped" in old:
+            scores["baselines_skipped"] = dict(old["baselines_skipped"])
         scores["contrast"] = {k: dict(v) for k, v in (old.get("contrast") or {}).items()}
     changed = False
     ids = {q.id for q in ev.queries}
@@ -610,15 +617,42 @@ def _score(ev: _Evaluation, mi_store: JsonlStore, responses: JsonlStore, contras
                 per_query = _intrinsic(ev.get_model(), ev.get_tokenizer(), records, ev.template, settings)["per_query"]
                 done.update({qid: v["mi"] for qid, v in per_query.items()})
                 changed = True
-    if changed or (not ev.files.scores.exists() and (settings.intrinsic or contrast_store is not None)):
+    if changed or old != scores and (settings.intrinsic or contrast_store is not None):
         atomic_write_json(ev.files.scores, scores)
 
 
+def user_turn_template(task: str):
+    """The chat template of an instruct baseline as the authors prompted theirs (mistral-7b-instruct v0.1): the
+    instruction, the constitution and the query in the user turn, no system message."""
+    from sami.prompts import get_template
+
+    chat = get_template(task, "chat")
+    text = f"{chat.system}\n\n{chat.generation}"
+    return get_template(task, "chat", generation=text, training=text, system="")
+
+
+def baseline_template(ev: _Evaluation, spec: BaselineSettings, tokenizer=None):
+    """The prompts of one baseline: the evaluated model's own when the baseline has its style (e.g. the run's base
+    model); a chat style in the user turn (`user_turn_template`) for `style: chat`, or for `style: None` when the
+    baseline's tokenizer has a chat template; else the built-in template of the evaluation's style."""
+    if spec.style is not None and spec.style == ev.settings.style:
+        return ev.template
+    style = spec.style
+    if style is None:
+        style = "chat" if tokenizer is not None and getattr(tokenizer, "chat_template", None) else ev.settings.style
+    if style == "chat":
+        return user_turn_template(ev.task)
+    return _template(ev.task, style, ev.template)
+
+
 def _baseline_responses(ev, responses, baseline_responses, gen_settings, progress) -> None:
-    """The baselines' responses: precomputed ones first, the rest generated (one baseline model at a time)."""
+    """The baselines' responses: precomputed ones first, the rest generated (one baseline model at a time); with
+    `baseline_intrinsic`, an hf baseline's responses under the MI constitutions and their scores too."""
     from sami.generation import make_generator
+    from sami.models import load_model, load_tokenizer
 
     settings, queries, positive = ev.settings, ev.queries, ev.positive
+    scores = read_scores(ev.files.scores)
     for name, spec in ev.baselines.items():
         given = baseline_responses.get(name, {})
         for q in queries:
@@ -636,20 +670,64 @@ def _baseline_responses(ev, responses, baseline_responses, gen_settings, progres
                     }
                 )
         responses.flush()
-        todo = [q for q in queries if f"{name}:{q.id}" not in responses]
-        if not todo:
-            continue
         gen = spec.generation or gen_settings.model_copy(
             update={"model": spec.model, "device": _device(settings), "trust_remote_code": ev.trust_remote_code}
         )
-        generator = make_generator(gen)
-        btemplate = _template(ev.task, spec.style or settings.style, ev.template)
+        todo = [q for q in queries if f"{name}:{q.id}" not in responses]
+        intrinsic = settings.intrinsic and settings.baseline_intrinsic
+        if intrinsic and gen.backend != "hf":
+            log.info("baseline %s: no MI or lengths under the MI constitutions (a %s model)", name, gen.backend)
+            intrinsic = False
+        if intrinsic and name in (scores.get("baselines_skipped") or {}):
+            intrinsic = False  # its model did not load before (see scores.json)
+        mi_store = JsonlStore(ev.files.baseline_mi_responses(name)) if intrinsic else None
+        mi_todo = [q for q in queries if q.id not in mi_store] if mi_store is not None else []
+        done = (scores.get("baselines") or {}).get(name) or {}
+        unscored = [r for r in (mi_store.records if mi_store is not None else []) if str(r["id"]) not in done]
+        if not todo and not mi_todo and not unscored:
+            continue
+        if gen.backend != "hf":
+            advance = progress.task(f"responses of baseline {name}", len(todo))
+            _generate_side(
+                responses, make_generator(gen), baseline_template(ev, spec), todo, positive, side=name,
+                label=spec.model, settings=settings, advance=advance,
+            )  # fmt: skip
+            continue
+        try:
+            tokenizer = load_tokenizer(gen.model, trust_remote_code=gen.trust_remote_code)
+            model = load_model(gen.model, dtype=gen.dtype, device=gen.device, trust_remote_code=gen.trust_remote_code)
+            model.eval()
+        except (SamiInputError, OSError) as e:
+            if todo:
+                raise
+            log.info("baseline %s: no MI or lengths (its model does not load here: %s)", name, e)
+            scores = read_scores(ev.files.scores)
+            scores.setdefault("baselines_skipped", {})[name] = f"{gen.model}: {e}"
+            atomic_write_json(ev.files.scores, scores)
+            continue
+        btemplate = baseline_template(ev, spec, tokenizer)
+        generator = make_generator(gen, model=model, tokenizer=tokenizer)
         advance = progress.task(f"responses of baseline {name}", len(todo))
         _generate_side(
             responses, generator, btemplate, todo, positive, side=name, label=spec.model, settings=settings,
             advance=advance,
         )  # fmt: skip
-        generator = None
+        if mi_store is not None:
+            known = {
+                (str(r["query_id"]), positive[str(r["query_id"])].label()):
+                    (r["response"], int(r.get("num_tokens", 0)), r.get("separator"), r.get("ended_with_eos"))
+                for r in responses.records
+                if r.get("side") == name and str(r["query_id"]) in positive and "separator" in r
+            }  # fmt: skip
+            _generate_patterns(mi_store, generator, btemplate, mi_todo, ev.mi_constitutions, settings, progress,
+                               known=known)  # fmt: skip
+            records = [r for r in mi_store.records if str(r["id"]) not in done]
+            if records:
+                per_query = _intrinsic(model, tokenizer, records, btemplate, settings)["per_query"]
+                scores = read_scores(ev.files.scores)
+                scores.setdefault("baselines", {}).setdefault(name, {}).update(per_query)
+                atomic_write_json(ev.files.scores, scores)
+        generator = model = None
         _free()
 
 
@@ -798,6 +876,16 @@ def metrics_step(ev: _Evaluation) -> dict:
         for name in sorted(by_subset):
             entry = part(by_subset[name])
             subsets[name] = {k: entry[k] for k in SUBSET_KEYS}
+    from sami.evaluation.metrics import aggregate_scores
+
+    baselines_ = {}
+    for name in ev.baselines:
+        per_query = {k: v for k, v in ((scores.get("baselines") or {}).get(name) or {}).items() if k in ids}
+        path = ev.files.baseline_mi_responses(name)
+        records = [r for r in read_jsonl(path) if str(r["id"]) in per_query] if path.is_file() else []
+        if records:
+            agg = aggregate_scores(per_query, records)
+            baselines_[name] = {k: agg[k] for k in ("mi", "mi_sem", "mean_length", "mean_length_tokens")}
     metrics = {
         "model": ev.label,
         "model_ref": ev.model_ref,
@@ -814,6 +902,7 @@ def metrics_step(ev: _Evaluation) -> dict:
         "judge": judges[0] if judges else None,
         "adherence": pooled["adherence"],
         "contrast": contrast_,
+        "baselines": baselines_,
         "subsets": subsets,
     }
     atomic_write_json(ev.files.metrics, metrics)
