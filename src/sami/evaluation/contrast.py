@@ -9,10 +9,11 @@ def contrast_metrics(queries, positive, responses, contrast_store, principles, *
     """The contrast check: for each principle, the model's responses under the positive constitution against those
     under the same constitution with only that principle flipped.
 
-    Per principle: `mi`, `mi_sem` (the paper's MI of the C = 2 pair over the queries, `mi_fn` on mi-style records)
-    (from `scores` = scores.json's `contrast`, `{principle: {query_id: mi}}`, when given) and, when the principle
-    has a check, `adherence_positive` / `adherence_flipped` (fraction of each side's responses
-    following the principle in its positive-constitution form) and `adherence_change` (their difference).
+    Per principle: `mi`, `mi_sem` (the paper's MI of the C = 2 pair over the queries: the mean and standard error of
+    the per-query values in `scores` = scores.json's `contrast`, `{principle: {query_id: mi}}`, or `mi_fn` applied to
+    mi-style records) and, when the principle has a check, `adherence_positive` / `adherence_flipped` (fraction of
+    each side's responses following the principle in its positive-constitution form) and `adherence_change` (their
+    difference).
 
     `weak` (a warning naming the principle) when the log-prob contrast SAMI trains on is within noise of zero
     (`mi − 1.96·mi_sem ≤ 0`), or when the principle is checkable and no response follows it even when asked

@@ -7,23 +7,31 @@ from sami.evaluation.winrate import summaries_table
 
 
 def metrics_table(metrics: dict):
-    """A short rich table: intrinsic metrics, then one column of win rates per baseline."""
+    """Short rich tables: intrinsic metrics (pooled, then per subset), adherence, the contrast check, and one column
+    of win rates per baseline."""
     from rich.console import Group
     from rich.table import Table
 
     def fmt(value, digits=3):
         return "–" if value is None else f"{value:.{digits}f}"
 
-    top = Table(title=f"evaluation of {metrics['model']} ({metrics['n_queries']} queries)")
-    for col in ("MI (paper)", "InfoNCE bound", "mean length +", "mean length −"):
-        top.add_column(col, justify="right")
-    lengths = metrics.get("mean_length") or {}
-    top.add_row(
-        fmt(metrics.get("mi")),
-        fmt(metrics.get("mi_bound")),
-        fmt(lengths.get("positive"), 1),
-        fmt(lengths.get("negative"), 1),
-    )
+    kind = metrics.get("mi_kind")
+    unit = "sign patterns" if kind == "sign_patterns" else "constitutions"
+    where = f", MI over {metrics.get('n_constitutions')} {unit}"
+    top = Table(title=f"evaluation of {metrics['model']} ({metrics['n_queries']} queries{where if kind else ''})")
+    for col in ("", "n", "MI (paper)", "InfoNCE bound", "mean length + (chars)", "mean length − (chars)"):
+        top.add_column(col, justify="right" if col else "left")
+    rows = [("all", metrics)] + [(f"subset {k}", v) for k, v in (metrics.get("subsets") or {}).items()]
+    for name, m in rows:
+        lengths = m.get("mean_length") or {}
+        top.add_row(
+            name,
+            str(m.get("n_queries", "–")),
+            fmt(m.get("mi")),
+            fmt(m.get("mi_bound")),
+            fmt(lengths.get("positive"), 1),
+            fmt(lengths.get("negative"), 1),
+        )
     parts = [top]
     if metrics.get("adherence"):
         parts.append(adherence_table(metrics["adherence"]))
