@@ -554,12 +554,18 @@ def _score(ev: _Evaluation, mi_store: JsonlStore, responses: JsonlStore, contras
         flipped = {str(r["id"]): r for r in contrast_store.records}
         for name in ev.principles:
             done = scores["contrast"].setdefault(name, {})
+            pairs = [
+                (q, by_id[f"model:{q.id}"], flipped[f"{name}:{q.id}"])
+                for q in ev.contrast_queries
+                if q.id not in done and f"model:{q.id}" in by_id and f"{name}:{q.id}" in flipped
+            ]
             records = [
                 {"id": q.id, "query": q.query,
                  "constitutions": [ev.positive[q.id], ev.positive[q.id].flipped({name})],
-                 "responses": [by_id[f"model:{q.id}"]["response"], flipped[f"{name}:{q.id}"]["response"]]}
-                for q in ev.contrast_queries
-                if q.id not in done and f"model:{q.id}" in by_id and f"{name}:{q.id}" in flipped
+                 "responses": [a["response"], b["response"]],
+                 "separators": [a.get("separator"), b.get("separator")],
+                 "ended_with_eos": [a.get("ended_with_eos"), b.get("ended_with_eos")]}
+                for q, a, b in pairs
             ]  # fmt: skip
             if records:
                 per_query = _intrinsic(ev.get_model(), ev.get_tokenizer(), records, ev.template, settings)["per_query"]
