@@ -19,7 +19,7 @@ def test_identity_names_what_decides_verdicts():
     local = JudgeSettings(kind="local", model="m", dtype="bfloat16", seed=3)
     ident = local.identity()
     assert ident == {
-        "kind": "local", "model": "m", "dtype": "bfloat16",
+        "kind": "local", "preset": None, "model": "m", "dtype": "bfloat16",
         "prompt_sha256": hashlib.sha256(LOCAL_JUDGE_PROMPT.encode()).hexdigest(),
         "both_orders": False, "seed": 3, "tie_band": 1e-3,
     }  # fmt: skip

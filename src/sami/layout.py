@@ -42,6 +42,10 @@ class EvalLayout:
     def mi_responses(self) -> Path:
         return self.root / "mi_responses.jsonl"
 
+    def baseline_mi_responses(self, baseline: str) -> Path:
+        """A baseline's responses under the MI constitutions (its MI and lengths in metrics.json `baselines`)."""
+        return self.root / f"mi_responses-{baseline}.jsonl"
+
     @property
     def antithesis_responses(self) -> Path:
         return self.root / "antithesis_responses.jsonl"

@@ -5,8 +5,8 @@
   an HF model's next-token probabilities), `parse_verdict`.
 - `sami.evaluation.metrics.intrinsic_metrics(model, tokenizer, records, template=...)`: the paper's MI, the
   InfoNCE bound and mean lengths by constitution.
-- `sami.evaluation.evaluate`: `EvaluationSettings`, `run_evaluation` (the stage behind `sami evaluate`) and
-  `run_evaluation_from_config` (the pipeline's entry).
+- `sami.evaluation.evaluate`: `EvaluationSettings`, `run_evaluation` (the stage behind `sami evaluate` and the
+  pipeline, in steps responses -> judgments -> metrics), `run_settings` / `run_baselines` (a run's settings).
 """
 
 from sami.evaluation.winrate import summarize

@@ -155,3 +155,28 @@ def score_responses(cset, records: Iterable[dict]) -> dict:
         }
 
     return {**rate(overall), "by_principle": {name: rate(v) for name, v in sorted(per.items())}}
+
+
+def query_subset(q) -> str:
+    """The subset a query comes from (`q.meta["subset"]`, e.g. "helpful" / "harmless"; "all" when none)."""
+    return str(q.meta.get("subset") or "all")
+
+
+def eval_adherence(queries, positive, responses, anti_store) -> dict | None:
+    """`adherence` of an evaluation's files: the model's responses under the positive constitution
+    (responses.jsonl) and under the antithesis (antithesis_responses.jsonl) of each query having both."""
+    by_id = {str(r["id"]): r for r in responses.records}
+    anti = {str(r["id"]): r for r in anti_store.records}
+    items = [
+        AdherenceItem(
+            id=q.id,
+            subset=query_subset(q),
+            positive=positive[q.id],
+            positive_response=str(by_id[f"model:{q.id}"]["response"]),
+            antithesis=positive[q.id].flipped(),
+            antithesis_response=str(anti[q.id]["response"]),
+        )
+        for q in queries
+        if f"model:{q.id}" in by_id and q.id in anti
+    ]
+    return adherence(items)

@@ -1,26 +1,33 @@
 """The evaluation stage: responses, pairwise judgments against baselines, win rates, MI and lengths.
 
-Files written into the output folder (the run layout of the pipeline):
+`run_evaluation(settings, model_ref, out_dir, steps=("responses", "judgments", "metrics"), ...)` runs three
+file-to-file steps (see docs/evaluation.md); the files of the output folder (`sami.layout.EvalLayout`):
 
-- `responses.jsonl`: one greedy response per (side, query) under the query's positive constitution: `{"id":
-  "<side>:<query_id>", "query_id", "side": "model" | "<baseline name>", "model", "query", "constitution",
-  "response", "num_tokens"}`.
-- `judgments-<baseline>.jsonl`: one judgment per query (see `sami.evaluation.judges`).
-- `mi_responses.jsonl`: the evaluated model's greedy responses under all C constitutions of each query: `{"id",
-  "query", "constitutions", "responses", "num_tokens"}`.
-- `antithesis_responses.jsonl` (when principles carry checks): the evaluated model's greedy response under each
-  query's antithesis constitution (the positive one with every sign flipped), `{"id": query_id, "query_id", "query",
-  "constitution", "response", "num_tokens", "reused"}`; `reused` when taken from mi_responses.jsonl (same
-  constitution), so the `opposite` scheme generates nothing extra.
-- `contrast_responses.jsonl` (with `contrast=True`, the pipeline's iteration 0): responses under the positive
-  constitution with one principle flipped, `{"id": "<principle>:<query_id>", "principle", ...}`.
-- `metrics.json`: `{"model", "n_queries", "n_constitutions", "mi", "mi_bound", "mean_length", "win_rates":
-  {baseline: summary}, "adherence" (see `sami.evaluation.adherence`), "contrast", ...}`.
+- responses step (every generation and every model forward):
+  - `responses.jsonl`: one greedy response per (side, query) under the query's positive constitution: `{"id":
+    "<side>:<query_id>", "query_id", "side": "model" | "<baseline name>", "model", "query", "constitution",
+    "response", "num_tokens", "separator", "ended_with_eos"}`.
+  - `mi_responses.jsonl`: the evaluated model's greedy responses under the MI constitutions of each query (every
+    sign pattern of the positive constitution, or the C training-style ones): `{"id", "query", "constitutions",
+    "responses", "num_tokens", "separators", "ended_with_eos"}`; `mi_responses-<baseline>.jsonl` the same for an hf
+    baseline.
+  - `antithesis_responses.jsonl` (when principles carry checks): the response under each query's antithesis
+    constitution (the positive one with every sign flipped), `{"id": query_id, "query_id", "query",
+    "constitution", "response", "num_tokens", "reused"}`; `reused` when taken from a response already written
+    under the same constitution.
+  - `contrast_responses.jsonl` (with `contrast=True`, the pipeline's iteration 0): responses under the positive
+    constitution with one principle flipped, `{"id": "<principle>:<query_id>", "principle", ...}`.
+  - `scores.json`: the per-query intrinsic scores (`read_scores`), so that the metrics step loads no model.
+- judgments step: `judgments-<baseline>.jsonl`, one judgment per query (see `sami.evaluation.judges`), every
+  record naming its judge (`JudgeSettings.identity()`); another judge's file is refused or moved aside.
+- metrics step: `metrics.json`: `{"model", "n_queries", "n_constitutions", "mi_kind", "n_sign_patterns",
+  "mi_sampled", "mi", "mi_bound", "mean_length" (characters), "mean_length_tokens", "win_rates": {baseline:
+  summary}, "judge", "adherence" (see `sami.evaluation.adherence`), "contrast", "baselines", "subsets"}`.
 
 Every file grows in chunks that are written atomically, and a rerun skips ids already there, so an interrupted
 evaluation resumes where it stopped and judges each query exactly once. The constitutions of a query (and the
 judge's order and principle shuffle) are drawn from RNGs seeded by the query id, so they do not depend on which
-queries are still to do.
+queries are still to do. `run_settings` / `run_baselines` give a run's evaluation settings and baselines.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import gc
 import logging
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,8 +45,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sami.data import Query, QuerySource
 from sami.errors import SamiInputError
+from sami.evaluation.adherence import eval_adherence, query_subset
+from sami.evaluation.contrast import contrast_metrics
 from sami.evaluation.judges import JudgeSettings, PairItem, make_judge
-from sami.evaluation.winrate import summaries_table, summarize
+from sami.evaluation.responses import (
+    Progress,
+    generate_mi,
+    generate_patterns,
+    generate_side,
+    generate_under,
+    known_responses,
+)
+from sami.evaluation.tables import metrics_table
+from sami.evaluation.winrate import summarize
 from sami.generation import GenerationSettings
 from sami.io import JsonlStore, atomic_write_json, read_jsonl
 from sami.layout import EvalLayout
@@ -108,6 +126,9 @@ class EvaluationSettings(BaseModel):
         "sign_patterns",
         description="MI over every sign pattern of the positive constitution's principles (2^k constitutions, the "
         "paper's) or over the C constitutions drawn as for training (scheme, n_constitutions)",
+    )
+    baseline_intrinsic: bool = Field(
+        True, description="baselines generated in this process (hf) get MI and lengths too (metrics 'baselines')"
     )
     mi_max_patterns: int = Field(
         16, ge=2, description="sign_patterns: above this many, the positive plus a seeded sample (mi_sampled)"
@@ -195,76 +216,6 @@ def query_constitutions(cset, queries: Sequence[Query], settings: EvaluationSett
         rng = random.Random(f"{settings.seed}:{q.id}")
         out[q.id] = sample_constitutions(cset, scheme, n, rng, query=q, mode=settings.mode)
     return out
-
-
-class _Progress:
-    """A rich progress bar (quiet when not a terminal)."""
-
-    def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        )
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def task(self, description: str, total: int) -> Callable[[int], None]:
-        task_id = self.progress.add_task(description, total=total)
-        return lambda n: self.progress.advance(task_id, n)
-
-
-def _generate_side(
-    store: JsonlStore,
-    generator,
-    template,
-    queries: Sequence[Query],
-    positive: dict,
-    *,
-    side: str,
-    label: str,
-    settings: EvaluationSettings,
-    advance: Callable[[int], None],
-) -> None:
-    """Generate the missing greedy responses of one side under each query's positive constitution."""
-    todo = [q for q in queries if f"{side}:{q.id}" not in store]
-    for start in range(0, len(todo), settings.chunk_size):
-        chunk = todo[start : start + settings.chunk_size]
-        prompts = [template.generation_prompt(positive[q.id], q.query) for q in chunk]
-        completions = generator.generate(
-            prompts, max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=template.stop or None
-        )
-        for q, c in zip(chunk, completions, strict=True):
-            if c.finish_reason == "error":
-                log.warning("%s: no response for query %s (%s); a rerun retries it", side, q.id, c.error)
-                continue
-            store.add(
-                {
-                    "id": f"{side}:{q.id}",
-                    "query_id": q.id,
-                    "side": side,
-                    "model": label,
-                    "query": q.query,
-                    "constitution": positive[q.id].to_dict(),
-                    "response": template.postprocess(c.text),
-                    "num_tokens": int(c.num_tokens),
-                    "separator": template.separator(c.text),
-                    "ended_with_eos": c.ended_with_eos,
-                }
-            )
-        store.flush()
-        advance(len(chunk))
 
 
 # ---- the stage -----------------------------------------------------------------------------------------
@@ -438,7 +389,7 @@ def run_evaluation(
         tokenizer=tokenizer, model_label=model_label, baselines={} if not judge else baselines, contrast=contrast,
         trust_remote_code=trust_remote_code,
     )  # fmt: skip
-    with _Progress(console) as progress:
+    with Progress(console) as progress:
         if "responses" in steps:
             responses_step(ev, baseline_responses or {}, progress)
         if "judgments" in steps and judge:
@@ -490,25 +441,25 @@ def responses_step(ev: _Evaluation, baseline_responses: dict[str, dict[str, str]
         generator = make_generator(gen_settings, model=ev.get_model(), tokenizer=ev.get_tokenizer())
         if todo or mi_todo:
             advance = progress.task(f"responses of {ev.label}", len(todo))
-            _generate_side(
+            generate_side(
                 responses, generator, ev.template, todo, positive, side="model", label=ev.label, settings=settings,
                 advance=advance,
             )  # fmt: skip
         if mi_todo and not patterns:
-            _generate_mi(mi_store, responses, generator, ev.template, mi_todo, ev.constitutions, settings, progress)
+            generate_mi(mi_store, responses, generator, ev.template, mi_todo, ev.constitutions, settings, progress)
         if mi_todo and patterns:  # the antithesis and one-flipped responses below are then taken from these
-            known = _known_responses(responses, anti_store, contrast_store)
-            _generate_patterns(mi_store, generator, ev.template, mi_todo, ev.mi_constitutions, settings, progress,
+            known = known_responses(responses, anti_store, contrast_store)
+            generate_patterns(mi_store, generator, ev.template, mi_todo, ev.mi_constitutions, settings, progress,
                                known=known)  # fmt: skip
         if anti_todo:
             jobs = [(q.id, q, positive[q.id].flipped(), {}) for q in anti_todo]
-            known = _known_responses(responses, mi_store)
-            _generate_under(anti_store, generator, ev.template, jobs, settings, progress,
+            known = known_responses(responses, mi_store)
+            generate_under(anti_store, generator, ev.template, jobs, settings, progress,
                             "responses under the antithesis", known=known)  # fmt: skip
         if contrast_todo:
             jobs = [(f"{n}:{q.id}", q, positive[q.id].flipped({n}), {"principle": n}) for n, q in contrast_todo]
-            known = _known_responses(responses, mi_store, anti_store)
-            _generate_under(contrast_store, generator, ev.template, jobs, settings, progress,
+            known = known_responses(responses, mi_store, anti_store)
+            generate_under(contrast_store, generator, ev.template, jobs, settings, progress,
                             "responses with one principle flipped", known=known)  # fmt: skip
         generator = None
     responses.flush()
@@ -560,8 +511,9 @@ def _check_mi_store(ev: _Evaluation, mi_store: JsonlStore) -> None:
 
 
 def read_scores(path: str | Path) -> dict:
-    """`scores.json` of an evaluation folder (`{}` when absent): `{"eos": policy, "intrinsic": {query_id: {"mi",
-    "mi_bound", "sami_loss", "accuracy", "lengths"}}, "contrast": {principle: {query_id: mi}}}`."""
+    """`scores.json` of an evaluation folder (`{}` when absent): `{"eos": policy, "mi": kind, "intrinsic":
+    {query_id: {"mi", "mi_bound", "sami_loss", "accuracy", "lengths"}}, "contrast": {principle: {query_id: mi}},
+    "baselines": {name: {query_id: same as intrinsic}}, "baselines_skipped": {name: why its model did not load}}`."""
     import json
 
     path = Path(path)
@@ -582,9 +534,12 @@ def _score(ev: _Evaluation, mi_store: JsonlStore, responses: JsonlStore, contras
     settings = ev.settings
     policy = _eos_policy(settings)
     old = read_scores(ev.files.scores)
-    scores = {"eos": policy, "mi": settings.mi, "intrinsic": {}, "contrast": {}}
+    scores = {"eos": policy, "mi": settings.mi, "intrinsic": {}, "contrast": {}, "baselines": {}}
     if old.get("eos") == policy and old.get("mi", "training_pairs") == settings.mi:
         scores["intrinsic"] = dict(old.get("intrinsic") or {})
+        scores["baselines"] = {k: dict(v) for k, v in (old.get("baselines") or {}).items()}
+        if "baselines_skipped" in old:
+            scores["baselines_skipped"] = dict(old["baselines_skipped"])
         scores["contrast"] = {k: dict(v) for k, v in (old.get("contrast") or {}).items()}
     changed = False
     ids = {q.id for q in ev.queries}
@@ -599,26 +554,59 @@ def _score(ev: _Evaluation, mi_store: JsonlStore, responses: JsonlStore, contras
         flipped = {str(r["id"]): r for r in contrast_store.records}
         for name in ev.principles:
             done = scores["contrast"].setdefault(name, {})
+            pairs = [
+                (q, by_id[f"model:{q.id}"], flipped[f"{name}:{q.id}"])
+                for q in ev.contrast_queries
+                if q.id not in done and f"model:{q.id}" in by_id and f"{name}:{q.id}" in flipped
+            ]
             records = [
                 {"id": q.id, "query": q.query,
                  "constitutions": [ev.positive[q.id], ev.positive[q.id].flipped({name})],
-                 "responses": [by_id[f"model:{q.id}"]["response"], flipped[f"{name}:{q.id}"]["response"]]}
-                for q in ev.contrast_queries
-                if q.id not in done and f"model:{q.id}" in by_id and f"{name}:{q.id}" in flipped
+                 "responses": [a["response"], b["response"]],
+                 "separators": [a.get("separator"), b.get("separator")],
+                 "ended_with_eos": [a.get("ended_with_eos"), b.get("ended_with_eos")]}
+                for q, a, b in pairs
             ]  # fmt: skip
             if records:
                 per_query = _intrinsic(ev.get_model(), ev.get_tokenizer(), records, ev.template, settings)["per_query"]
                 done.update({qid: v["mi"] for qid, v in per_query.items()})
                 changed = True
-    if changed or (not ev.files.scores.exists() and (settings.intrinsic or contrast_store is not None)):
+    if changed or old != scores and (settings.intrinsic or contrast_store is not None):
         atomic_write_json(ev.files.scores, scores)
 
 
+def user_turn_template(task: str):
+    """The chat template of an instruct baseline as the authors prompted theirs (mistral-7b-instruct v0.1): the
+    instruction, the constitution and the query in the user turn, no system message."""
+    from sami.prompts import get_template
+
+    chat = get_template(task, "chat")
+    text = f"{chat.system}\n\n{chat.generation}"
+    return get_template(task, "chat", generation=text, training=text, system="")
+
+
+def baseline_template(ev: _Evaluation, spec: BaselineSettings, tokenizer=None):
+    """The prompts of one baseline: the evaluated model's own when the baseline has its style (e.g. the run's base
+    model); a chat style in the user turn (`user_turn_template`) for `style: chat`, or for `style: None` when the
+    baseline's tokenizer has a chat template; else the built-in template of the evaluation's style."""
+    if spec.style is not None and spec.style == ev.settings.style:
+        return ev.template
+    style = spec.style
+    if style is None:
+        style = "chat" if tokenizer is not None and getattr(tokenizer, "chat_template", None) else ev.settings.style
+    if style == "chat":
+        return user_turn_template(ev.task)
+    return _template(ev.task, style, ev.template)
+
+
 def _baseline_responses(ev, responses, baseline_responses, gen_settings, progress) -> None:
-    """The baselines' responses: precomputed ones first, the rest generated (one baseline model at a time)."""
+    """The baselines' responses: precomputed ones first, the rest generated (one baseline model at a time); with
+    `baseline_intrinsic`, an hf baseline's responses under the MI constitutions and their scores too."""
     from sami.generation import make_generator
+    from sami.models import load_model, load_tokenizer
 
     settings, queries, positive = ev.settings, ev.queries, ev.positive
+    scores = read_scores(ev.files.scores)
     for name, spec in ev.baselines.items():
         given = baseline_responses.get(name, {})
         for q in queries:
@@ -636,20 +624,64 @@ def _baseline_responses(ev, responses, baseline_responses, gen_settings, progres
                     }
                 )
         responses.flush()
-        todo = [q for q in queries if f"{name}:{q.id}" not in responses]
-        if not todo:
-            continue
         gen = spec.generation or gen_settings.model_copy(
             update={"model": spec.model, "device": _device(settings), "trust_remote_code": ev.trust_remote_code}
         )
-        generator = make_generator(gen)
-        btemplate = _template(ev.task, spec.style or settings.style, ev.template)
+        todo = [q for q in queries if f"{name}:{q.id}" not in responses]
+        intrinsic = settings.intrinsic and settings.baseline_intrinsic
+        if intrinsic and gen.backend != "hf":
+            log.info("baseline %s: no MI or lengths under the MI constitutions (a %s model)", name, gen.backend)
+            intrinsic = False
+        if intrinsic and name in (scores.get("baselines_skipped") or {}):
+            intrinsic = False  # its model did not load before (see scores.json)
+        mi_store = JsonlStore(ev.files.baseline_mi_responses(name)) if intrinsic else None
+        mi_todo = [q for q in queries if q.id not in mi_store] if mi_store is not None else []
+        done = (scores.get("baselines") or {}).get(name) or {}
+        unscored = [r for r in (mi_store.records if mi_store is not None else []) if str(r["id"]) not in done]
+        if not todo and not mi_todo and not unscored:
+            continue
+        if gen.backend != "hf":
+            advance = progress.task(f"responses of baseline {name}", len(todo))
+            generate_side(
+                responses, make_generator(gen), baseline_template(ev, spec), todo, positive, side=name,
+                label=spec.model, settings=settings, advance=advance,
+            )  # fmt: skip
+            continue
+        try:
+            tokenizer = load_tokenizer(gen.model, trust_remote_code=gen.trust_remote_code)
+            model = load_model(gen.model, dtype=gen.dtype, device=gen.device, trust_remote_code=gen.trust_remote_code)
+            model.eval()
+        except (SamiInputError, OSError) as e:
+            if todo:
+                raise
+            log.info("baseline %s: no MI or lengths (its model does not load here: %s)", name, e)
+            scores = read_scores(ev.files.scores)
+            scores.setdefault("baselines_skipped", {})[name] = f"{gen.model}: {e}"
+            atomic_write_json(ev.files.scores, scores)
+            continue
+        btemplate = baseline_template(ev, spec, tokenizer)
+        generator = make_generator(gen, model=model, tokenizer=tokenizer)
         advance = progress.task(f"responses of baseline {name}", len(todo))
-        _generate_side(
+        generate_side(
             responses, generator, btemplate, todo, positive, side=name, label=spec.model, settings=settings,
             advance=advance,
         )  # fmt: skip
-        generator = None
+        if mi_store is not None:
+            known = {
+                (str(r["query_id"]), positive[str(r["query_id"])].label()):
+                    (r["response"], int(r.get("num_tokens", 0)), r.get("separator"), r.get("ended_with_eos"))
+                for r in responses.records
+                if r.get("side") == name and str(r["query_id"]) in positive and "separator" in r
+            }  # fmt: skip
+            generate_patterns(mi_store, generator, btemplate, mi_todo, ev.mi_constitutions, settings, progress,
+                               known=known)  # fmt: skip
+            records = [r for r in mi_store.records if str(r["id"]) not in done]
+            if records:
+                per_query = _intrinsic(model, tokenizer, records, btemplate, settings)["per_query"]
+                scores = read_scores(ev.files.scores)
+                scores.setdefault("baselines", {}).setdefault(name, {}).update(per_query)
+                atomic_write_json(ev.files.scores, scores)
+        generator = model = None
         _free()
 
 
@@ -769,7 +801,9 @@ def metrics_step(ev: _Evaluation) -> dict:
             name: summarize([r for r in records if str(r["id"]) in sub_ids], seed=settings.seed)
             for name, records in judgments.items()
         }
-        adherence_ = _adherence(subset_queries, ev.positive, responses, anti_store) if anti_store is not None else None
+        adherence_ = None
+        if anti_store is not None:
+            adherence_ = eval_adherence(subset_queries, ev.positive, responses, anti_store)
         return {
             "n_queries": len(subset_queries),
             "mi": intrinsic.get("mi"),
@@ -798,6 +832,16 @@ def metrics_step(ev: _Evaluation) -> dict:
         for name in sorted(by_subset):
             entry = part(by_subset[name])
             subsets[name] = {k: entry[k] for k in SUBSET_KEYS}
+    from sami.evaluation.metrics import aggregate_scores
+
+    baselines_ = {}
+    for name in ev.baselines:
+        per_query = {k: v for k, v in ((scores.get("baselines") or {}).get(name) or {}).items() if k in ids}
+        path = ev.files.baseline_mi_responses(name)
+        records = [r for r in read_jsonl(path) if str(r["id"]) in per_query] if path.is_file() else []
+        if records:
+            agg = aggregate_scores(per_query, records)
+            baselines_[name] = {k: agg[k] for k in ("mi", "mi_sem", "mean_length", "mean_length_tokens")}
     metrics = {
         "model": ev.label,
         "model_ref": ev.model_ref,
@@ -814,6 +858,7 @@ def metrics_step(ev: _Evaluation) -> dict:
         "judge": judges[0] if judges else None,
         "adherence": pooled["adherence"],
         "contrast": contrast_,
+        "baselines": baselines_,
         "subsets": subsets,
     }
     atomic_write_json(ev.files.metrics, metrics)
@@ -821,95 +866,6 @@ def metrics_step(ev: _Evaluation) -> dict:
 
 
 # ---- antithesis responses, adherence and the contrast check -------------------------------------------
-def _known_responses(*stores) -> dict[tuple[str, str], tuple]:
-    """`(query_id, constitution label) -> (response, num_tokens, separator, ended_with_eos)` of the evaluated model's
-    greedy responses already
-    written (responses.jsonl's model side, mi_responses.jsonl, antithesis_responses.jsonl). Same label = the same
-    principles in the same forms; only the order in the prompt may differ."""
-    from sami.constitutions import Constitution
-
-    known: dict[tuple[str, str], tuple] = {}
-    for store in (s for s in stores if s is not None):
-        for r in store.records:
-            if "responses" in r:  # an mi record: C constitutions
-                n = len(r["responses"])
-                counts = r.get("num_tokens") or [0] * n
-                seps, ended = r.get("separators") or [None] * n, r.get("ended_with_eos") or [None] * n
-                for c, text, k, sep, eos in zip(r["constitutions"], r["responses"], counts, seps, ended, strict=True):
-                    known.setdefault((str(r["id"]), Constitution.from_dict(c).label()), (text, int(k), sep, eos))
-            elif r.get("side", "model") == "model" and "constitution" in r:
-                qid = str(r.get("query_id", r["id"]))
-                known.setdefault(
-                    (qid, Constitution.from_dict(r["constitution"]).label()),
-                    (r["response"], int(r.get("num_tokens", 0)), r.get("separator"), r.get("ended_with_eos")),
-                )
-    return known
-
-
-def _generate_under(store, generator, template, jobs, settings, progress, description, *, known) -> None:
-    """Greedy responses for `jobs` = [(record id, query, constitution, extra fields)], reusing `known` ones."""
-    advance = progress.task(description, len(jobs))
-    for start in range(0, len(jobs), settings.chunk_size):
-        chunk = jobs[start : start + settings.chunk_size]
-        fresh = [job for job in chunk if (job[1].id, job[2].label()) not in known]
-        completions = []
-        if fresh:
-            completions = generator.generate(
-                [template.generation_prompt(c, q.query) for _, q, c, _ in fresh],
-                max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=template.stop or None,
-            )  # fmt: skip
-        made = {}
-        for (rid, _, _, _), c in zip(fresh, completions, strict=True):
-            if c.finish_reason == "error":
-                log.warning("no response for %s (%s); a rerun retries it", rid, c.error)
-                continue
-            made[rid] = (template.postprocess(c.text), int(c.num_tokens), template.separator(c.text), c.ended_with_eos)
-        for rid, q, c, extra in chunk:
-            reused = (q.id, c.label()) in known
-            got = known.get((q.id, c.label())) or made.get(rid)
-            if got is None:
-                continue
-            store.add(
-                {
-                    "id": rid,
-                    "query_id": q.id,
-                    **extra,
-                    "query": q.query,
-                    "constitution": c.to_dict(),
-                    "response": got[0],
-                    "num_tokens": got[1],
-                    "separator": got[2],
-                    "ended_with_eos": got[3],
-                    "reused": reused,
-                }
-            )
-        store.flush()
-        advance(len(chunk))
-
-
-def query_subset(q: Query) -> str:
-    """The subset a query comes from (`q.meta["subset"]`, e.g. "helpful" / "harmless"; "all" when none)."""
-    return str(q.meta.get("subset") or "all")
-
-
-def _adherence(queries, positive, responses, anti_store) -> dict | None:
-    from sami.evaluation.adherence import AdherenceItem, adherence
-
-    by_id = {str(r["id"]): r for r in responses.records}
-    anti = {str(r["id"]): r for r in anti_store.records}
-    items = [
-        AdherenceItem(
-            id=q.id,
-            subset=query_subset(q),
-            positive=positive[q.id],
-            positive_response=str(by_id[f"model:{q.id}"]["response"]),
-            antithesis=positive[q.id].flipped(),
-            antithesis_response=str(anti[q.id]["response"]),
-        )
-        for q in queries
-        if f"model:{q.id}" in by_id and q.id in anti
-    ]
-    return adherence(items)
 
 
 def _intrinsic(model, tokenizer, records, template, settings) -> dict:
@@ -924,262 +880,6 @@ def _intrinsic(model, tokenizer, records, template, settings) -> dict:
         batch_size=settings.batch_size,
         eos=_eos_policy(settings),
     )
-
-
-def contrast_metrics(queries, positive, responses, contrast_store, principles, *, mi_fn=None, scores=None) -> dict:
-    """The contrast check: for each principle, the model's responses under the positive constitution against those
-    under the same constitution with only that principle flipped.
-
-    Per principle: `mi`, `mi_sem` (the paper's MI of the C = 2 pair over the queries, `mi_fn` on mi-style records)
-    (from `scores` = scores.json's `contrast`, `{principle: {query_id: mi}}`, when given) and, when the principle
-    has a check, `adherence_positive` / `adherence_flipped` (fraction of each side's responses
-    following the principle in its positive-constitution form) and `adherence_change` (their difference).
-
-    `weak` (a warning naming the principle) when the log-prob contrast SAMI trains on is within noise of zero
-    (`mi − 1.96·mi_sem ≤ 0`), or when the principle is checkable and no response follows it even when asked
-    (`adherence_positive == 0`: nothing to amplify). An adherence change whose 95% interval (normal approximation of
-    a difference of two proportions) reaches 0 is noted in `notes` but is not by itself weak: the base model often
-    follows neither form reliably while its log-probs already tell them apart (brevity, measured in the default
-    run). Returns `{"by_principle": {...}, "warnings": [one line per weak principle]}`.
-    """
-    by_id = {str(r["id"]): r for r in responses.records}
-    flipped = {str(r["id"]): r for r in contrast_store.records}
-    out: dict[str, dict] = {}
-    warnings = []
-    for name in principles:
-        pairs = [
-            (q, by_id[f"model:{q.id}"]["response"], flipped[f"{name}:{q.id}"]["response"])
-            for q in queries
-            if f"model:{q.id}" in by_id and f"{name}:{q.id}" in flipped
-        ]
-        if not pairs:
-            continue
-        records = [
-            {"id": q.id, "query": q.query, "constitutions": [positive[q.id], positive[q.id].flipped({name})],
-             "responses": [a, b]}
-            for q, a, b in pairs
-        ]  # fmt: skip
-        if scores is not None:
-            from sami.evaluation.metrics import mean_sem
-
-            values = [scores.get(name, {}).get(q.id) for q, _, _ in pairs]
-            mean, sem = mean_sem([v for v in values if v is not None])
-            mi = {"mi": mean, "mi_sem": sem}
-        else:
-            mi = mi_fn(records)
-        entry: dict[str, Any] = {"n": len(pairs), "mi": mi.get("mi"), "mi_sem": mi.get("mi_sem")}
-        forms = [{p.name: (p, s) for p, s in positive[q.id].items}[name] for q, _, _ in pairs]
-        if forms[0][0].checkable:
-            hits_a = [bool(p.holds(a, form)) for (p, form), (_, a, _) in zip(forms, pairs, strict=True)]
-            hits_b = [bool(p.holds(b, form)) for (p, form), (_, _, b) in zip(forms, pairs, strict=True)]
-            pa, pb = sum(hits_a) / len(pairs), sum(hits_b) / len(pairs)
-            entry.update(adherence_positive=pa, adherence_flipped=pb, adherence_change=pa - pb)
-        reasons, notes = contrast_verdict(entry)
-        entry["weak"] = bool(reasons)
-        entry["reasons"] = reasons
-        entry["notes"] = notes
-        if reasons:
-            warnings.append(
-                f"principle {name!r}: flipping it barely changes the model's responses ({'; '.join(reasons)}); "
-                "SAMI may not learn it: sharpen the principle or its antithesis"
-            )
-        out[name] = entry
-    return {"by_principle": out, "warnings": warnings}
-
-
-def contrast_verdict(entry: dict) -> tuple[list[str], list[str]]:
-    """`(reasons it is weak, notes)` for one principle's contrast entry (`n`, `mi`, `mi_sem`, and optionally
-    `adherence_positive` / `adherence_flipped`); see `contrast_metrics`."""
-    reasons, notes = [], []
-    mi, sem = entry.get("mi"), entry.get("mi_sem")
-    if mi is None or sem is None or mi - 1.96 * sem <= 0:
-        reasons.append(f"MI {_fmt(mi)} ± {_fmt(sem)} is within noise of 0")
-    pa, pb, n = entry.get("adherence_positive"), entry.get("adherence_flipped"), entry.get("n") or 0
-    if pa is not None and pb is not None and n:
-        if pa == 0:
-            reasons.append("no response follows it even when asked (adherence 0)")
-        se = ((pa * (1 - pa) + pb * (1 - pb)) / n) ** 0.5
-        if pa - pb - 1.96 * se <= 0:
-            notes.append(f"adherence {pa:.2f} under the principle vs {pb:.2f} flipped is within noise")
-    return reasons, notes
-
-
-def _fmt(value) -> str:
-    return "–" if value is None else f"{value:.3f}"
-
-
-def _generate_mi(store, responses, generator, template, todo, constitutions, settings, progress) -> None:
-    """Greedy responses of the evaluated model under all C constitutions of each query (mi_responses.jsonl).
-
-    The response under the positive constitution is taken from responses.jsonl when it was written under the
-    same constitution (same prompt, greedy decoding), so it is not generated twice.
-    """
-    advance = progress.task("responses under all constitutions", len(todo))
-    for start in range(0, len(todo), settings.chunk_size):
-        chunk = todo[start : start + settings.chunk_size]
-        slots, prompts = [], []  # (query index, constitution index) of each prompt to generate
-        known: dict[tuple[int, int], tuple[str, int, str | None, bool | None]] = {}
-        by_id = {str(r["id"]): r for r in responses.records}
-        for qi, q in enumerate(chunk):
-            first = by_id.get(f"model:{q.id}")
-            for j, c in enumerate(constitutions[q.id]):
-                if j == 0 and first and first.get("constitution") == c.to_dict():
-                    known[(qi, j)] = (
-                        first["response"],
-                        int(first.get("num_tokens", 0)),
-                        first.get("separator"),
-                        first.get("ended_with_eos"),
-                    )
-                else:
-                    slots.append((qi, j))
-                    prompts.append(template.generation_prompt(c, q.query))
-        completions = []
-        if prompts:
-            completions = generator.generate(
-                prompts, max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=template.stop or None
-            )
-        failed: set[int] = set()
-        for (qi, j), c in zip(slots, completions, strict=True):
-            if c.finish_reason == "error":
-                failed.add(qi)
-            known[(qi, j)] = (
-                template.postprocess(c.text),
-                int(c.num_tokens),
-                template.separator(c.text),
-                c.ended_with_eos,
-            )
-        for qi, q in enumerate(chunk):
-            if qi in failed:
-                log.warning("mi responses: generation failed for query %s; a rerun retries it", q.id)
-                continue
-            cs = constitutions[q.id]
-            store.add(
-                {
-                    "id": q.id,
-                    "query": q.query,
-                    "constitutions": [c.to_dict() for c in cs],
-                    "responses": [known[(qi, j)][0] for j in range(len(cs))],
-                    "num_tokens": [known[(qi, j)][1] for j in range(len(cs))],
-                    "separators": [known[(qi, j)][2] for j in range(len(cs))],
-                    "ended_with_eos": [known[(qi, j)][3] for j in range(len(cs))],
-                }
-            )
-        store.flush()
-        advance(len(chunk))
-
-
-def _generate_patterns(store, generator, template, todo, constitutions, settings, progress, *, known) -> None:
-    """Greedy responses of the evaluated model under every sign pattern of each query (mi_responses.jsonl),
-    reusing `known` responses written under the same constitution (`_known_responses`)."""
-    advance = progress.task("responses under every sign pattern", len(todo))
-    for start in range(0, len(todo), settings.chunk_size):
-        chunk = todo[start : start + settings.chunk_size]
-        got: dict[tuple[str, int], tuple] = {}
-        fresh = []
-        for q in chunk:
-            for j, c in enumerate(constitutions[q.id]):
-                if (q.id, c.label()) in known:
-                    got[(q.id, j)] = known[(q.id, c.label())]
-                else:
-                    fresh.append((q, j, c))
-        completions = []
-        if fresh:
-            completions = generator.generate(
-                [template.generation_prompt(c, q.query) for q, _, c in fresh],
-                max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=template.stop or None,
-            )  # fmt: skip
-        failed: set[str] = set()
-        for (q, j, _), c in zip(fresh, completions, strict=True):
-            if c.finish_reason == "error":
-                failed.add(q.id)
-            got[(q.id, j)] = (template.postprocess(c.text), int(c.num_tokens), template.separator(c.text),
-                              c.ended_with_eos)  # fmt: skip
-        for q in chunk:
-            if q.id in failed:
-                log.warning("mi responses: generation failed for query %s; a rerun retries it", q.id)
-                continue
-            cs = constitutions[q.id]
-            parts = [got[(q.id, j)] for j in range(len(cs))]
-            store.add(
-                {
-                    "id": q.id,
-                    "query": q.query,
-                    "constitutions": [c.to_dict() for c in cs],
-                    "responses": [x[0] for x in parts],
-                    "num_tokens": [x[1] for x in parts],
-                    "separators": [x[2] for x in parts],
-                    "ended_with_eos": [x[3] for x in parts],
-                }
-            )
-        store.flush()
-        advance(len(chunk))
-
-
-def metrics_table(metrics: dict):
-    """A short rich table: intrinsic metrics, then one column of win rates per baseline."""
-    from rich.console import Group
-    from rich.table import Table
-
-    def fmt(value, digits=3):
-        return "–" if value is None else f"{value:.{digits}f}"
-
-    top = Table(title=f"evaluation of {metrics['model']} ({metrics['n_queries']} queries)")
-    for col in ("MI (paper)", "InfoNCE bound", "mean length +", "mean length −"):
-        top.add_column(col, justify="right")
-    lengths = metrics.get("mean_length") or {}
-    top.add_row(
-        fmt(metrics.get("mi")),
-        fmt(metrics.get("mi_bound")),
-        fmt(lengths.get("positive"), 1),
-        fmt(lengths.get("negative"), 1),
-    )
-    parts = [top]
-    if metrics.get("adherence"):
-        parts.append(adherence_table(metrics["adherence"]))
-    if metrics.get("contrast"):
-        parts.append(contrast_table(metrics["contrast"]))
-    if metrics.get("win_rates"):
-        parts.append(summaries_table({f"vs {k}": v for k, v in metrics["win_rates"].items()}, title="win rates"))
-    return top if len(parts) == 1 else Group(*parts)
-
-
-def _rate_ci(value, ci) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.2f}" + (f" [{ci[0]:.2f}–{ci[1]:.2f}]" if ci else "")
-
-
-def adherence_table(adherence: dict):
-    """Adherence under the positive constitution and under its antithesis, overall, per principle and subset."""
-    from rich.table import Table
-
-    table = Table(title="adherence (fraction following each form; 95% Wilson CI)")
-    for col in ("", "under +", "under −", "n"):
-        table.add_column(col, justify="right" if col else "left")
-    rows = [("all principles", adherence)]
-    rows += [(f"principle {k}", v) for k, v in adherence.get("by_principle", {}).items()]
-    rows += [(f"subset {k}", v) for k, v in adherence.get("by_subset", {}).items()]
-    for name, a in rows:
-        table.add_row(
-            name, _rate_ci(a.get("positive"), a.get("positive_ci95")),
-            _rate_ci(a.get("antithesis"), a.get("antithesis_ci95")), str(a.get("n", "–")),
-        )  # fmt: skip
-    return table
-
-
-def contrast_table(contrast: dict):
-    """The contrast check per principle (flipping only that principle)."""
-    from rich.table import Table
-
-    table = Table(title="contrast check: flipping one principle (iteration 0)")
-    for col in ("principle", "MI ± sem", "adherence + / flipped", "weak?"):
-        table.add_column(col, justify="left" if col == "principle" else "right")
-    for name, c in contrast.get("by_principle", {}).items():
-        adh = "–"
-        if c.get("adherence_positive") is not None:
-            adh = f"{c['adherence_positive']:.2f} / {c['adherence_flipped']:.2f}"
-        table.add_row(name, f"{_fmt(c.get('mi'))} ± {_fmt(c.get('mi_sem'))}", adh, "WEAK" if c.get("weak") else "ok")
-    return table
 
 
 def run_settings(config) -> EvaluationSettings:
