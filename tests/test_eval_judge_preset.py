@@ -13,20 +13,25 @@ from sami.evaluation.judges import (
     judge_prompt,
     make_judge,
 )
+from sami.openai_client import Reply
 
 
 class _Client:
-    """A fake OpenAI client recording the messages; answers with a comparison and a final line."""
+    """A fake `sami.openai_client.OpenAIClient` recording the requests; answers with a comparison and a final
+    line."""
 
     def __init__(self, answer: str):
         self.answer, self.calls = answer, []
-        self.chat = self
-        self.completions = self
 
-    def create(self, **kwargs):
-        self.calls.append(kwargs)
-        message = type("M", (), {"content": self.answer})
-        return type("R", (), {"choices": [type("C", (), {"message": message})]})
+    def chat(self, messages, **kwargs):
+        self.calls.append({"messages": messages, **kwargs})
+        return Reply(self.answer, "stop")
+
+    def map(self, fn, items):
+        return [fn(item, None) for item in items]
+
+    def close(self):
+        pass
 
 
 def test_paper_preset_sets_the_protocol_and_fields_beside_it_win():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, make_tiny_model
 
+import sami.models
 from sami.cli import main
 from sami.data import load_queries
 from sami.evaluation.evaluate import EvaluationSettings, run_evaluation
@@ -138,38 +139,54 @@ def test_precomputed_baseline_responses_are_used(tmp_path, tiny_model, default_t
     assert metrics["win_rates"]["base"]["n"] == 3 and metrics["mi"] is None
 
 
-def test_pipeline_entry_reuses_iteration_0_base_responses(tmp_path, tiny_model_dir, other_model_dir):
+def test_run_settings_reuse_iteration_0_base_responses_and_mi(tmp_path, tiny_model_dir, other_model_dir):
+    """The pipeline's way: `run_settings` + `run_baselines`, iteration 0's base responses as `baseline_responses`
+    and its folder as `baseline_evals`, so the base model is neither generated again nor loaded for its MI."""
+    from unittest import mock
+
     from sami.config import parse_config
     from sami.constitutions import load_constitutions
-    from sami.evaluation.evaluate import run_evaluation_from_config
+    from sami.evaluation.evaluate import load_side_responses, run_baselines, run_settings
 
     config = parse_config(
         {
             "model": {"policy": str(tiny_model_dir)},
             "data": {"train": [{"bundled": "hh_helpful_train"}], "eval": [{"bundled": "hh_helpful_test"}]},
             "sampling": {"scheme": "paper-dialogue"},
-            "evaluation": {"max_new_tokens": 3, "intrinsic": False, "judge": {"model": str(other_model_dir)}},
+            "evaluation": {"max_new_tokens": 3, "mi_max_patterns": 2, "judge": {"model": str(other_model_dir)}},
         }
     )
     queries, cset = load_queries("hh_helpful_test")[:3], load_constitutions("hh_opus")
-    common = {"queries": queries, "cset": cset}
+    settings, template = run_settings(config), config.prompts.build()
+    common = {"queries": queries, "cset": cset, "template": template}
     it0, it1 = tmp_path / "iter-0" / "eval", tmp_path / "iter-1" / "eval"
-    m0 = run_evaluation_from_config(
-        config, model_ref=str(tiny_model_dir), model_label="iter-0", out_dir=it0, judge_against_base=False, **common
-    )
-    assert m0["win_rates"] == {} and not list(it0.glob("judgments-*"))
-    m1 = run_evaluation_from_config(
-        config,
-        model_ref=str(other_model_dir),
-        model_label="iter-1",
-        out_dir=it1,
-        base_responses=it0 / "responses.jsonl",
+    baselines0 = run_baselines(config, against_base=False)
+    m0 = run_evaluation(
+        settings, str(tiny_model_dir), it0, model_label="iter-0", baselines=baselines0, judge=bool(baselines0),
         **common,
-    )
+    )  # fmt: skip
+    assert m0["win_rates"] == {} and not list(it0.glob("judgments-*"))
+    loads = []
+    real_load = sami.models.load_model
+
+    def load_model(ref, *args, **kwargs):
+        loads.append(str(ref))
+        return real_load(ref, *args, **kwargs)
+
+    with mock.patch("sami.models.load_model", load_model):
+        m1 = run_evaluation(
+            settings, str(other_model_dir), it1, model_label="iter-1",
+            baselines=run_baselines(config, against_base=True),
+            baseline_responses={"base": load_side_responses(it0 / "responses.jsonl")},
+            baseline_evals={"base": it0}, **common,
+        )  # fmt: skip
     assert m1["model"] == "iter-1" and m1["win_rates"]["base"]["n"] == 3
+    assert str(tiny_model_dir) not in loads  # the base model: responses and MI from iteration 0
     base_then = {r["query_id"]: r["response"] for r in read_jsonl(it0 / "responses.jsonl")}
     base_now = {r["query_id"]: r["response"] for r in read_jsonl(it1 / "responses.jsonl") if r["side"] == "base"}
     assert base_now == base_then
+    assert m1["baselines"]["base"]["mi"] == pytest.approx(m0["mi"])
+    assert m1["baselines"]["base"]["mean_length"] == m0["mean_length"]
 
 
 def test_bad_input_is_one_line(tmp_path, tiny_model_dir, other_model_dir, capsys):

@@ -22,7 +22,7 @@ from sami.prompts import (
     reasoning_filters,
     render_prompt,
 )
-from sami.sampling import SamplingSettings, generate_samples
+from sami.sampling import generate_samples
 
 CSET = load_constitutions("hh_opus")
 

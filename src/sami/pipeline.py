@@ -327,10 +327,12 @@ class Pipeline:
         baselines: dict,
         contrast: bool,
         prepare=None,
+        baseline_evals: dict[str, Path] | None = None,
     ) -> None:
         """The three evaluation stages `PREFIX/responses`, `PREFIX/judgments` (when there are baselines) and
         `PREFIX/metrics` of one model into `files`. `prepare()`, when given, runs before the responses step (after
-        an in-place rerun cleared the folder)."""
+        an in-place rerun cleared the folder). `baseline_evals`: baseline name -> that model's own evaluation folder
+        in this run (its MI and lengths are copied from there; "base" is always iteration 0's)."""
         from sami.evaluation.evaluate import run_evaluation, run_settings
 
         config = self.config
@@ -341,6 +343,8 @@ class Pipeline:
             "model_label": model_label,
             "baselines": baselines,
             "baseline_responses": self.base_responses() if "base" in baselines else {},
+            # the base model's MI and lengths are iteration 0's own: taken from there, not generated again
+            "baseline_evals": {"base": self.layout.eval(0).root, **(baseline_evals or {})},
             "trust_remote_code": config.model.trust_remote_code,
             "console": self.console,
         }

@@ -349,4 +349,3 @@ def policy_generator(
     if config.prompts.style == "chat" and tokenizer is None:
         tokenizer = load_tokenizer(str(policy), trust_remote_code=config.model.trust_remote_code)
     return generator, tokenizer
-

@@ -88,4 +88,5 @@ def evaluate_comparison(pipeline: Pipeline, t: int, cset: ConstitutionSet, metho
         baselines={**run_baselines(config, against_base=True), SAMI_BASELINE: sami},
         contrast=False,
         prepare=lambda: seed_sami_responses(pipeline, t, method),
+        baseline_evals={SAMI_BASELINE: layout.eval(t).root},
     )

@@ -346,6 +346,7 @@ def run_evaluation(
     model_label: str | None = None,
     baselines: dict[str, str | BaselineSettings] | None = None,
     baseline_responses: dict[str, dict[str, str]] | None = None,
+    baseline_evals: dict[str, str | Path] | None = None,
     judge: bool = True,
     judge_model=None,
     judge_tokenizer=None,
@@ -371,7 +372,9 @@ def run_evaluation(
       `model_label` names it in the records (default `model_ref`).
     - `baselines`: name -> model reference or `BaselineSettings` (default `settings.baselines`);
       `baseline_responses`: name -> {query_id: response} already generated (e.g. iteration 0's base responses),
-      used instead of generating; missing ids are generated.
+      used instead of generating; missing ids are generated. `baseline_evals`: name -> an evaluation folder of
+      that baseline as the evaluated model under the same settings (in a run: iter-0/eval for "base"); its
+      responses under the MI constitutions and their scores are taken from there instead of loading the model.
     - `judge=False`: no baselines and no judgments step (e.g. iteration 0 against itself); `judge_model`/
       `judge_tokenizer`: a loaded local judge model.
     - `contrast=True`: the contrast check (`contrast_metrics`): per principle, how much flipping it alone changes
@@ -391,7 +394,7 @@ def run_evaluation(
     )  # fmt: skip
     with Progress(console) as progress:
         if "responses" in steps:
-            responses_step(ev, baseline_responses or {}, progress)
+            responses_step(ev, baseline_responses or {}, progress, baseline_evals=baseline_evals or {})
         if "judgments" in steps and judge:
             judgments_step(
                 ev, progress, judge_model=judge_model, judge_tokenizer=judge_tokenizer,
@@ -418,7 +421,9 @@ def _stores(ev: _Evaluation) -> tuple[JsonlStore, JsonlStore, JsonlStore | None,
     )
 
 
-def responses_step(ev: _Evaluation, baseline_responses: dict[str, dict[str, str]], progress) -> None:
+def responses_step(
+    ev: _Evaluation, baseline_responses: dict[str, dict[str, str]], progress, *, baseline_evals=None
+) -> None:
     """Every generation and forward pass: the evaluated model's responses (positive, all C, antithesis, contrast),
     their scores (`scores.json`), then the baselines' responses (one baseline model loaded at a time)."""
     from sami.generation import make_generator
@@ -465,7 +470,7 @@ def responses_step(ev: _Evaluation, baseline_responses: dict[str, dict[str, str]
     responses.flush()
     _score(ev, mi_store, responses, contrast_store)
     ev.release()
-    _baseline_responses(ev, responses, baseline_responses, gen_settings, progress)
+    _baseline_responses(ev, responses, baseline_responses, gen_settings, progress, baseline_evals or {})
 
 
 def _eos_policy(settings: EvaluationSettings) -> str:
@@ -599,9 +604,32 @@ def baseline_template(ev: _Evaluation, spec: BaselineSettings, tokenizer=None):
     return _template(ev.task, style, ev.template)
 
 
-def _baseline_responses(ev, responses, baseline_responses, gen_settings, progress) -> None:
+def _reuse_intrinsic(ev, name: str, source: EvalLayout) -> None:
+    """Copy a baseline's responses under the MI constitutions and their scores from `source`, the baseline's own
+    evaluation under the same settings, for the queries whose constitutions match there (the rest are generated)."""
+    theirs = read_scores(source.scores)
+    if theirs.get("eos") != _eos_policy(ev.settings) or theirs.get("mi", "training_pairs") != ev.settings.mi:
+        return
+    store = JsonlStore(ev.files.baseline_mi_responses(name))
+    wanted = {q.id: [c.to_dict() for c in ev.mi_constitutions[q.id]] for q in ev.queries if q.id not in store}
+    intrinsic = theirs.get("intrinsic") or {}
+    copied = {}
+    for record in read_jsonl(source.mi_responses) if source.mi_responses.is_file() else []:
+        qid = str(record.get("id"))
+        if qid in wanted and qid in intrinsic and record.get("constitutions") == wanted[qid]:
+            store.add(record)
+            copied[qid] = intrinsic[qid]
+    if copied:
+        store.flush()
+        scores = read_scores(ev.files.scores)
+        scores.setdefault("baselines", {}).setdefault(name, {}).update(copied)
+        atomic_write_json(ev.files.scores, scores)
+
+
+def _baseline_responses(ev, responses, baseline_responses, gen_settings, progress, baseline_evals) -> None:
     """The baselines' responses: precomputed ones first, the rest generated (one baseline model at a time); with
-    `baseline_intrinsic`, an hf baseline's responses under the MI constitutions and their scores too."""
+    `baseline_intrinsic`, an hf baseline's responses under the MI constitutions and their scores too (taken from
+    `baseline_evals[name]` where that folder has them)."""
     from sami.generation import make_generator
     from sami.models import load_model, load_tokenizer
 
@@ -634,6 +662,9 @@ def _baseline_responses(ev, responses, baseline_responses, gen_settings, progres
             intrinsic = False
         if intrinsic and name in (scores.get("baselines_skipped") or {}):
             intrinsic = False  # its model did not load before (see scores.json)
+        if intrinsic and name in baseline_evals:
+            _reuse_intrinsic(ev, name, EvalLayout(Path(baseline_evals[name])))
+            scores = read_scores(ev.files.scores)
         mi_store = JsonlStore(ev.files.baseline_mi_responses(name)) if intrinsic else None
         mi_todo = [q for q in queries if q.id not in mi_store] if mi_store is not None else []
         done = (scores.get("baselines") or {}).get(name) or {}
@@ -908,30 +939,3 @@ def run_baselines(config, *, against_base: bool) -> dict[str, BaselineSettings]:
         if name != "base" or not against_base:
             out[name] = _baseline(spec)
     return out
-
-
-# removed when the pipeline calls run_evaluation directly
-def run_evaluation_from_config(
-    config,
-    *,
-    model_ref,
-    model_label,
-    queries,
-    cset,
-    out_dir,
-    base_responses=None,
-    judge_against_base=True,
-    contrast=False,
-    model=None,
-    tokenizer=None,
-    console=None,
-):
-    """The pipeline's evaluation of one iteration: `run_evaluation` with `run_settings` and `run_baselines`."""
-    settings, baselines = run_settings(config), run_baselines(config, against_base=judge_against_base)
-    given = {"base": load_side_responses(base_responses)} if base_responses and Path(base_responses).is_file() else {}
-    return run_evaluation(
-        settings, model_ref, out_dir, queries=queries, cset=cset, template=config.prompts.build(), model=model,
-        tokenizer=tokenizer, model_label=model_label, baselines=baselines, baseline_responses=given,
-        judge=bool(baselines), trust_remote_code=config.model.trust_remote_code,
-        contrast=contrast and settings.contrast, console=console,
-    )  # fmt: skip

@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sami.errors import SamiInputError
+from sami.models import accepts_logits_to_keep, left_pad
+from sami.prompts import render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -415,56 +415,51 @@ class PairwiseJudge(ABC):
 
 
 class ApiJudge(PairwiseJudge):
-    """A judge model behind an OpenAI-compatible chat completions endpoint."""
+    """A judge model behind an OpenAI-compatible chat completions endpoint, through `sami.openai_client` (the
+    client the `openai` generation backend uses: retries with backoff and Retry-After, the key only from
+    `api_key_env`, none needed on a loopback `base_url`, at most `max_concurrency` requests in flight)."""
 
     def __init__(self, settings: JudgeSettings, client=None):
         super().__init__(settings)
-        if client is None:
-            from openai import OpenAI
-
-            api_key = os.environ.get(settings.api_key_env)
-            if not api_key:
-                if settings.base_url is None:
-                    raise SamiInputError(
-                        f"judge.api_key_env: environment variable {settings.api_key_env} is not set "
-                        "(needed for the OpenAI API; set judge.base_url for a local server)"
-                    )
-                api_key = "EMPTY"  # local servers accept any key
-            client = OpenAI(
-                base_url=settings.base_url, api_key=api_key, timeout=settings.timeout, max_retries=settings.max_retries
-            )
         if not settings.model_name:
             raise SamiInputError("judge.model_name: the api judge needs the model name at the endpoint")
+        if client is None:
+            from sami.openai_client import OpenAIClient
+
+            client = OpenAIClient(
+                settings.base_url,
+                api_key_env=settings.api_key_env,
+                timeout=settings.timeout,
+                max_retries=settings.max_retries,
+                max_concurrency=settings.max_concurrency,
+                field="judge",
+            )
         self.client = client
 
     def _one(self, prompt: str) -> Verdict:
+        from sami.openai_client import ApiError
+
         try:
-            response = self.client.chat.completions.create(
+            text, _ = self.client.chat(
+                self.messages(prompt),
                 model=self.settings.model_name,
-                messages=self.messages(prompt),
                 max_tokens=self.settings.max_tokens,
                 temperature=self.settings.temperature,
                 seed=self.settings.seed,
             )
-            text = response.choices[0].message.content or ""
-        except Exception as e:  # noqa: BLE001 - any transport or API error is recorded, not raised
-            log.warning("judge request failed: %s: %s", type(e).__name__, e)
-            return Verdict(p_a=None, status="failed", text=f"error: {type(e).__name__}: {e}")
+        except ApiError as e:  # recorded as a failed verdict (counted 0.5 and reported), not raised
+            log.warning("judge request failed: %s", e)
+            return Verdict(p_a=None, status="failed", text=f"error: {e}")
         choice = parse_verdict(text)
         if choice is None:
             return Verdict(p_a=None, status="unparsed", text=text)
         return Verdict(p_a=1.0 if choice == "A" else 0.0, status="ok", text=text)
 
     def compare(self, prompts: list[str]) -> list[Verdict]:
-        if not prompts:
-            return []
-        with ThreadPoolExecutor(max_workers=min(self.settings.max_concurrency, len(prompts))) as pool:
-            return list(pool.map(self._one, prompts))
+        return self.client.map(lambda prompt, _abort: self._one(prompt), prompts)
 
     def close(self) -> None:
-        close = getattr(self.client, "close", None)
-        if close:
-            close()
+        self.client.close()
 
 
 def _letter_ids(tokenizer, letter: str) -> list[int]:
@@ -477,14 +472,6 @@ def _letter_ids(tokenizer, letter: str) -> list[int]:
     if not ids:
         raise SamiInputError(f"judge.model: the tokenizer has no single token for {letter!r}")
     return sorted(ids)
-
-
-def _next_token_logits(model, **inputs):
-    """Logits at the last position; asks for only those when the model supports `logits_to_keep`."""
-    try:
-        return model(**inputs, logits_to_keep=1).logits[:, -1, :]
-    except TypeError:
-        return model(**inputs).logits[:, -1, :]
 
 
 class LocalJudge(PairwiseJudge):
@@ -502,8 +489,7 @@ class LocalJudge(PairwiseJudge):
     def render(self, prompt: str) -> str:
         """The judge prompt as the model sees it: the chat template (with the generation prompt) when there is one."""
         if getattr(self.tokenizer, "chat_template", None):
-            messages = self.messages(prompt)
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return render_prompt(self.messages(prompt), self.tokenizer)
         return prompt + "\nAnswer:"
 
     def probabilities(self, prompts: list[str]) -> list[float]:
@@ -517,26 +503,18 @@ class LocalJudge(PairwiseJudge):
             encoded = [ids if ids[:1] == [bos] else [bos, *ids] for ids in encoded]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         device = next(self.model.parameters()).device
+        keep = {"logits_to_keep": 1} if accepts_logits_to_keep(self.model) else {}
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[float] = [math.nan] * len(encoded)
         bs = self.settings.batch_size
         with torch.no_grad():
             for start in range(0, len(order), bs):
                 batch = order[start : start + bs]
-                width = max(len(encoded[i]) for i in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):  # left padding: the last position is every prompt's end
-                    n = len(encoded[i])
-                    ids[row, width - n :] = torch.tensor(encoded[i])
-                    mask[row, width - n :] = 1
+                ids, mask = left_pad([encoded[i] for i in batch], pad)  # the last position is every prompt's end
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = _next_token_logits(
-                    self.model,
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                )
+                logits = self.model(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), **keep
+                ).logits[:, -1, :]
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 log_a = torch.logsumexp(logp[:, self.a_ids], dim=-1)
                 log_b = torch.logsumexp(logp[:, self.b_ids], dim=-1)
