@@ -7,6 +7,8 @@ same work. Time includes the prompt prefill. Run from the project root:
     .venv/bin/python benchmarks/generation.py                 # hf fp32/bf16 at batch 1, 8, 32 + llama.cpp
     .venv/bin/python benchmarks/generation.py --no-server --batches 8 --dtypes bfloat16 --reference
     .venv/bin/python benchmarks/generation.py --no-server --sami-prompts --dtypes float32   # prefix sharing
+    .venv/bin/python benchmarks/generation.py --no-server --demo-prompts 64 --dtypes float32 --batches 16 32 64
+                                                            # the default run's batch size: 64 prompts, split
 """
 
 from __future__ import annotations
@@ -55,6 +57,24 @@ def build_sami_prompts(n: int) -> list[str]:
     for q in load_queries("hh_helpful_train"):
         for c in sample_constitutions(cset, "paper-dialogue", 2, query_rng(0, q.id), query=q):
             prompts.append(template.generation_prompt(c, q.query))
+        if len(prompts) >= n:
+            return prompts[:n]
+    raise SystemExit(f"only {len(prompts)} prompts available")
+
+
+def build_demo_prompts(tokenizer, n: int) -> list[str]:
+    """`n` of the default run's generation prompts: bundled HH-RLHF helpful queries, each under the positive and
+    the antithesis constitution of the bundled `demo_checks` (chat style, rendered with the chat template)."""
+    from sami.constitutions import load_constitutions, sample_constitutions
+    from sami.data import load_queries
+    from sami.prompts import get_template, render_prompt
+    from sami.sampling import query_rng
+
+    template, cset = get_template("dialogue", "chat"), load_constitutions("demo_checks")
+    prompts = []
+    for q in load_queries("hh_helpful_train"):
+        for c in sample_constitutions(cset, "opposite", 2, query_rng(0, q.id), query=q):
+            prompts.append(render_prompt(template.generation_prompt(c, q.query), tokenizer))
         if len(prompts) >= n:
             return prompts[:n]
     raise SystemExit(f"only {len(prompts)} prompts available")
@@ -175,6 +195,13 @@ def main() -> None:
         help="use SAMI's base-style dialogue generation prompts (a shared ~100-token instruction prefix) instead of "
         "posts, and also time the hf backend without prefix sharing",
     )
+    p.add_argument(
+        "--demo-prompts",
+        type=int,
+        metavar="N",
+        help="time the same N of the default run's chat generation prompts at every batch size (N / batch "
+        "batches each), instead of `batch` prompts per batch size",
+    )
     p.add_argument("--no-server", action="store_true", help="skip the llama.cpp server")
     p.add_argument("--base-url", help="use this running server instead of starting llama.cpp")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
@@ -190,7 +217,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer("default")
     n_prompts = max(max(args.batches), args.server_prompts)
-    if args.sami_prompts:
+    if args.demo_prompts:
+        prompts = build_demo_prompts(tokenizer, max(n_prompts, args.demo_prompts))
+    elif args.sami_prompts:
         prompts = build_sami_prompts(n_prompts)
     else:
         prompts = build_prompts(tokenizer, n_prompts, args.prompt_tokens)
@@ -222,7 +251,10 @@ def main() -> None:
         else:
             model = load_model("default", dtype=dtype).eval()
         for batch in args.batches:
-            some = prompts[: args.prompts_at_batch_1 if batch == 1 else batch]
+            if args.demo_prompts:
+                some = prompts[: args.demo_prompts]
+            else:
+                some = prompts[: args.prompts_at_batch_1 if batch == 1 else batch]
             result = time_hf(model, tokenizer, some, batch, args.new_tokens, args.repeats)
             report("sami hf", f"{dtype}, batch {batch}", len(some), result)
             if args.sami_prompts and batch > 1:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -84,6 +88,31 @@ def tiny_model_dir(tmp_path_factory, default_tokenizer) -> Path:
     make_tiny_model(len(default_tokenizer)).save_pretrained(path)
     default_tokenizer.save_pretrained(path)
     return path
+
+
+@contextmanager
+def loopback_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve `handler` on a free loopback port in a thread; yields the base URL `http://127.0.0.1:PORT/v1`."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def send_json(
+    handler: http.server.BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str] | None = None
+) -> None:
+    """Answer `handler`'s request with `status` and the body `data` (JSON unless `headers` sets a Content-Type)."""
+    handler.send_response(status)
+    for key, value in {"Content-Type": "application/json", **(headers or {})}.items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import urllib.request
 from contextlib import contextmanager
 
 import pytest
-from conftest import free_port
+from conftest import free_port, loopback_server, send_json
 
 from sami.errors import SamiInputError
 from sami.generation import GenerationSettings, make_generator
@@ -39,12 +39,7 @@ def failing_proxy(upstream: str, *, fail: int = 0, status: int = 500, delay_firs
                 state["requests"] += 1
                 n = state["requests"]
             if n <= fail:
-                payload = b'{"error": {"message": "injected failure", "type": "server_error"}}'
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_json(self, status, b'{"error": {"message": "injected failure", "type": "server_error"}}')
                 return
             if n == 1 and delay_first:
                 time.sleep(delay_first)  # longer than the client waits: it gives up and retries
@@ -57,24 +52,14 @@ def failing_proxy(upstream: str, *, fail: int = 0, status: int = 500, delay_firs
             except urllib.error.HTTPError as e:
                 code, data, ctype = e.code, e.read(), e.headers.get("Content-Type")
             try:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype or "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, code, data, {"Content-Type": ctype or "application/json"})
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up on this request (a timeout test)
 
         do_GET = do_POST = _handle
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as url:
+        yield url, state
 
 
 @pytest.mark.slow

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import http.server
-import threading
 
 import pytest
-from conftest import free_port
+from conftest import free_port, loopback_server, send_json
 
 from sami.constitutions import Constitution, Principle, load_constitutions
 from sami.evaluation.judges import JudgeSettings, PairItem, PairwiseJudge, Verdict, make_judge, parse_verdict
@@ -147,24 +146,14 @@ def test_api_judge_dead_port_records_failures(positive):
 def test_api_judge_server_error_records_failures(positive):
     class Failing(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
-            self.send_response(500)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b'{"error": {"message": "boom"}}')
+            send_json(self, 500, b'{"error": {"message": "boom"}}')
 
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    with loopback_server(Failing) as url:
         settings = JudgeSettings(kind="api", base_url=url, model_name="x", max_retries=0, both_orders=True)
         records = make_judge(settings).judge(items(positive, 2), model="m", baseline="b")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert [r["status"] for r in records] == ["failed", "failed"]
     assert all(r["win"] == 0.5 and r["order"] == "both" for r in records)
 

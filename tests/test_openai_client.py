@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 
 import pytest
+from conftest import loopback_server, send_json
 
 from sami.errors import SamiInputError
 from sami.openai_client import ApiError, OpenAIClient, Reply, is_local
@@ -50,26 +51,13 @@ def scripted_server(script: list[tuple[int, dict]] | None = None, *, hold: float
                     payload |= {"choices": [choice], "usage": {"completion_tokens": 2, "prompt_tokens": 1}}
                 else:
                     payload = {"error": {"message": f"no: {self.headers.get('Authorization')}", "type": "e"}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, json.dumps(payload).encode(), headers)
             finally:
                 with lock:
                     state["in_flight"] -= 1
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as url:
+        yield url, state
 
 
 def _client(url, monkeypatch=None, **kwargs) -> OpenAIClient:

@@ -84,6 +84,16 @@ def test_config_defaults_and_validation(tmp_path):
     ]:
         with pytest.raises(SamiInputError, match=field):
             SAMIConfig(output_dir=str(tmp_path), **bad)
+    # TrainingArguments' own checks come out as input errors too (one line, exit 2 in the CLI)
+    with pytest.raises(SamiInputError, match="training settings: At most one of fp16 and bf16"):
+        SAMIConfig(output_dir=str(tmp_path), bf16=True, fp16=True)
+
+
+def test_bf16_on_the_cpu_is_autocast_not_an_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU path")
+    cfg = SAMIConfig(output_dir=str(tmp_path), bf16=True)  # transformers alone refuses this without use_cpu
+    assert cfg.bf16 and cfg.use_cpu
 
 
 def test_load_samples_reads_records(tmp_path):

@@ -168,11 +168,18 @@ class SAMIConfig(TrainingArguments):
             self.save_strategy = "no"
         if not accelerator_present():
             self.dataloader_pin_memory = False  # pinned memory needs an accelerator; torch warns without one
+            if self.bf16:
+                self.use_cpu = True  # transformers allows CPU bf16 autocast only when told it is on the CPU
         if self.ddp_backend is None and _deepspeed_on_cpu():
             # accelerate counts the ranks of a DeepSpeed launch only when it is told the backend, which it cannot
             # infer without an accelerator; DeepSpeed's CPU accelerator uses gloo.
             self.ddp_backend = "gloo"
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as e:  # TrainingArguments' own checks of the user's fields
+            if isinstance(e, SamiInputError):
+                raise
+            raise SamiInputError(f"training settings: {' '.join(str(e).split())}") from None
 
 
 def accelerator_present() -> bool:
