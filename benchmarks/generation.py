@@ -44,36 +44,24 @@ def build_prompts(tokenizer, n: int, prompt_tokens: int) -> list[str]:
     return prompts
 
 
-def build_sami_prompts(n: int) -> list[str]:
-    """`n` of SAMI's own base-style dialogue generation prompts: bundled HH-RLHF queries, each under a pair of
-    the paper's constitutions (all prompts share the template's instructions and format example)."""
-    from sami.constitutions import load_constitutions, sample_constitutions
-    from sami.data import load_queries
-    from sami.prompts import get_template
-    from sami.sampling import query_rng
+def build_sami_prompts(n: int, tokenizer, *, demo: bool = False) -> list[str]:
+    """`n` of SAMI's own generation prompts on bundled HH-RLHF helpful queries, as `sami.sampling` builds them.
 
-    template, cset = get_template("dialogue", "base"), load_constitutions("hh_opus")
-    prompts = []
-    for q in load_queries("hh_helpful_train"):
-        for c in sample_constitutions(cset, "paper-dialogue", 2, query_rng(0, q.id), query=q):
-            prompts.append(template.generation_prompt(c, q.query))
-        if len(prompts) >= n:
-            return prompts[:n]
-    raise SystemExit(f"only {len(prompts)} prompts available")
-
-
-def build_demo_prompts(tokenizer, n: int) -> list[str]:
-    """`n` of the default run's generation prompts: bundled HH-RLHF helpful queries, each under the positive and
-    the antithesis constitution of the bundled `demo_checks` (chat style, rendered with the chat template)."""
+    By default base-style dialogue prompts, each query under a pair of the paper's constitutions (all prompts
+    share the template's instructions and format example); with `demo`, the default run's: chat style, each
+    query under the positive and the antithesis constitution of the bundled `demo_checks`, rendered with the
+    chat template.
+    """
     from sami.constitutions import load_constitutions, sample_constitutions
     from sami.data import load_queries
     from sami.prompts import get_template, render_prompt
     from sami.sampling import query_rng
 
-    template, cset = get_template("dialogue", "chat"), load_constitutions("demo_checks")
+    style, cset_name, scheme = ("chat", "demo_checks", "opposite") if demo else ("base", "hh_opus", "paper-dialogue")
+    template, cset = get_template("dialogue", style), load_constitutions(cset_name)
     prompts = []
     for q in load_queries("hh_helpful_train"):
-        for c in sample_constitutions(cset, "opposite", 2, query_rng(0, q.id), query=q):
+        for c in sample_constitutions(cset, scheme, 2, query_rng(0, q.id), query=q):
             prompts.append(render_prompt(template.generation_prompt(c, q.query), tokenizer))
         if len(prompts) >= n:
             return prompts[:n]
@@ -218,9 +206,9 @@ def main() -> None:
     tokenizer = load_tokenizer("default")
     n_prompts = max(max(args.batches), args.server_prompts)
     if args.demo_prompts:
-        prompts = build_demo_prompts(tokenizer, max(n_prompts, args.demo_prompts))
+        prompts = build_sami_prompts(max(n_prompts, args.demo_prompts), tokenizer, demo=True)
     elif args.sami_prompts:
-        prompts = build_sami_prompts(n_prompts)
+        prompts = build_sami_prompts(n_prompts, tokenizer)
     else:
         prompts = build_prompts(tokenizer, n_prompts, args.prompt_tokens)
     mean_len = sum(len(tokenizer(x).input_ids) for x in prompts) / len(prompts)

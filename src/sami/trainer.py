@@ -176,9 +176,9 @@ class SAMIConfig(TrainingArguments):
             self.ddp_backend = "gloo"
         try:
             super().__post_init__()
+        except SamiInputError:
+            raise
         except ValueError as e:  # TrainingArguments' own checks of the user's fields
-            if isinstance(e, SamiInputError):
-                raise
             raise SamiInputError(f"training settings: {' '.join(str(e).split())}") from None
 
 
