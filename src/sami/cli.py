@@ -4,10 +4,27 @@ so `sami --help` stays fast (no torch import)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
 import sys
+
+# OSErrors that say what is wrong with the machine or a path (printed as one line, exit 2, like bad input).
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EEXIST,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENAMETOOLONG,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.ENOENT,
+}
 
 # name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -68,6 +85,19 @@ def main(argv: list[str] | None = None) -> int:
         return int(_load(args.command).run(args) or 0)
     except SamiInputError as e:
         print(f"sami {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        # the machine, not sami: a full disk, a read-only or foreign folder, a path that is a file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"sami {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:  # a read that did not go through sami.io.read_text (which names the file)
+        print(
+            f"sami {args.command}: error: an input file is not UTF-8 text ({e.reason} at byte {e.start})",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"sami {args.command}: interrupted; finished work is saved, rerun to continue", file=sys.stderr)

@@ -1,12 +1,16 @@
 """`manifest.json`: which stages of a run finished, with the hash of the config parts each depends on, its outputs
 and their content hashes.
 
-Each stage is keyed by a `StageKey`: a hash per config part it reads, the hashes of the stages it reads (so a
-change upstream changes every stage below it) and one hash over both. A stage is done when its entry exists, its
-hash equals the current one and its outputs exist; otherwise it runs, and every stage that reads it runs too.
-A stage that reruns over outputs of another config ("in place") clears them first (the stage does that).
+Each stage is keyed by a `StageKey`: a hash per config part it reads (and per input file it reads, by content:
+`file:PATH` parts, see `sami.contents`), the hashes of the stages it reads (so a change upstream changes every
+stage below it) and one hash over both. A stage is done when its entry exists, its hash equals the current one,
+its outputs still hold what it wrote (size and mtime, then sha256 when the mtime moved) and it recorded no
+failures; otherwise it runs, and every stage that reads it runs too. A stage that reruns over outputs of another
+config ("in place") clears them first (the stage does that); a stage that recorded failures (`failures`, e.g. judge
+requests that failed) reruns in place of nothing: it retries only what failed.
 Manifests written before per-stage hashes (only `config_hash`) are read as before: with the same config every
-listed stage is done, with another config the folder is refused.
+listed stage is done, with another config the folder is refused. Version 2 manifests (keys without input file
+contents) are read under the keys of the same config without file parts (`legacy_keys`).
 """
 
 from __future__ import annotations
@@ -19,19 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sami.contents import check_outputs, file_sha256, output_records  # noqa: F401 - file_sha256: re-exported
 from sami.errors import SamiInputError
-from sami.io import atomic_write_json
+from sami.io import atomic_write_json, read_text
 
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 EVAL_STEPS = ("responses", "judgments", "metrics")
+MANIFEST_NAME = "manifest.json"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` holds a sami manifest (a JSON object with a `stages` mapping)."""
+    try:
+        data = json.loads(read_text(folder / MANIFEST_NAME))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("stages"), dict)
 
 
 def part_hash(value: Any) -> str:
@@ -40,17 +47,26 @@ def part_hash(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _hash_outputs(paths: list[Path]) -> dict[str, str]:
-    """sha256 of each output file; for a folder, of its small files (config, logs), not of the weights."""
-    hashes: dict[str, str] = {}
-    for path in paths:
-        if path.is_file():
-            hashes[path.name] = file_sha256(path)
-        elif path.is_dir():
-            for child in sorted(path.iterdir()):
-                if child.is_file() and child.suffix in {".json", ".jsonl", ".yaml"}:
-                    hashes[f"{path.name}/{child.name}"] = file_sha256(child)
-    return hashes
+def _check_shape(data: object, path: Path) -> None:
+    """Refuse, in one line naming the entry, a manifest whose parts have the wrong types (e.g. edited by hand)."""
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+        raise SamiInputError(f"{path}: not a manifest (no 'stages' mapping)")
+    for section in ("stages", "started"):
+        entries = data.get(section, {})
+        if not isinstance(entries, dict):
+            raise SamiInputError(f"{path}: {section}: expected a mapping, got {type(entries).__name__}")
+        for name, entry in entries.items():
+            if not isinstance(entry, dict):
+                raise SamiInputError(f"{path}: {section}.{name}: expected a mapping, got {type(entry).__name__}")
+            for field_name, kind in (("hash", (str, type(None))), ("outputs", list), ("files", dict)):
+                if field_name in entry and not isinstance(entry[field_name], kind):
+                    raise SamiInputError(
+                        f"{path}: {section}.{name}.{field_name}: wrong type ({type(entry[field_name]).__name__})"
+                    )
+            if not all(isinstance(o, str) for o in entry.get("outputs", [])):
+                raise SamiInputError(f"{path}: {section}.{name}.outputs: expected a list of paths")
+            if not isinstance(entry.get("failures", 0), int):
+                raise SamiInputError(f"{path}: {section}.{name}.failures: expected an integer")
 
 
 @dataclass(frozen=True)
@@ -96,8 +112,12 @@ def changes(entry: Mapping[str, Any], key: StageKey) -> str:
     if not isinstance(parts, dict) or not isinstance(upstream, dict):
         return "hash changed"
     changed = sorted(p for p in set(parts) | set(key.parts) if parts.get(p) != key.parts.get(p))
+    files = [p.removeprefix("file:") for p in changed if p.startswith("file:")]
+    changed = [p for p in changed if not p.startswith("file:")]
     above = [u for u in key.upstream if upstream.get(u) != key.upstream[u]]
     said = []
+    if files:
+        said.append(f"file changed: {', '.join(files)}")
     if changed:
         said.append(f"hash changed: {', '.join(changed)}")
     if above:
@@ -109,18 +129,26 @@ class Manifest:
     """The record of finished stages, keyed by `keys` (stage name -> `StageKey`, in run order). Every update
     rewrites the file atomically; `write=False` reads only (for `sami run --dry-run`): nothing is written."""
 
-    def __init__(self, run_dir: Path, config_hash: str, keys: Mapping[str, StageKey], *, write: bool = True):
-        self.path = run_dir / "manifest.json"
+    def __init__(
+        self,
+        run_dir: Path,
+        config_hash: str,
+        keys: Mapping[str, StageKey],
+        *,
+        write: bool = True,
+        legacy_keys: Mapping[str, StageKey] | None = None,
+    ):
+        self.path = run_dir / MANIFEST_NAME
         self.run_dir = run_dir
         self.keys = dict(keys)
+        self.legacy_keys = dict(legacy_keys or {})
         self.write = write
         if self.path.exists():
             try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
+                data = json.loads(read_text(self.path))
             except json.JSONDecodeError as e:
-                raise SamiInputError(f"{self.path}: invalid JSON ({e.msg})") from None
-            if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
-                raise SamiInputError(f"{self.path}: not a manifest (no 'stages' mapping)")
+                raise SamiInputError(f"{self.path}:{e.lineno}: invalid JSON ({e.msg})") from None
+            _check_shape(data, self.path)
             upgrade = data.get("version") != MANIFEST_VERSION
             if upgrade:
                 data = self._upgrade(data, config_hash, run_dir)
@@ -135,7 +163,16 @@ class Manifest:
 
     def _upgrade(self, data: dict, config_hash: str, run_dir: Path) -> dict:
         """A manifest from before per-stage hashes: the same config keeps every listed stage done (under the
-        current keys); another config is refused, as before."""
+        current keys); another config is refused, as before. A version 2 manifest (no input file contents in the
+        keys): each stage whose hash is the one it would have had then (`legacy_keys`) takes its current key."""
+        if data.get("version") == 2:
+            stages = {}
+            for name, entry in data["stages"].items():
+                old, new = self.legacy_keys.get(name), self.keys.get(name)
+                if old is not None and new is not None and entry.get("hash") == old.hash:
+                    entry = {**entry, **new.record()}
+                stages[name] = entry
+            return {**data, "version": MANIFEST_VERSION, "stages": stages}
         if data.get("config_hash") != config_hash:
             raise SamiInputError(
                 f"{run_dir} holds a run made with a different config; "
@@ -173,9 +210,22 @@ class Manifest:
         missing = [o for o in entry.get("outputs", []) if not (self.run_dir / o).exists()]
         if missing:
             return StageStatus(True, f"outputs missing: {', '.join(missing)}", True)
+        damaged = check_outputs(entry["files"], self.run_dir) if isinstance(entry.get("files"), dict) else None
+        if damaged:
+            return StageStatus(True, f"output damaged: {damaged}", True)
         if above:
             return StageStatus(True, f"upstream rerun: {', '.join(above)}", True)
+        if entry.get("failures"):
+            return StageStatus(True, f"incomplete: {entry['failures']} failed, retried")
         return StageStatus(False, "done")
+
+    def incomplete(self) -> dict[str, str]:
+        """Stage -> what failed in it, for the finished stages that recorded failures (now)."""
+        out = {}
+        for name, entry in self.data["stages"].items():
+            if name in self.keys and entry.get("failures"):
+                out[name] = f"{entry['failures']} failed"
+        return out
 
     def status(self, stage: str) -> StageStatus:
         """What the run decided for `stage` when the manifest was read (new for a stage it does not know)."""
@@ -195,14 +245,17 @@ class Manifest:
         self.data.setdefault("started", {})[stage] = {**record, "in_place": in_place, "started_at": _now()}
         self._save()
 
-    def finish(self, stage: str, outputs: list[Path], **info) -> None:
+    def finish(self, stage: str, outputs: list[Path], *, failures: int = 0, **info) -> None:
+        """Record `stage` as finished with `outputs` (their sizes, mtimes and digests). `failures`: how many of its
+        items failed (e.g. judge requests); such a stage counts as incomplete and reruns to retry them."""
         key = self.keys.get(stage)
         self.data.get("started", {}).pop(stage, None)
         self.data["stages"][stage] = {
             "finished_at": _now(),
             "outputs": [str(p.relative_to(self.run_dir)) for p in outputs],
-            "sha256": _hash_outputs(outputs),
+            "files": output_records(outputs, self.run_dir),
             **(key.record() if key is not None else {"hash": None}),
+            **({"failures": failures} if failures else {}),
             **info,
         }
         self._save()

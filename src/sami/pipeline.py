@@ -41,10 +41,11 @@ from sami.config import RunConfig, config_to_yaml
 from sami.constitutions import ConstitutionSet, load_constitutions
 from sami.data import Query, iteration_slice, load_queries
 from sami.errors import SamiInputError
-from sami.io import atomic_write_text
+from sami.io import atomic_write_text, count_failed
 from sami.layout import EvalLayout, RunLayout
 from sami.manifest import Manifest, StageKey, StageStatus
 from sami.report import summary_table
+from sami.run_inputs import input_groups
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +107,16 @@ def train_queries(config: RunConfig, t: int) -> list[Query]:
 NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size")
 
 
-def stage_keys(config: RunConfig) -> dict[str, StageKey]:
-    """Every stage of a run, in run order, keyed by the config parts it depends on and the stages it reads."""
+def stage_keys(config: RunConfig, *, contents: bool = True) -> dict[str, StageKey]:
+    """Every stage of a run, in run order, keyed by the config parts it depends on, the contents of the files it
+    reads (`sami.run_inputs`; `contents=False`: the keys of manifest version 2, without them) and the stages it
+    reads."""
     c = config.model_dump(mode="json")
+    files = input_groups(config) if contents else {}
+
+    def read(*groups: str) -> dict[str, str]:
+        return {k: v for g in groups for k, v in files.get(g, {}).items()}
+
     model, data, ev, iters = c["model"], c["data"], c["evaluation"], c["iterations"]
     policy = {f"model.{k}": model[k] for k in ("policy", "dtype", "trust_remote_code")}  # π_0 (LoRA: training's)
     sampling = {
@@ -119,6 +127,7 @@ def stage_keys(config: RunConfig) -> dict[str, StageKey]:
         "data.train": {k: data[k] for k in ("train", "train_per_iteration", "n_slices")},
         "generation": c["generation"],
         "seed": c["seed"],
+        **read("policy", "train_data"),
     }
     training = {k: v for k, v in c["training"].items() if k != "save_steps"}
     responses = {
@@ -128,6 +137,7 @@ def stage_keys(config: RunConfig) -> dict[str, StageKey]:
         "sampling.n_constitutions": c["sampling"]["n_constitutions"],
         "data.eval": {k: data[k] for k in ("eval", "eval_limit")},
         "evaluation": {k: v for k, v in ev.items() if k not in NOT_IN_RESPONSES},
+        **read("policy", "eval_data", "baselines"),
     }
     keys: dict[str, StageKey] = {}
 
@@ -138,13 +148,15 @@ def stage_keys(config: RunConfig) -> dict[str, StageKey]:
         add(f"{prefix}/responses", {**responses, "iteration": t}, ["constitutions", *reads])
         last = f"{prefix}/responses"
         if judged:
-            add(f"{prefix}/judgments", {"evaluation.judge": ev["judge"]}, [last])
+            add(f"{prefix}/judgments", {"evaluation.judge": ev["judge"], **read("judge")}, [last])
             last = f"{prefix}/judgments"
         add(f"{prefix}/metrics", {}, [last])
 
     add(
         "constitutions",
-        {k: c[k] for k in ("constitutions", "writer", "seed")} | {"prompts.task": c["prompts"]["task"]},
+        {k: c[k] for k in ("constitutions", "writer", "seed")}
+        | {"prompts.task": c["prompts"]["task"]}
+        | read("constitutions"),
         [],
     )
     evaluation("iter-0", 0, [], judged=bool(config.evaluation.baselines))
@@ -156,6 +168,7 @@ def stage_keys(config: RunConfig) -> dict[str, StageKey]:
             ["constitutions"] + ([f"iter-{t - 1}/train"] if t > 1 else []),
         )
         trained = {"training": training, "model.lora": model["lora"], "iterations.steps": iters["steps"][t - 1]}
+        trained |= read("policy")
         trained["iterations.train_from"] = iters["train_from"]
         add(f"iter-{t}/train", trained, [f"iter-{t}/samples"])
         evaluation(f"iter-{t}", t, [f"iter-{t}/train", "iter-0/responses"], judged=True)
@@ -170,7 +183,14 @@ def stage_keys(config: RunConfig) -> dict[str, StageKey]:
 def plan_stages(config: RunConfig, run_dir: Path) -> dict[str, StageStatus]:
     """What `sami run` would do in `run_dir` (stage name -> run or skip, and why), reading only: nothing is
     written. Raises `SamiInputError` where the run would (an old manifest of another config)."""
-    return Manifest(Path(run_dir), config_hash(config), stage_keys(config), write=False).plan
+    return Manifest(
+        Path(run_dir), config_hash(config), stage_keys(config), write=False, legacy_keys=legacy(config)
+    ).plan
+
+
+def legacy(config: RunConfig) -> dict[str, StageKey]:
+    """The stage keys manifests of version 2 recorded (without input file contents)."""
+    return stage_keys(config, contents=False)
 
 
 class Pipeline:
@@ -182,7 +202,7 @@ class Pipeline:
         self.layout = RunLayout(self.run_dir)
         self.console = console or Console(stderr=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest = Manifest(self.run_dir, config_hash(config), stage_keys(config))
+        self.manifest = Manifest(self.run_dir, config_hash(config), stage_keys(config), legacy_keys=legacy(config))
         atomic_write_text(self.layout.config, config_to_yaml(config))
 
     # ---- helpers -------------------------------------------------------------------------------
@@ -366,7 +386,10 @@ class Pipeline:
             # rejudge: a judgments file of another judge is moved aside and judged again, never mixed
             run_evaluation(settings, model_ref, files.root, steps=("judgments",), rejudge=True, **common)
             judged = [files.judgments(b) for b in baselines]
-            self.manifest.finish(f"{prefix}/judgments", [p for p in judged if p.exists()])
+            failed = count_failed(p for p in judged if p.exists())
+            if failed:
+                self.console.print(f"[red]{prefix}/judgments: {failed} judge requests failed; rerun to retry[/red]")
+            self.manifest.finish(f"{prefix}/judgments", [p for p in judged if p.exists()], failures=failed)
         if self._stage(f"{prefix}/metrics"):
             run_evaluation(settings, model_ref, files.root, steps=("metrics",), **common)
             self.manifest.finish(f"{prefix}/metrics", [files.metrics])

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 from sami.errors import SamiInputError
+from sami.io import read_text
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -80,13 +81,40 @@ def validate(model: type[M], raw: Any, *, source: str | None = None) -> M:
         raise SamiInputError(describe_validation_error(e, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a mapping holding the same key twice (YAML says keys are unique; PyYAML
+    keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if first != line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (lines {first} and {line})", key_node.start_mark
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """`yaml.safe_load`, refusing duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file holding a mapping ({} for an empty file); `SamiInputError` naming the file otherwise."""
+    """A YAML file holding a mapping ({} for an empty file); `SamiInputError` naming the file otherwise (also for
+    bytes that are not UTF-8 and for a key given twice)."""
     path = Path(path)
     if not path.is_file():
         raise SamiInputError(f"{path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml_text(read_text(path))
     except OSError as e:
         raise SamiInputError(f"{path}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:

@@ -11,6 +11,7 @@ The run folder's `config.yaml` and `constitutions.json` describe the stage; ever
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -23,9 +24,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", help="train: checkpoint folder (default: iter-t/train.partial)")
     parser.add_argument("--max-steps", type=int, help="train: optimizer steps (default: iterations.steps[t-1])")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--wait", action="store_true", help="wait for another sami writing the folder to finish")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Under the run folder's lock (the launching `sami run`'s own, when it launched this process; under a bare
+    `accelerate launch`, each machine's local rank 0 holds it for the others)."""
+    from sami.runlock import run_lock
+
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return run_stage(args)
+    with run_lock(Path(args.run_dir), wait=args.wait):
+        return run_stage(args)
+
+
+def run_stage(args: argparse.Namespace) -> int:
     from sami.config import load_config
     from sami.constitutions import ConstitutionSet
     from sami.errors import SamiInputError

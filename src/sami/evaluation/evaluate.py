@@ -716,6 +716,9 @@ def _baseline_responses(ev, responses, baseline_responses, gen_settings, progres
         _free()
 
 
+RETRIED = ("failed", "unparsed")  # verdicts a rerun of the judgments step asks for again
+
+
 def judgments_step(
     ev: _Evaluation, progress, *, judge_model=None, judge_tokenizer=None, rejudge: bool = False
 ) -> None:
@@ -726,6 +729,9 @@ def judgments_step(
     identity = ev.settings.judge.identity()
     for name in ev.baselines:
         store = _judgments_store(ev.files, name, identity, rejudge=rejudge)
+        retried = store.drop(lambda r: r.get("status") in RETRIED)  # failed requests and unparsed answers
+        if retried:
+            log.info("%s: judging %d failed or unparsed verdicts again", store.path.name, retried)
         pending = [
             q for q in ev.queries if q.id not in store and f"model:{q.id}" in by_id and f"{name}:{q.id}" in by_id
         ]
