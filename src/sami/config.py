@@ -25,6 +25,14 @@ from sami.sampling import SamplingSettings
 from sami.settings import read_yaml, validate
 
 DEFAULT_CONFIG = "demo.yaml"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # an environment variable's name (a pasted key fails it, and is never echoed)
+# TrainingArguments fields a run sets from other sections (they cannot be given in training.trainer_args)
+RUN_SET_ARGS = {
+    "output_dir": "the run folder",
+    "max_steps": "iterations.steps",
+    "seed": "seed",
+    "n_constitutions": "sampling.n_constitutions",
+}
 
 
 class _Section(BaseModel):
@@ -67,7 +75,9 @@ class WriterSettings(_Section):
         None, description="use an OpenAI-compatible server at this URL instead of a local model"
     )
     model_name: str | None = Field(None, description="model name on the server (default: the first it lists)")
-    api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the server's API key")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", pattern=ENV_NAME, description="env var holding the server's API key (its name, not the key)"
+    )
     retries: int = Field(3, ge=0, description="extra attempts per principle on a bad answer")
 
 
@@ -100,7 +110,7 @@ class TrainingSettings(_Section):
     field of the same name, with its default and meaning (`sami train --help`): `sami train` and `sami run`
     resolve the same defaults, the paper's where it has one."""
 
-    learning_rate: float = _sami_field("learning_rate")
+    learning_rate: float = _sami_field("learning_rate", gt=0.0, allow_inf_nan=False)
     per_device_train_batch_size: int = _sami_field("per_device_train_batch_size", ge=1)
     gradient_accumulation_steps: int = _sami_field("gradient_accumulation_steps", ge=1)
     optim: str = _sami_field("optim")
@@ -131,6 +141,9 @@ class TrainingSettings(_Section):
         for key in value:
             if key not in known:
                 raise ValueError(f"unknown TrainingArguments field {key!r}")
+            if key in cls.model_fields or key in RUN_SET_ARGS:
+                where = f"training.{key}" if key in cls.model_fields else RUN_SET_ARGS[key]
+                raise ValueError(f"{key!r} is set by {where}; give it there, not in trainer_args")
         return value
 
 
@@ -190,7 +203,7 @@ class ComparisonSettings(_Section):
 class RunConfig(_Section):
     name: str = Field("sami-run", description="run name (the default output folder is runs/NAME)")
     output_dir: str | None = Field(None, description="where the run is written (default runs/NAME)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32 - 64, description="the run's seed (numpy and torch take 0 .. 2**32 - 1)")
     model: ModelSettings = Field(default_factory=ModelSettings)
     writer: WriterSettings | None = Field(
         None, description="write the principles with a model instead of loading a file"

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sami.checks import CheckSet, parse_check_set
 from sami.errors import SamiInputError
-from sami.io import atomic_write_json, atomic_write_text
+from sami.io import atomic_write_json, atomic_write_text, read_text
 
 if TYPE_CHECKING:
     from sami.data import Query
@@ -329,7 +329,7 @@ class ConstitutionSet:
         path = Path(path)
         if not path.is_file():
             raise SamiInputError(f"{path}: constitution file not found")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
         suffix = path.suffix.lower()
         if suffix == ".json":
             try:

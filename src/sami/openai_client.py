@@ -3,7 +3,8 @@
 Used by the `openai` generation backend (`sami.generation.openai_backend`) and meant for the `api` judge.
 `OpenAIClient` wraps the `openai` SDK (built with `max_retries=0`: the retries are ours) and adds:
 
-- retries: 408/409/429/5xx, connection errors and timeouts are retried with exponential backoff and jitter,
+- retries: 408/409/429/5xx, connection errors, timeouts and malformed 200 answers (a body that is not JSON, cut
+  short, or holds no choices) are retried with exponential backoff and jitter,
   waiting at least what a server's `Retry-After` asks (capped at `retry_max_backoff`); other errors fail at once;
 - the API key only from the environment variable named by `api_key_env`; it is never logged, shown in a repr
   or put in an error message. A loopback `base_url` (localhost, 127.0.0.1, ::1) needs no key;
@@ -17,6 +18,7 @@ Failures raise `ApiError` (a `SamiInputError`: one line naming the endpoint, nev
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import random
@@ -46,6 +48,15 @@ class ApiError(SamiInputError):
 
 class Aborted(Exception):
     """Another request of the same `map` failed; this one stops before its next attempt."""
+
+
+class MalformedReply(ValueError):
+    """A 200 answer that is no completion (no choices); retried like a transient error."""
+
+
+# What a 200 with a bad body raises inside the SDK (JSON that does not parse, a body cut short, a shape the SDK's
+# models refuse) or our own check: all retried, then an `ApiError` naming the endpoint.
+MALFORMED: tuple[type[Exception], ...] = (json.JSONDecodeError, MalformedReply, UnicodeDecodeError)
 
 
 def is_local(url: str) -> bool:
@@ -133,7 +144,9 @@ class OpenAIClient:
     ) -> Reply:
         """A chat completion (instruction-tuned models)."""
         kwargs = self._request(model, max_tokens, temperature, top_p, seed, stop)
-        resp = self._with_retries(lambda: self._client.chat.completions.create(messages=messages, **kwargs), abort)
+        resp = self._with_retries(
+            lambda: self._checked(self._client.chat.completions.create(messages=messages, **kwargs)), abort
+        )
         choice = self._first_choice(resp)
         message = getattr(choice, "message", None)
         return self._reply(resp, choice, (message.content if message is not None else None) or "")
@@ -152,7 +165,9 @@ class OpenAIClient:
     ) -> Reply:
         """A plain-text completion (base models)."""
         kwargs = self._request(model, max_tokens, temperature, top_p, seed, stop)
-        resp = self._with_retries(lambda: self._client.completions.create(prompt=prompt, **kwargs), abort)
+        resp = self._with_retries(
+            lambda: self._checked(self._client.completions.create(prompt=prompt, **kwargs)), abort
+        )
         choice = self._first_choice(resp)
         return self._reply(resp, choice, choice.text or "")
 
@@ -213,6 +228,13 @@ class OpenAIClient:
             kwargs["extra_body"] = self.extra_body
         return kwargs
 
+    @staticmethod
+    def _checked(resp: Any) -> Any:
+        """`resp` when it is an answer with choices; raises `MalformedReply` (retried) otherwise."""
+        if not getattr(resp, "choices", None):
+            raise MalformedReply("the server answered 200 without choices")
+        return resp
+
     def _first_choice(self, resp: Any) -> Any:
         choices = getattr(resp, "choices", None)
         if not choices:
@@ -237,9 +259,15 @@ class OpenAIClient:
             try:
                 with self._slots:
                     return call()
-            except (openai.APIConnectionError, openai.APIStatusError) as e:
-                status = getattr(e, "status_code", None)
-                retryable = status is None or status in RETRY_STATUS or status >= 500
+            except (
+                openai.APIConnectionError,
+                openai.APIStatusError,
+                openai.APIResponseValidationError,
+                *MALFORMED,
+            ) as e:
+                malformed = isinstance(e, (openai.APIResponseValidationError, *MALFORMED))
+                status = None if malformed else getattr(e, "status_code", None)
+                retryable = malformed or status is None or status in RETRY_STATUS or status >= 500
                 message = self._describe(e, status)
                 if not retryable:
                     raise ApiError(f"{what} to {self.base_url} failed: {message}") from None
@@ -271,6 +299,9 @@ class OpenAIClient:
 
         if isinstance(error, openai.APITimeoutError):
             text = f"timed out after {self.timeout:g}s"
+        elif isinstance(error, (openai.APIResponseValidationError, *MALFORMED)):
+            detail = " ".join(str(error).split())
+            text = f"malformed answer ({type(error).__name__}: {detail[:200]})"
         elif status is None:
             text = "connection failed (is the server running?)"
         else:

@@ -400,7 +400,7 @@ class Pipeline:
 
         if not self._stage("report"):
             return json.loads((self.layout.report / "summary.json").read_text(encoding="utf-8"))
-        summary = write_report(self.run_dir)
+        summary = write_report(self.run_dir, incomplete=self.manifest.incomplete())
         self.manifest.finish("report", [self.layout.report / "summary.json"])
         return summary
 

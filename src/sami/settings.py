@@ -50,6 +50,10 @@ def describe_error(err: dict) -> str:
     kind = err["type"]
     got = err.get("input")
     shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
+    if any("key" in str(part).lower() or "token" in str(part).lower() for part in err["loc"]):
+        shown = "a value not shown (it may be a secret)"  # e.g. a key pasted into api_key_env
+    if kind == "string_pattern_mismatch" and shown.startswith("a value not shown"):
+        return f"{loc}: expected the name of an environment variable (letters, digits, _), got {shown}"
     if kind == "extra_forbidden":
         return f"{loc}: unknown key"
     if kind == "missing":

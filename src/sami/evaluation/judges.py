@@ -136,7 +136,11 @@ class JudgeSettings(BaseModel):
     base_url: str | None = Field(
         None, description="api judge: endpoint base URL, e.g. http://127.0.0.1:8000/v1 (None = the OpenAI API)"
     )
-    api_key_env: str = Field("OPENAI_API_KEY", description="api judge: environment variable holding the API key")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="api judge: environment variable holding the API key (its name, not the key)",
+    )
     model_name: str | None = Field(None, description="api judge: model name at the endpoint, e.g. gpt-4-0613")
     max_tokens: int = Field(256, ge=1, description="api judge: answer budget in tokens")
     temperature: float = Field(0.0, ge=0.0, description="api judge: sampling temperature (0 as in the paper)")

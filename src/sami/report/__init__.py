@@ -33,11 +33,14 @@ __all__ = [
 ]
 
 
-def write_report(run_dir: str | os.PathLike) -> dict:
+def write_report(run_dir: str | os.PathLike, *, incomplete: dict[str, str] | None = None) -> dict:
     """Write `report/summary.json`, `report/summary.md`, `report/*.png` and `report/index.html` (at
-    `RunLayout(run_dir).report / "index.html"`); returns the summary written to summary.json."""
+    `RunLayout(run_dir).report / "index.html"`); returns the summary written to summary.json. `incomplete`:
+    stage -> what failed in it; summary.json then says `"incomplete"` and summary.md starts with a warning."""
     run_dir = Path(run_dir)
     summary = build_summary(run_dir)
+    if incomplete:
+        summary["incomplete"] = dict(incomplete)
     out = RunLayout(run_dir).report
     plots = make_plots(run_dir, summary)
     for stale in out.glob("*.png"):  # nothing to plot (any more): no stale picture from an earlier report
@@ -47,6 +50,10 @@ def write_report(run_dir: str | os.PathLike) -> dict:
         if data is not None:
             atomic_write_bytes(out / f"{name}.png", data)
     atomic_write_json(out / "summary.json", summary)
-    atomic_write_text(out / "summary.md", render_markdown(summary))
+    warning = ""
+    if incomplete:
+        said = "; ".join(f"{k}: {v}" for k, v in incomplete.items())
+        warning = f"**Incomplete: {said}. The numbers below count those items as ties; rerun to retry them.**\n\n"
+    atomic_write_text(out / "summary.md", warning + render_markdown(summary))
     atomic_write_text(out / "index.html", render_html(summary, plots, collect_examples(run_dir)))
     return summary
