@@ -298,3 +298,21 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == mode
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--samples", "s.jsonl", "--output-dir", "out", "--max-steps", "0"], "--max-steps"),
+        (["evaluate", "--model", "m", "--baseline", "a=x", "--baseline", "a=y", "--out", "o"], "'a' given twice"),
+        (["principles", "write", "--task", "t", "--principle", "p", "--out", "."], "is a folder"),
+    ],
+    ids=["max-steps-0", "baseline-twice", "principles-out-dir"],
+)
+def test_command_line_mistakes_are_one_line_before_work(tmp_path, capsys, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    code, err = cli(args, capsys)
+    assert code == 2
+    one_line(err, needle)
+    assert snapshot(tmp_path) == before

@@ -48,6 +48,8 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
         name, sep, ref = value.partition("=")
         if not sep or not name or not ref:
             raise SamiInputError(f"{flag}: expected NAME=VALUE, got {value!r}")
+        if name in out:
+            raise SamiInputError(f"{flag}: {name!r} given twice ({out[name]!r} and {ref!r}); one value per name")
         out[name] = ref
     return out
 

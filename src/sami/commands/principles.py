@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +58,18 @@ def print_table(cset, title: str) -> None:
     Console().print(table)
 
 
+def check_out(out: Path) -> None:
+    """Where `principles write` will save: a .json/.yaml/.yml file path that is not a folder."""
+    from sami.errors import SamiInputError
+
+    if out.is_dir():
+        raise SamiInputError(f"--out: {out} is a folder; give a file path such as {out / 'constitution.json'}")
+    if out.suffix.lower() not in (".json", ".yaml", ".yml"):
+        raise SamiInputError(f"--out: {out}: expected a .json, .yaml or .yml file name")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise SamiInputError(f"--out: {out.parent} is a file, not a folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from sami.constitutions import load_constitutions
 
@@ -70,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from sami.writer import write_constitutions_from_settings
 
     settings = load_settings(WriterSettings, args.config, settings_overrides(args, "writer"), source="command line")
+    check_out(Path(args.out))  # before the model works, not after
     cset = write_constitutions_from_settings(settings, seed=args.seed, task_type=args.task_type)
     path = cset.save(args.out)
     print_table(cset, f"{path} (task: {cset.task}; writer: {cset.writer})")

@@ -130,6 +130,14 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
+    from sami.errors import SamiInputError
+
+    steps = getattr(args, "max_steps", None)
+    if steps is not None and (steps == 0 or steps < -1):
+        raise SamiInputError(
+            f"--max-steps: expected a positive number of optimizer steps (or -1: epochs), got {steps}"
+        )
+
     if (args.accelerate_config or args.num_processes or args.num_machines) and "LOCAL_RANK" not in os.environ:
         from sami.launch import accelerate_command, relaunch_argv, run_launched
 
