@@ -247,3 +247,19 @@ def test_cli_generates_with_the_default_model(tmp_path, default_model_path):
     assert stats["tokens"] > 0 and stats["done"] == 3
     for r in kept:
         assert len(r["responses"]) == 2 and all(0 < n <= 12 for n in r["meta"]["num_tokens"])
+
+
+def test_resuming_into_a_file_of_other_settings_is_refused(tmp_path, queries, plan):
+    """A half-written samples file of one seed (or temperature) is not topped up by a run of another: the file
+    would mix records of both. The same settings resume as before."""
+    out = tmp_path / "samples.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        _run(InterruptAfter(ScriptedGenerator(plan), k=2), queries, out, seed=1)
+    before = out.read_bytes()
+    for other in ({"seed": 2}, {"temperature": 0.3, "seed": 1}):
+        generator = ScriptedGenerator(plan)
+        with pytest.raises(SamiInputError, match=r"written with other settings \((sampling|seed) changed\)"):
+            _run(generator, queries, out, **other)
+        assert generator.calls == 0 and out.read_bytes() == before
+    stats = _run(ScriptedGenerator(plan), queries, out, seed=1)
+    assert stats["done"] == len(queries)

@@ -21,6 +21,7 @@ most the chunk in flight; a rerun skips ids already kept or dropped and never wr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -38,6 +39,7 @@ from sami.constitutions import ConstitutionSet, sample_constitutions
 from sami.errors import SamiInputError
 from sami.io import JsonlStore, atomic_write_json
 from sami.layout import dropped_path, stats_path
+from sami.manifest import part_hash
 from sami.prompts import (
     REASONING_MAX_NEW_TOKENS,
     FilterSettings,
@@ -144,6 +146,9 @@ def generate_samples(
     dropped = JsonlStore(dropped_path(out_path))
     todo = [q for q in queries if q.id not in kept and q.id not in dropped]
     previous = read_stats(stats_path(out_path))
+    settings = generation_settings(sampling, template, filters, cset, seed)
+    if len(kept) or len(dropped):
+        check_resumable(out_path, previous.get("settings"), settings)
     run = {"queries": 0, "kept": 0, "dropped": 0, "tokens": 0, "seconds": 0.0}
     start = time.perf_counter()
 
@@ -153,6 +158,7 @@ def generate_samples(
             len(queries), kept.records, dropped.records, previous, run,
             scheme=sampling.scheme, n_constitutions=sampling.n_constitutions, seed=seed,
         )  # fmt: skip
+        stats["settings"] = settings
         atomic_write_json(stats_path(out_path), stats)
         return stats
 
@@ -264,6 +270,30 @@ def _generate_chunk(
             }
         )
         run["kept"] += 1
+
+
+def generation_settings(sampling, template, filters, cset: ConstitutionSet, seed: int) -> dict[str, str]:
+    """A hash per setting that decides what a samples file holds (kept in its stats, checked on resume)."""
+    return {
+        "sampling": part_hash(sampling.model_dump(mode="json")),
+        "prompts": part_hash(dataclasses.asdict(template)),
+        "filters": part_hash(filters.model_dump(mode="json")),
+        "constitutions": part_hash(cset.to_dict()),
+        "seed": part_hash(seed),
+    }
+
+
+def check_resumable(out_path: Path, recorded: Any, settings: dict[str, str]) -> None:
+    """Refuse to add records to a samples file written with other settings (the two would mix in one file).
+    Files from before the settings were recorded are resumed as before."""
+    if not isinstance(recorded, dict):
+        return
+    changed = sorted(k for k in settings if recorded.get(k) != settings[k])
+    if changed:
+        raise SamiInputError(
+            f"{out_path}: written with other settings ({', '.join(changed)} changed); resuming would mix records "
+            "of both: write to another file, or delete it (and its .stats.json, .dropped.jsonl) to start over"
+        )
 
 
 def read_stats(path: Path) -> dict[str, Any]:
