@@ -316,3 +316,35 @@ def test_command_line_mistakes_are_one_line_before_work(tmp_path, capsys, monkey
     assert code == 2
     one_line(err, needle)
     assert snapshot(tmp_path) == before
+
+
+CHILD = """
+import sys
+from sami.runlock import run_lock
+with run_lock(sys.argv[1]):
+    print("worked", flush=True)
+"""
+
+
+def test_children_of_the_holder_work_under_its_lock_and_strangers_do_not(tmp_path):
+    """What `accelerate launch ... sami stage` does under `sami run`: the child inherits SAMI_RUN_LOCK."""
+    run_dir = tmp_path / "run"
+    with run_lock(run_dir):
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # as run_launched builds it, under the lock
+        child = subprocess.run([sys.executable, "-c", CHILD, str(run_dir)], env=env, capture_output=True, text=True)
+        assert child.returncode == 0 and child.stdout.strip() == "worked", child.stderr
+        stranger_env = {k: v for k, v in env.items() if k != "SAMI_RUN_LOCK"}
+        stranger = subprocess.run(
+            [sys.executable, "-c", CHILD, str(run_dir)], env=stranger_env, capture_output=True, text=True
+        )
+        assert stranger.returncode != 0 and f"in use by sami (pid {os.getpid()})" in stranger.stderr
+    assert "SAMI_RUN_LOCK" not in os.environ
+    # a leftover variable naming a holder that is gone does not let anyone in unlocked: it locks as usual
+    stale = {**env, "SAMI_RUN_LOCK": f"{os.getpid()}:{os.path.realpath(run_dir)}"}
+    holder = hold(run_dir)
+    try:
+        late = subprocess.run([sys.executable, "-c", CHILD, str(run_dir)], env=stale, capture_output=True, text=True)
+        assert late.returncode != 0 and f"pid {holder.pid}" in late.stderr
+    finally:
+        holder.kill()
+        holder.wait()
