@@ -208,7 +208,7 @@ def test_disk_full_is_one_line_and_leaves_nothing_half_written(case, tmp_path, c
     code, err = cli(["run", str(write_config(tmp_path / "cfg.yaml", config)), "--output-dir", str(run_dir)], capsys)
     monkeypatch.setattr(sami.io.os, "fsync", real)
     assert code == 2
-    one_line(err, os.strerror(code_))
+    one_line(err, os.strerror(code_), f"{run_dir / 'manifest.json'}: ")
     assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "manifest.json").exists()
 
 

@@ -87,13 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sami {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno not in ENVIRONMENT_ERRNOS:
+        if e.errno not in ENVIRONMENT_ERRNOS or args.verbose:
             raise
         # the machine, not sami: a full disk, a read-only or foreign folder, a path that is a file
         where = f"{e.filename}: " if e.filename else ""
         print(f"sami {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except UnicodeDecodeError as e:  # a read that did not go through sami.io.read_text (which names the file)
+        if args.verbose:
+            raise
         print(
             f"sami {args.command}: error: an input file is not UTF-8 text ({e.reason} at byte {e.start})",
             file=sys.stderr,

@@ -52,6 +52,8 @@ def check_training(config) -> None:
     """Build the TrainingArguments of every iteration once (a bad knob fails now, naming the field)."""
     from sami.pipeline import training_arguments
 
+    if {"deepspeed", "fsdp", "fsdp_config"} & set(config.training.trainer_args):
+        return  # these set up the launch's own state when built: checked where the stage runs
     with tempfile.TemporaryDirectory(prefix="sami-preflight-") as tmp:
         for steps in sorted(set(config.iterations.steps[: config.iterations.count])):
             training_arguments(config, output_dir=Path(tmp) / "train", max_steps=steps)
@@ -81,6 +83,19 @@ def longest_constitution(cset) -> str:
     return max(texts, key=len)
 
 
+def local_model_folder(ref: str) -> str | None:
+    """The folder a model reference loads from, when it is on disk already (a GGUF or the default model not yet
+    converted: None, so a check never converts one)."""
+    from sami.models import DEFAULT_MODEL, DEFAULT_MODEL_NAME, cache_dir
+
+    path = Path(ref).expanduser()
+    if ref == DEFAULT_MODEL:
+        path = cache_dir() / "models" / DEFAULT_MODEL_NAME
+    elif path.suffix == ".gguf" and path.is_file():
+        path = cache_dir() / "models" / f"{path.stem}-{path.stat().st_size}"
+    return str(path) if (path / "config.json").is_file() else None
+
+
 def model_context(ref: str) -> int | None:
     """The context length a local model folder declares (None when it says none or is not a local folder)."""
     path = Path(ref).expanduser()
@@ -99,10 +114,9 @@ def check_query_lengths(config) -> None:
     new tokens, fits the policy's context; refused naming the source and the query id otherwise."""
     from sami.constitutions import load_constitutions
     from sami.data import load_queries
-    from sami.models import resolve_model_path
 
-    path, _ = resolve_model_path(config.model.policy)
-    context = model_context(path)
+    path = local_model_folder(config.model.policy)
+    context = model_context(path) if path is not None else None
     if context is None or config.writer is not None:
         return
     from transformers import AutoTokenizer
