@@ -23,6 +23,7 @@ from test_pipeline import outputs, tiny_config, write_config
 from sami.cli import main
 from sami.constitutions import bundled_constitution_path
 from sami.data import bundled_queries_path
+from sami.io import current_umask
 from sami.runlock import LOCK_NAME
 
 
@@ -246,3 +247,12 @@ def test_kill_9_at_a_stage_boundary_then_rerun_gives_the_uninterrupted_run(tmp_p
     assert outputs(tmp_path / "run") == outputs(root / "run")
     assert tree(tmp_path, skip=tmp_path / "run") == outside
     assert not list((tmp_path / "run").rglob(".*.tmp"))
+
+
+def test_every_file_of_a_run_has_the_umask_mode(finished):
+    """Weights, manifest, config, report: readable by a team as the umask says, like the tokenizer files."""
+    root, _ = finished
+    want = 0o666 & ~current_umask()
+    modes = {str(p.relative_to(root)): oct(p.stat().st_mode & 0o777) for p in (root / "run").rglob("*") if p.is_file()}
+    assert {k: v for k, v in modes.items() if v != oct(want)} == {}
+    assert "run/iter-1/train/model.safetensors" in modes

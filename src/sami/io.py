@@ -58,6 +58,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def umask_modes(folder: str | os.PathLike) -> None:
+    """Give the files directly in `folder` the mode the umask gives (libraries that save through a private
+    temporary file, as safetensors does, leave 0600 behind)."""
+    mode = 0o666 & ~current_umask()
+    for path in Path(folder).iterdir():
+        if path.is_file() and not path.is_symlink() and (path.stat().st_mode & 0o777) != mode:
+            path.chmod(mode)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

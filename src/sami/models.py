@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sami.errors import SamiInputError
+from sami.io import umask_modes
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        umask_modes(tmp)
         if out_dir.exists():  # another process finished first
             shutil.rmtree(tmp)
         else:

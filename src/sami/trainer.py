@@ -29,7 +29,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sami.errors import SamiInputError
-from sami.io import atomic_write_json, iter_jsonl
+from sami.io import atomic_write_json, iter_jsonl, umask_modes
 from sami.lm_head import supports_chunked_head
 from sami.logprobs import (
     NORMALIZE,
@@ -628,6 +628,7 @@ def train_and_export(trainer, tokenizer, output_dir: Path, checkpoint: Path | No
         export_checkpoint(trainer.model, tokenizer, output_dir, merge_lora=merge_lora)
     if trainer.args.should_save:
         atomic_write_json(output_dir / "log_history.json", trainer.state.log_history)
+        umask_modes(output_dir)  # safetensors' model file is 0600 otherwise
     trainer.accelerator.wait_for_everyone()
     if trainer.args.should_save:
         remove_checkpoints(output_dir)
