@@ -172,6 +172,8 @@ def test_failed_judgments_fail_the_run_and_a_rerun_retries_only_them(tmp_path, t
         assert err[-1].startswith("sami run: incomplete: iter-1/judgments: 3 failed"), err[-1]
         summary = json.loads((tmp_path / "run" / "report" / "summary.json").read_text())
         assert summary["incomplete"] == {"iter-1/judgments": "3 failed"}
+        for page in ("index.html", "summary.md"):
+            assert "iter-1/judgments: 3 failed" in (tmp_path / "run" / "report" / page).read_text()
         judged = tmp_path / "run" / "iter-1" / "eval" / "judgments-base.jsonl"
         samples = (tmp_path / "run" / "iter-1" / "samples.jsonl").read_bytes()
 

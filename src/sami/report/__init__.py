@@ -36,11 +36,13 @@ __all__ = [
 def write_report(run_dir: str | os.PathLike, *, incomplete: dict[str, str] | None = None) -> dict:
     """Write `report/summary.json`, `report/summary.md`, `report/*.png` and `report/index.html` (at
     `RunLayout(run_dir).report / "index.html"`); returns the summary written to summary.json. `incomplete`:
-    stage -> what failed in it; summary.json then says `"incomplete"` and summary.md starts with a warning."""
+    stage -> what failed in it; summary.json then says `"incomplete"`, and the report's warning lists them."""
     run_dir = Path(run_dir)
     summary = build_summary(run_dir)
-    if incomplete:
+    if incomplete:  # shown in summary.json, and in the warning box of summary.md and index.html
         summary["incomplete"] = dict(incomplete)
+        notes = [f"{stage}: {what} (counted as ties; rerun to retry them)" for stage, what in incomplete.items()]
+        summary["problems"] = [*summary.get("problems", []), *notes]
     out = RunLayout(run_dir).report
     plots = make_plots(run_dir, summary)
     for stale in out.glob("*.png"):  # nothing to plot (any more): no stale picture from an earlier report
@@ -50,10 +52,6 @@ def write_report(run_dir: str | os.PathLike, *, incomplete: dict[str, str] | Non
         if data is not None:
             atomic_write_bytes(out / f"{name}.png", data)
     atomic_write_json(out / "summary.json", summary)
-    warning = ""
-    if incomplete:
-        said = "; ".join(f"{k}: {v}" for k, v in incomplete.items())
-        warning = f"**Incomplete: {said}. The numbers below count those items as ties; rerun to retry them.**\n\n"
-    atomic_write_text(out / "summary.md", warning + render_markdown(summary))
+    atomic_write_text(out / "summary.md", render_markdown(summary))
     atomic_write_text(out / "index.html", render_html(summary, plots, collect_examples(run_dir)))
     return summary
