@@ -82,8 +82,19 @@ def case(tmp_path, tiny_model_dir):
         (lambda c: c["training"].update(trainer_args={"max_steps": 5}), ["trainer_args", "iterations.steps"]),
         (lambda c: c["sampling"].update(n_constitutions=9), ["sampling.n_constitutions", "9"]),
         (lambda c: c["evaluation"]["judge"].update(kind="api", api_key_env=SECRET), ["judge.api_key_env"]),
+        (lambda c: c["generation"].update(backend="openai", api_key_env=SECRET), ["generation.api_key_env"]),
     ],
-    ids=["seed-1e25", "seed-negative", "lr-negative", "lr-nan", "knob-twice", "max-steps-in-args", "C-too-big", "key"],
+    ids=[
+        "seed-1e25",
+        "seed-negative",
+        "lr-negative",
+        "lr-nan",
+        "knob-twice",
+        "max-steps-in-args",
+        "C-too-big",
+        "judge-key",
+        "generation-key",
+    ],
 )
 def test_bad_config_values_are_one_line_before_any_work(case, capsys, change, needles):
     config, run = case

@@ -22,10 +22,9 @@ from sami.generation import GenerationSettings
 from sami.models import LoraSettings
 from sami.prompts import FilterSettings, TemplateSettings
 from sami.sampling import SamplingSettings
-from sami.settings import read_yaml, validate
+from sami.settings import ENV_VAR_NAME, read_yaml, validate
 
 DEFAULT_CONFIG = "demo.yaml"
-ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # an environment variable's name (a pasted key fails it, and is never echoed)
 # TrainingArguments fields a run sets from other sections (they cannot be given in training.trainer_args)
 RUN_SET_ARGS = {
     "output_dir": "the run folder",
@@ -76,7 +75,9 @@ class WriterSettings(_Section):
     )
     model_name: str | None = Field(None, description="model name on the server (default: the first it lists)")
     api_key_env: str = Field(
-        "OPENAI_API_KEY", pattern=ENV_NAME, description="env var holding the server's API key (its name, not the key)"
+        "OPENAI_API_KEY",
+        pattern=ENV_VAR_NAME,
+        description="env var holding the server's API key (its name, not the key)",
     )
     retries: int = Field(3, ge=0, description="extra attempts per principle on a bad answer")
 

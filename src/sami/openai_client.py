@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from sami.errors import SamiInputError
+from sami.settings import ENV_VAR_NAME
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,10 @@ class OpenAIClient:
         import openai
 
         url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        if api_key_env and not re.fullmatch(ENV_VAR_NAME, api_key_env):
+            raise SamiInputError(
+                f"{field}.api_key_env: expected the name of an environment variable (value not shown)"
+            )
         key = os.environ.get(api_key_env) if api_key_env else None
         if not key:
             if not is_local(url):

@@ -28,6 +28,9 @@ from sami.errors import SamiInputError
 from sami.io import read_text
 
 M = TypeVar("M", bound=BaseModel)
+# an environment variable's name: the pattern of every `api_key_env` field (a pasted key fails it, and the error
+# never echoes it: `describe_error` hides values of fields named *key* or *token*)
+ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 _EXPECTED = {
     "float_parsing": "a number",

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sami.errors import SamiInputError
 from sami.models import accepts_logits_to_keep, left_pad
 from sami.prompts import render_prompt
+from sami.settings import ENV_VAR_NAME
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class JudgeSettings(BaseModel):
     )
     api_key_env: str = Field(
         "OPENAI_API_KEY",
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        pattern=ENV_VAR_NAME,
         description="api judge: environment variable holding the API key (its name, not the key)",
     )
     model_name: str | None = Field(None, description="api judge: model name at the endpoint, e.g. gpt-4-0613")

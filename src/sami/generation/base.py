@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from sami.errors import SamiInputError
+from sami.settings import ENV_VAR_NAME
 
 Prompt = str | list[dict]
 FINISH_REASONS = ("stop", "length", "error")
@@ -90,7 +91,9 @@ class GenerationSettings(BaseModel):
         None, description="openai: server URL, e.g. http://127.0.0.1:8000/v1 (None: $OPENAI_BASE_URL or OpenAI)"
     )
     api_key_env: str = Field(
-        "OPENAI_API_KEY", description="openai: name of the environment variable holding the API key (never the key)"
+        "OPENAI_API_KEY",
+        pattern=ENV_VAR_NAME,
+        description="openai: name of the environment variable holding the API key (never the key)",
     )
     model_name: str | None = Field(
         None, description="openai: model name on the server (None: the first model the server lists)"
