@@ -1,6 +1,7 @@
 """`sami run [CONFIG]`: the whole iterative SAMI experiment (the CPU demo when no config is given).
 
-`--dry-run` prints, per stage, whether a run would run or skip it and why, and writes nothing; `--restart` empties
+`--dry-run` prints, per stage, whether a run would run or skip it and why, and writes nothing (with `--devices
+8xH100-80GB` also `sami plan`'s memory and time per stage); `--restart` empties
 the output folder (only its contents) and starts over.
 """
 
@@ -16,6 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", help="where to write the run (default: runs/NAME from the config)")
     parser.add_argument("--restart", action="store_true", help="delete what the output folder holds and start over")
     parser.add_argument("--dry-run", action="store_true", help="print which stages would run and why; write nothing")
+    parser.add_argument(
+        "--devices",
+        help="with --dry-run: also print `sami plan`'s memory and time per stage on these devices, e.g. 8xH100-80GB",
+    )
 
 
 def empty_folder(folder: Path) -> None:
@@ -27,8 +32,9 @@ def empty_folder(folder: Path) -> None:
             child.unlink()
 
 
-def dry_run(config, run_dir: Path, *, restart: bool) -> None:
-    """Print one line per stage: `run` or `skip`, the stage and why."""
+def dry_run(config, run_dir: Path, *, restart: bool, devices: str | None = None) -> None:
+    """Print one line per stage: `run` or `skip`, the stage and why; with `devices`, then `sami plan`'s memory and
+    time plan on them."""
     from sami.pipeline import plan_stages, stage_keys
 
     if restart:
@@ -38,6 +44,26 @@ def dry_run(config, run_dir: Path, *, restart: bool) -> None:
     width = max(len(name) for name in plan)
     for name, (verdict, reason) in plan.items():
         print(f"{verdict:<4}  {name:<{width}}  {reason}")
+    if devices:
+        print_resource_plan(config, devices)
+
+
+def print_resource_plan(config, devices: str) -> None:
+    """The memory and time plan of `sami plan` (sami.plan_run), after the stage table; a model whose config cannot
+    be found offline is named instead."""
+    from sami.errors import SamiInputError
+    from sami.plan import PlanSettings
+    from sami.plan_run import format_plan, plan_run, unfit_lines
+
+    print()
+    try:
+        plan = plan_run(config, PlanSettings(devices=devices), source="this config")
+    except SamiInputError as e:
+        print(f"resource plan unavailable: {e}")
+        return
+    print(format_plan(plan))
+    for line in unfit_lines(plan):
+        print(f"does not fit: {line}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     run_dir = Path(args.output_dir) if args.output_dir else config.resolved_output_dir()
     if args.dry_run:
-        dry_run(config, run_dir, restart=args.restart)
+        dry_run(config, run_dir, restart=args.restart, devices=args.devices)
         return 0
     if args.restart and run_dir.is_dir():
         empty_folder(run_dir)
