@@ -144,6 +144,10 @@ def test_70b_evaluation_refused_on_one_h100(monkeypatch):
     assert any("device with ≥" in a for a in ev.advice)
     assert not stages["training"].fits  # 8 processes on 1 device
     assert stages["judging"].fits and stages["judging"].memory is None  # the api judge runs elsewhere
+    on8 = {s.name: s for s in plan_run(recipe("tldr_llama3_70b_diverse.yaml"), PlanSettings()).stages}
+    assert not on8["evaluation responses"].fits  # 8 devices do not help: evaluation uses one
+    # training at micro-batch 16 does not fit; a divisor of 16 keeps the 128 queries per optimizer step
+    assert "per_device_train_batch_size: 4 with gradient_accumulation_steps: 4" in on8["training"].advice[0]
 
 
 def test_mistral_recipe_fits_8_h100_and_evaluation_dominates(monkeypatch):

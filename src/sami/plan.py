@@ -120,6 +120,12 @@ class PlanSettings(BaseModel):
         description="prompt length P in tokens (None: 200 for dialogue, 450 for summarization; "
         "the principles plus a query)",
     )
+    response_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="trained response length R (None: training.max_response_length, else sampling.max_new_tokens; "
+        "with sampling.reasoning, evaluation.max_new_tokens: only the text after the reasoning is trained on)",
+    )
     runtime_reserve_gb: float = Field(
         2.0, ge=0, description="per device: CUDA context, NCCL buffers, allocator fragmentation (assumption)"
     )

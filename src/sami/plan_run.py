@@ -181,8 +181,8 @@ def _training_advice(shape, setup: TrainSetup, devices: Devices, settings: PlanS
         return m.total <= usable and not (settings.host_memory_gb and m.host > settings.host_memory_gb * GB)
 
     def smaller_batch(s: TrainSetup) -> TrainSetup | None:
-        for b in range(s.micro_batch - 1, 0, -1):
-            if fits(cand := TrainSetup(**{**s.__dict__, "micro_batch": b})):
+        for b in range(s.micro_batch - 1, 0, -1):  # divisors: the same queries per optimizer step
+            if s.micro_batch % b == 0 and fits(cand := TrainSetup(**{**s.__dict__, "micro_batch": b})):
                 return cand
         return None
 
@@ -218,7 +218,7 @@ def _training_advice(shape, setup: TrainSetup, devices: Devices, settings: PlanS
     if (b := smaller_batch(setup)) is not None:
         advice.append(
             f"training.per_device_train_batch_size: {b.micro_batch} with gradient_accumulation_steps: "
-            f"{math.ceil(setup.micro_batch / b.micro_batch) * grad_accum} (same queries per step): "
+            f"{setup.micro_batch // b.micro_batch * grad_accum} (same queries per step): "
             f"{_gb(training_memory(shape, b).total)} per device"
         )
     if not advice:
@@ -467,9 +467,9 @@ def plan_run(config: RunConfig, settings: PlanSettings, *, source: str = "config
     shape = model_shape(config.model.policy)
     task = config.prompts.task or "dialogue"
     p = settings.prompt_tokens or DEFAULT_PROMPT_TOKENS.get(task, 300)
-    r_train = config.training.max_response_length or (
-        config.sampling.max_new_tokens + (0 if config.training.eos == "never" else 1)
-    )
+    budget = config.evaluation.max_new_tokens if config.sampling.reasoning else config.sampling.max_new_tokens
+    eos = 0 if config.training.eos == "never" else 1  # a scored EOS
+    r_train = settings.response_tokens or config.training.max_response_length or budget + eos
     dims = {"P": p, "R_train": r_train, "C": config.sampling.n_constitutions}
     data = config.data
     n_train = _count_queries(data.train, data.train_per_iteration)
