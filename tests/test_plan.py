@@ -185,3 +185,15 @@ def test_cli_exit_codes(capsys, monkeypatch):
     assert main(["plan", "configs/demo.yaml", "--devices", "lots"]) == 2
     assert "COUNTxNAME-MEMGB" in capsys.readouterr().err
     assert main(["plan", "configs/demo.yaml", "--train-mfu", "2"]) == 2  # a settings field out of range
+
+
+def test_run_dry_run_prints_the_plan(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    out_dir = tmp_path / "run"
+    assert (
+        main(["run", "configs/demo.yaml", "--dry-run", "--devices", "1xA100-40GB", "--output-dir", str(out_dir)]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "run   iter-1/train" in out  # the stage table first
+    assert "plan of this config on 1xA100-40GB" in out and "estimated wall time" in out
+    assert not out_dir.exists()  # a dry run writes nothing
