@@ -22,10 +22,10 @@ Sources of the formulas:
   a mask transformers' sdpa path uses `repeat_kv`, not GQA), the attention output and o_proj's input (5·H_q), and
   the gated MLP's gate, up, SiLU and product (4·I per routed expert): the same inventory as Korthikanti et al.
   2022 (arXiv 2205.05198, §4.1) for this layer type, without the s² term (the fused attention kernels keep no
-  score matrix). In bf16 the RMSNorms also keep two float32 copies of their input (+16·H bytes). With gradient
-  checkpointing only each layer's input (H per token) is kept, plus one layer's activations while it is
-  recomputed; one layer's worth is added either way as the backward's working set. The boolean prefix mask
-  is B·C·(P + C·R)² bytes.
+  score matrix). In bf16 each RMSNorm keeps its float32 input copy instead of the input (4 + 2 + 2 bytes·H).
+  With gradient checkpointing only each layer's input (H per token) is kept, plus one layer's activations while
+  it is recomputed; one layer's worth is added either way as the backward's working set. The boolean prefix
+  mask is B·C·(P + C·R)² bytes.
 * **Logits** (`sami.lm_head`): K = B·C·(C·R + 1) positions predict a response token. Unchunked, the [K, V]
   logits in the compute dtype are kept (plus their float32 copy in bf16), and the backward of `logsumexp` and of
   the target gather hold three float32 [K, V] tensors at once: K·V·(a + 12) bytes (+ 4 in bf16); chunked, three
@@ -201,9 +201,9 @@ def lora_params(shape: ModelShape, r: int) -> int:
 
 def layer_activation_bytes(shape: ModelShape, act_bytes: int) -> int:
     """Bytes one token keeps for backward in one decoder layer (see the module docstring)."""
-    q = shape.num_heads * shape.head_dim
-    elements = 6 * shape.hidden_size + 5 * q + 4 * shape.intermediate_size * shape.experts_per_token
-    return elements * act_bytes + (16 * shape.hidden_size if act_bytes < 4 else 0)
+    h, q = shape.hidden_size, shape.num_heads * shape.head_dim
+    norms = 6 * h * act_bytes if act_bytes >= 4 else 2 * (4 + 2 + 2) * h  # bf16: float32 copy, normalised, output
+    return (5 * q + 4 * shape.intermediate_size * shape.experts_per_token) * act_bytes + norms
 
 
 def logits_bytes(shape: ModelShape, positions: int, act_bytes: int, chunk_size: int | None) -> tuple[float, int]:

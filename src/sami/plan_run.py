@@ -174,7 +174,7 @@ def _min_tensor_parallel(weights: float, devices: Devices, settings: PlanSetting
 
 
 def _training_advice(shape, setup: TrainSetup, devices: Devices, settings: PlanSettings, grad_accum: int) -> list[str]:
-    usable = _usable(devices, settings)
+    usable, reserve = _usable(devices, settings), settings.runtime_reserve_gb * GB
 
     def fits(s: TrainSetup) -> bool:
         m = training_memory(shape, s)
@@ -213,19 +213,19 @@ def _training_advice(shape, setup: TrainSetup, devices: Devices, settings: PlanS
     for text, change in changes:
         cand = TrainSetup(**{**setup.__dict__, **change})
         if fits(cand):
-            advice.append(f"{text}: {_gb(training_memory(shape, cand).total)} per device")
+            advice.append(f"{text}: {_gb(training_memory(shape, cand).total + reserve)} per device")
         combined = TrainSetup(**{**combined.__dict__, **change})
     if (b := smaller_batch(setup)) is not None:
         advice.append(
             f"training.per_device_train_batch_size: {b.micro_batch} with gradient_accumulation_steps: "
             f"{setup.micro_batch // b.micro_batch * grad_accum} (same queries per step): "
-            f"{_gb(training_memory(shape, b).total)} per device"
+            f"{_gb(training_memory(shape, b).total + reserve)} per device"
         )
     if not advice:
         if fits(combined) or (combined := smaller_batch(combined)) is not None:
             advice.append(
                 f"all of: {'; '.join(t for t, _ in changes)}, micro-batch {combined.micro_batch}: "
-                f"{_gb(training_memory(shape, combined).total)} per device"
+                f"{_gb(training_memory(shape, combined).total + reserve)} per device"
             )
         else:
             advice.append(
