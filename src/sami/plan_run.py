@@ -68,15 +68,16 @@ class RunPlan:
 
 
 # ---- reading the config --------------------------------------------------------------------------------
-def _count_queries(sources, per_source: int | None) -> int | None:
-    """Queries the sources give (each capped at `per_source`), loading only local files; None if unknown."""
+def _count_queries(sources, per_source: int | None, n_slices: int = 1) -> int | None:
+    """Queries the sources give to one iteration (a source's slice, capped at `per_source`), loading only local
+    files; None if unknown."""
     from sami.data import load_queries
 
     total = 0
     for src in sources:
         local = src.bundled or (src.path and Path(src.path).exists())
         if local:
-            n = len(load_queries(src))
+            n = len(load_queries(src)) // n_slices
         elif per_source or src.limit:
             n = min(x for x in (per_source, src.limit) if x)
         else:
@@ -472,9 +473,7 @@ def plan_run(config: RunConfig, settings: PlanSettings, *, source: str = "config
     r_train = settings.response_tokens or config.training.max_response_length or budget + eos
     dims = {"P": p, "R_train": r_train, "C": config.sampling.n_constitutions}
     data = config.data
-    n_train = _count_queries(data.train, data.train_per_iteration)
-    if n_train is not None and data.train_per_iteration is None:
-        n_train //= data.n_slices
+    n_train = _count_queries(data.train, data.train_per_iteration, data.n_slices)
     n_eval = _count_queries(data.eval, data.eval_limit)
     if n_train is None or n_eval is None:
         raise SamiInputError(f"{source}: data: cannot count the queries offline; set train_per_iteration/eval_limit")
