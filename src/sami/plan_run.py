@@ -133,7 +133,8 @@ def _launch_config(config: RunConfig) -> dict:
 
 
 # ---- checks and advice -----------------------------------------------------------------------------------
-def _gb(x: float) -> str:
+def gb_text(x: float) -> str:
+    """Bytes as GB (10⁹) with one decimal."""
     return f"{x / GB:.1f} GB"
 
 
@@ -147,18 +148,18 @@ def _check(stage: StagePlan, devices: Devices, settings: PlanSettings) -> bool:
     need = stage.memory.total
     if need > _usable(devices, settings):
         top = sorted(stage.memory.parts.items(), key=lambda kv: -kv[1])[:3]
-        parts = ", ".join(f"{k} {_gb(v)}" for k, v in top)
+        parts = ", ".join(f"{k} {gb_text(v)}" for k, v in top)
         stage.fits = False
         reserve = settings.runtime_reserve_gb
         stage.reason = (
-            f"needs {_gb(need + reserve * GB)} per device ({parts}, + {reserve:g} GB reserve) "
+            f"needs {gb_text(need + reserve * GB)} per device ({parts}, + {reserve:g} GB reserve) "
             f"on {devices.name}-{devices.memory_gb:g}GB"
         )
         return False
     if settings.host_memory_gb and stage.memory.host > settings.host_memory_gb * GB:
         stage.fits = False
         stage.reason = (
-            f"offload needs {_gb(stage.memory.host)} of host RAM per node, {settings.host_memory_gb:g} GB stated"
+            f"offload needs {gb_text(stage.memory.host)} of host RAM per node, {settings.host_memory_gb:g} GB stated"
         )
         return False
     return True
@@ -214,19 +215,19 @@ def _training_advice(shape, setup: TrainSetup, devices: Devices, settings: PlanS
     for text, change in changes:
         cand = TrainSetup(**{**setup.__dict__, **change})
         if fits(cand):
-            advice.append(f"{text}: {_gb(training_memory(shape, cand).total + reserve)} per device")
+            advice.append(f"{text}: {gb_text(training_memory(shape, cand).total + reserve)} per device")
         combined = TrainSetup(**{**combined.__dict__, **change})
     if (b := smaller_batch(setup)) is not None:
         advice.append(
             f"training.per_device_train_batch_size: {b.micro_batch} with gradient_accumulation_steps: "
             f"{setup.micro_batch // b.micro_batch * grad_accum} (same queries per step): "
-            f"{_gb(training_memory(shape, b).total + reserve)} per device"
+            f"{gb_text(training_memory(shape, b).total + reserve)} per device"
         )
     if not advice:
         if fits(combined) or (combined := smaller_batch(combined)) is not None:
             advice.append(
                 f"all of: {'; '.join(t for t, _ in changes)}, micro-batch {combined.micro_batch}: "
-                f"{_gb(training_memory(shape, combined).total + reserve)} per device"
+                f"{gb_text(training_memory(shape, combined).total + reserve)} per device"
             )
         else:
             advice.append(
@@ -304,7 +305,8 @@ def _self_generation(config, shape, devices, settings, dims, n_train) -> StagePl
         stage.fits, stage.reason = False, f"tensor_parallel_size {tp} > {devices.count} devices"
     elif seqs < 1 or not _check(stage, devices, settings):
         stage.fits = False
-        stage.reason = stage.reason or f"weights {_gb(mem.parts['weights'])} per device leave no room for the KV cache"
+        weights = gb_text(mem.parts["weights"])
+        stage.reason = stage.reason or f"weights {weights} per device leave no room for the KV cache"
         need = _min_tensor_parallel(shape.n_params * wb, devices, settings)
         stage.advice.append(f"generation.tensor_parallel_size: {need}" if need else "more devices")
     else:
@@ -348,7 +350,7 @@ def _training(config, shape, devices, settings, dims) -> StagePlan:
         f"{global_tokens} tokens per optimizer step"
     )
     if mem.host:
-        stage.notes.append(f"host RAM for the offloaded state: {_gb(mem.host)} per node")
+        stage.notes.append(f"host RAM for the offloaded state: {gb_text(mem.host)} per node")
     if procs > devices.count:
         stage.fits, stage.reason = False, f"{procs} processes on {devices.count} devices"
     elif not _check(stage, devices, settings):
@@ -422,8 +424,8 @@ def _whole_model_advice(stage: StagePlan, devices, settings, smaller: str, batch
     weights = stage.memory.parts["weights"] if stage.memory else 0.0
     if weights > _usable(devices, settings):
         stage.advice.append(
-            f"the weights alone need {_gb(weights)}: a device with ≥ "
-            f"{_gb(stage.memory.total + settings.runtime_reserve_gb * GB)}, since evaluation loads "
+            f"the weights alone need {gb_text(weights)}: a device with ≥ "
+            f"{gb_text(stage.memory.total + settings.runtime_reserve_gb * GB)}, since evaluation loads "
             "each model whole on one device (no tensor parallel or sharding there yet: issue 28)"
         )
     elif batch > 1:
@@ -485,57 +487,3 @@ def plan_run(config: RunConfig, settings: PlanSettings, *, source: str = "config
         *_evaluation(config, shape, devices, settings, dims, n_eval, k),
     ]
     return RunPlan(source, devices, shape, settings, dims, stages)
-
-
-# ---- output ----------------------------------------------------------------------------------------------
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{seconds / 60:.1f}m"
-
-
-def format_plan(plan: RunPlan) -> str:
-    d, s, shape = plan.devices, plan.settings, plan.policy
-    peak = f"{d.tflops:g} TFLOP/s bf16, {d.bandwidth_gbs:g} GB/s" if d.tflops and d.bandwidth_gbs else "no throughput"
-    lines = [
-        f"plan of {plan.source} on {d} ({peak})",
-        f"policy {shape.name}: {shape.n_params / 1e9:.2f} B parameters ({shape.source}); P = {plan.dims['P']} "
-        f"prompt tokens, R = {plan.dims['R_train']} (training), C = {plan.dims['C']}; {plan.dims['train queries']} "
-        f"training queries per iteration, {plan.dims['eval queries']} evaluation queries",
-        "",
-        f"{'stage':<26} {'per device':>11}  {'fits':<4} {'time':>8}  where",
-    ]
-    for st in plan.stages:
-        mem = "-" if st.memory is None else _gb(st.memory.total + s.runtime_reserve_gb * GB)
-        each = ", ".join(_duration(x) for x in st.seconds)
-        lines.append(
-            f"{st.name:<26} {mem:>11}  {'yes' if st.fits else 'NO':<4} {_duration(st.total_seconds):>8}  {st.where}"
-        )
-        if st.memory is not None:
-            parts = ", ".join(f"{k} {_gb(v)}" for k, v in st.memory.parts.items())
-            lines.append(f"{'':<28}{parts}, reserve {s.runtime_reserve_gb:g} GB")
-        lines.append(f"{'':<28}per iteration: {each}")
-        lines += [f"{'':<28}{n}" for n in st.notes]
-        if not st.fits:
-            lines.append(f"{'':<28}does not fit: {st.reason}")
-            lines += [f"{'':<28}change: {a}" for a in st.advice]
-    totals = [st.total_seconds for st in plan.stages]
-    total = None if None in totals else sum(totals)  # type: ignore[arg-type]
-    lines += [
-        "",
-        f"estimated wall time: {_duration(total)} (responses at their full token budget: an upper bound)",
-        f"assumptions: train_mfu {s.train_mfu}, bandwidth_efficiency {s.bandwidth_efficiency}, hf_step_overhead_s "
-        f"{s.hf_step_overhead_s}, vllm_max_seqs {s.vllm_max_seqs}, api_latency_s {s.api_latency_s}, "
-        f"runtime_reserve_gb {s.runtime_reserve_gb} (sami plan --help; formulas: sami.plan)",
-    ]
-    return "\n".join(lines)
-
-
-def unfit_lines(plan: RunPlan) -> list[str]:
-    """One line per stage that does not fit: the stage, why, and the first thing to change."""
-    return [
-        f"{st.name}: does not fit: {st.reason}" + (f"; change: {st.advice[0]}" if st.advice else "")
-        for st in plan.stages
-        if not st.fits
-    ]

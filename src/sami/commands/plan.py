@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sami.config import default_config_path, parse_config
-    from sami.plan_run import format_plan, plan_run, unfit_lines
+    from sami.plan_report import format_plan, unfit_lines
+    from sami.plan_run import plan_run
     from sami.settings import read_yaml
 
     path = args.config or str(default_config_path())

@@ -53,7 +53,8 @@ def print_resource_plan(config, devices: str) -> None:
     be found offline is named instead."""
     from sami.errors import SamiInputError
     from sami.plan import PlanSettings
-    from sami.plan_run import format_plan, plan_run, unfit_lines
+    from sami.plan_report import format_plan, unfit_lines
+    from sami.plan_run import plan_run
 
     print()
     try:
