@@ -199,3 +199,14 @@ def test_run_dry_run_prints_the_plan(capsys, monkeypatch, tmp_path):
     assert "run   iter-1/train" in out  # the stage table first
     assert "plan of this config on 1xA100-40GB" in out and "estimated wall time" in out
     assert not out_dir.exists()  # a dry run writes nothing
+
+
+def test_offload_is_checked_against_stated_host_memory(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    raw = read_yaml(ROOT / "configs" / "tldr_llama3_70b_diverse.yaml")
+    raw["training"]["per_device_train_batch_size"] = 4  # fits the GPUs with the optimizer offloaded
+    config = parse_config(raw)
+    train = next(s for s in plan_run(config, PlanSettings()).stages if s.name == "training")
+    assert train.fits and train.memory.host / GB == pytest.approx(8 * 70.55, abs=0.5)  # fp32 master + RMSprop
+    small = next(s for s in plan_run(config, PlanSettings(host_memory_gb=512)).stages if s.name == "training")
+    assert not small.fits and "host RAM" in small.reason
