@@ -30,6 +30,7 @@ ENVIRONMENT_ERRNOS = {
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("sami.commands.run", "run the whole iterative SAMI experiment from a config (default: the CPU demo)"),
     "config": ("sami.commands.config", "show the resolved config of a run"),
+    "plan": ("sami.commands.plan", "estimate memory per device and time of every stage of a run (no weights)"),
     "principles": ("sami.commands.principles", "write principles and antitheses with an instruction-tuned model"),
     "generate": ("sami.commands.generate", "self-generate training samples (samples.jsonl)"),
     "train": ("sami.commands.train", "train a model with the SAMI objective on samples.jsonl"),

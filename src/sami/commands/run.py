@@ -1,10 +1,11 @@
 """`sami run [CONFIG]`: the whole iterative SAMI experiment (the CPU demo when no config is given).
 
-`--dry-run` prints, per stage, whether a run would run or skip it and why, and writes nothing; `--restart` empties
-the output folder (only its contents) and starts over, and only in a run folder (one holding a sami manifest) or an
-empty one: any other folder is refused. One `sami run` writes a folder at a time (`sami.runlock`): a second is
-refused naming the first's pid, or with `--wait` waits for it. A run that recorded failures (failed judge requests)
-exits 1 after one summary line; rerunning retries only what failed.
+`--dry-run` prints, per stage, whether a run would run or skip it and why, and writes nothing (with `--devices
+8xH100-80GB` also `sami plan`'s memory and time per stage); `--restart` empties the output folder (only its
+contents) and starts over, and only in a run folder (one holding a sami manifest) or an empty one: any other folder
+is refused. One `sami run` writes a folder at a time (`sami.runlock`): a second is refused naming the first's pid,
+or with `--wait` waits for it. A run that recorded failures (failed judge requests) exits 1 after one summary line;
+rerunning retries only what failed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart", action="store_true", help="delete what the output folder holds and start over")
     parser.add_argument("--dry-run", action="store_true", help="print which stages would run and why; write nothing")
     parser.add_argument("--wait", action="store_true", help="wait for another sami writing the folder to finish")
+    parser.add_argument(
+        "--devices",
+        help="with --dry-run: also print `sami plan`'s memory and time per stage on these devices, e.g. 8xH100-80GB",
+    )
 
 
 def empty_folder(folder: Path) -> None:
@@ -50,8 +55,9 @@ def check_restartable(folder: Path) -> None:
         )
 
 
-def dry_run(config, run_dir: Path, *, restart: bool) -> None:
-    """Print one line per stage: `run` or `skip`, the stage and why."""
+def dry_run(config, run_dir: Path, *, restart: bool, devices: str | None = None) -> None:
+    """Print one line per stage: `run` or `skip`, the stage and why; with `devices`, then `sami plan`'s memory and
+    time plan on them."""
     from sami.pipeline import plan_stages, stage_keys
 
     if restart:
@@ -61,6 +67,27 @@ def dry_run(config, run_dir: Path, *, restart: bool) -> None:
     width = max(len(name) for name in plan)
     for name, (verdict, reason) in plan.items():
         print(f"{verdict:<4}  {name:<{width}}  {reason}")
+    if devices:
+        print_resource_plan(config, devices)
+
+
+def print_resource_plan(config, devices: str) -> None:
+    """The memory and time plan of `sami plan` (sami.plan_run), after the stage table; a model whose config cannot
+    be found offline is named instead."""
+    from sami.errors import SamiInputError
+    from sami.plan import PlanSettings
+    from sami.plan_report import format_plan, unfit_lines
+    from sami.plan_run import plan_run
+
+    print()
+    try:
+        plan = plan_run(config, PlanSettings(devices=devices), source="this config")
+    except SamiInputError as e:
+        print(f"resource plan unavailable: {e}")
+        return
+    print(format_plan(plan))
+    for line in unfit_lines(plan):
+        print(f"does not fit: {line}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         check_restartable(run_dir)
     check_run(config)
     if args.dry_run:
-        dry_run(config, run_dir, restart=args.restart)
+        dry_run(config, run_dir, restart=args.restart, devices=args.devices)
         return 0
     with run_lock(run_dir, wait=args.wait):
         if args.restart:
