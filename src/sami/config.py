@@ -207,6 +207,20 @@ class RunConfig(_Section):
     launcher: LauncherSettings = Field(default_factory=LauncherSettings)
     comparisons: ComparisonSettings | None = Field(None, description="methods compared with SAMI (e.g. dpo: {})")
 
+    @model_validator(mode="after")
+    def _transforms_fit_the_template(self):
+        if self.prompts.style != "chat":
+            return self
+        for section in ("train", "eval"):
+            for i, src in enumerate(getattr(self.data, section)):
+                if src.transform == "hh_context":
+                    raise ValueError(
+                        f"data.{section}.{i}.transform: hh_context writes the HH transcript into one query, which "
+                        "only the base-style dialogue template reads as a conversation; use hh_first_turn with "
+                        "prompts.style: chat"
+                    )
+        return self
+
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / self.name)
 

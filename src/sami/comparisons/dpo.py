@@ -85,14 +85,17 @@ def rejected_index(constitutions: list[dict]) -> int | None:
     return best
 
 
-def query_prompt(template: PromptTemplate, query: str, tokenizer: Any = None) -> str:
+def query_prompt(template: PromptTemplate, query: Any, tokenizer: Any = None) -> str:
     """The bare query in the template's format (RLCD's prompt): the training text from the line holding `{query}` on,
-    with no constitution; chat style: the user message alone, through the chat template."""
-    from sami.prompts import _fill, render_prompt
+    with no constitution; chat style: the user message alone, through the chat template (after the query's own
+    system text, when it has one). `query`: a string, a `Query` or a samples.jsonl record."""
+    from sami.prompts import _fill, query_parts, render_prompt
 
+    query, system = query_parts(query)
     text = template.training
     if template.style == "chat":
-        return render_prompt([{"role": "user", "content": _fill(text, "", query)}], tokenizer)
+        messages = [{"role": "system", "content": system}] if system else []
+        return render_prompt([*messages, {"role": "user", "content": _fill(text, "", query)}], tokenizer)
     start = text.rfind("\n", 0, text.find("{query}")) + 1
     return _fill(text[start:], "", query)
 
@@ -136,7 +139,7 @@ def dpo_records(
             skipped += 1
             continue
         separators, _ = response_context(rec, len(responses))
-        text = prompts[0] if prompt == "constitution" else query_prompt(template, rec["query"], tokenizer)
+        text = prompts[0] if prompt == "constitution" else query_prompt(template, rec, tokenizer)
         chosen, rejected = (_completion(text, responses[k], separators[k] if separators else None) for k in (0, j))
         out.append({"id": str(rec["id"]), "prompt": text, "chosen": chosen, "rejected": rejected, "rejected_index": j})
     if skipped:
