@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 
 import datasets
 import pytest
@@ -214,3 +215,22 @@ def test_hh_context_is_refused_with_chat_prompts(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(SamiInputError, match=r"data.train.0.transform: hh_context .* use hh_first_turn"):
         load_config(path)
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_recipes_resolve_in_a_clone_without_shared_data(tmp_path, monkeypatch, capsys, recipe):
+    """`sami config show` on a copy of the configs folder, outside the checkout, with no ../shared beside it."""
+    clone = tmp_path / "clone"
+    shutil.copytree(ROOT / "configs", clone / "configs")
+    monkeypatch.chdir(clone)
+    assert not (clone.parent / "shared").exists()
+    assert "../shared" not in recipe.read_text()
+    assert main(["config", "show", f"configs/{recipe.name}"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    sources = shown["data"]["train"] + shown["data"]["eval"]
+    assert all(s["path"] is None for s in sources)  # hub datasets or bundled copies only
+    if recipe.name == "hh_mistral7b.yaml":
+        assert [(s["dataset"], s["data_dir"], s["transform"], s["subset"]) for s in shown["data"]["train"]] == [
+            ("Anthropic/hh-rlhf", "helpful-base", "hh_first_turn", "helpful"),
+            ("Anthropic/hh-rlhf", "harmless-base", "hh_first_turn", "harmless"),
+        ]

@@ -75,6 +75,11 @@ class QuerySource(BaseModel):
     config_name: str | None = Field(None, description="the dataset configuration name, if it has several")
     split: str = Field("train", description="dataset split (for `dataset`, and for DatasetDict folders)")
     data_dir: str | None = Field(None, description="`data_dir` passed to `datasets.load_dataset`")
+    revision: str | None = Field(
+        None,
+        description="`revision` passed to `datasets.load_dataset` (e.g. refs/convert/parquet: the hub's parquet "
+        "copy of a dataset that ships a loading script)",
+    )
     bundled: str | None = Field(None, description=f"a bundled query set: {', '.join(BUNDLED_QUERIES)}")
     fields: dict[str, str | None] = Field(
         default_factory=lambda: {"id": "id", "query": "query"},
@@ -113,6 +118,10 @@ class QuerySource(BaseModel):
         for suffix in (*_COMPRESSED_JSON, *_JSONL_SUFFIXES, *_DATASETS_FORMATS):
             if stem.endswith(suffix):
                 stem = stem[: -len(suffix)]
+        if self.dataset:  # one hub dataset read twice (helpful-base, harmless-base) gives distinct ids
+            stem = "-".join(
+                part.strip("/").replace("/", "-") for part in (stem, self.config_name, self.data_dir) if part
+            )
         return stem or ref
 
 
@@ -160,7 +169,9 @@ def _iter_records(source: QuerySource) -> tuple[str, Any]:
     if local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists()):
         rows = _load_from_disk(local, source.split)  # a save_to_disk folder given as `dataset`
         return str(local), ((f"{local} row {i}", r) for i, r in enumerate(rows))
-    rows = _load_dataset(source.dataset, name=source.config_name, split=source.split, data_dir=source.data_dir)
+    rows = _load_dataset(
+        source.dataset, name=source.config_name, split=source.split, data_dir=source.data_dir, revision=source.revision
+    )
     label = f"{source.dataset}[{source.split}]"
     return label, ((f"{label} row {i}", r) for i, r in enumerate(rows))
 
