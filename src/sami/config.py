@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sami.comparisons.dpo import DPOSettings
+from sami.comparisons.sft import SFTSettings
 from sami.data import QuerySource
 from sami.errors import SamiInputError
 from sami.evaluation.evaluate import EvaluationSettings
@@ -185,6 +186,9 @@ class ComparisonSettings(_Section):
     """Methods trained beside SAMI at every iteration, on the same samples and evaluated the same way."""
 
     dpo: DPOSettings | None = Field(None, description="DPO through TRL (RLCD-style pairs from the samples)")
+    sft: SFTSettings | None = Field(
+        None, description="SFT through TRL on the positive constitution's responses (context distillation)"
+    )
 
 
 class RunConfig(_Section):
@@ -205,7 +209,9 @@ class RunConfig(_Section):
     iterations: IterationSettings = Field(default_factory=IterationSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     launcher: LauncherSettings = Field(default_factory=LauncherSettings)
-    comparisons: ComparisonSettings | None = Field(None, description="methods compared with SAMI (e.g. dpo: {})")
+    comparisons: ComparisonSettings | None = Field(
+        None, description="methods compared with SAMI (e.g. dpo: {}, sft: {})"
+    )
 
     @model_validator(mode="after")
     def _transforms_fit_the_template(self):
