@@ -50,10 +50,22 @@ from sami.report import summary_table
 log = logging.getLogger(__name__)
 
 
+def _dump(config: RunConfig, **kwargs) -> dict:
+    """`config.model_dump(mode="json")` without the query sources' `transform` and `revision` where unset, so runs
+    written before those fields existed keep their hashes."""
+    data = config.model_dump(mode="json", **kwargs)
+    for section in ("train", "eval"):
+        for source in data["data"][section]:
+            for key in ("transform", "revision"):
+                if source.get(key) is None:
+                    source.pop(key, None)
+    return data
+
+
 def config_hash(config: RunConfig) -> str:
     """Hash of everything that changes results (not where the run is written, how it is launched, nor how often
     training checkpoints for resume)."""
-    data = config.model_dump(mode="json", exclude={"output_dir": True, "launcher": True, "training": {"save_steps"}})
+    data = _dump(config, exclude={"output_dir": True, "launcher": True, "training": {"save_steps"}})
     if data.get("comparisons") is None:
         data.pop("comparisons", None)  # runs without comparisons keep the hash they had before the section existed
     elif data["comparisons"].get("sft") is None:
@@ -111,7 +123,7 @@ NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size")
 
 def stage_keys(config: RunConfig) -> dict[str, StageKey]:
     """Every stage of a run, in run order, keyed by the config parts it depends on and the stages it reads."""
-    c = config.model_dump(mode="json")
+    c = _dump(config)
     model, data, ev, iters = c["model"], c["data"], c["evaluation"], c["iterations"]
     policy = {f"model.{k}": model[k] for k in ("policy", "dtype", "trust_remote_code")}  # π_0 (LoRA: training's)
     sampling = {
