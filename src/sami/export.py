@@ -74,6 +74,17 @@ def exported_checkpoint(layout: RunLayout, settings: ExportSettings) -> tuple[in
     return settings.iteration, folder(settings.iteration)
 
 
+def reference_gguf(config: dict) -> Path | None:
+    """The GGUF file the run's π₀ was converted from (the bundled default, or a `.gguf` policy), if any."""
+    from sami.models import DEFAULT_MODEL, default_gguf_path
+
+    policy = str((config.get("model") or {}).get("policy") or DEFAULT_MODEL)
+    if policy == DEFAULT_MODEL:
+        return default_gguf_path()
+    path = Path(policy).expanduser()
+    return path if path.suffix == ".gguf" and path.is_file() else None
+
+
 def upload_command(out: Path, repo_id: str) -> str:
     """The `hf` CLI command (huggingface_hub) that uploads the folder as a model repository."""
     return f"hf upload {repo_id} {out} . --repo-type model"
@@ -122,7 +133,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, settings: Exp
         if settings.gguf:
             from sami.gguf_export import write_gguf
 
-            write_gguf(checkpoint, tmp / f"{out.name}-{settings.gguf}.gguf", settings.gguf)
+            gguf_out = tmp / f"{out.name}-{settings.gguf}.gguf"
+            write_gguf(checkpoint, gguf_out, settings.gguf, reference_gguf=reference_gguf(config), name=out.name)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
