@@ -111,3 +111,17 @@ def test_run_with_sft_writes_the_comparison_and_reports_it(tmp_path, tiny_model_
     sft = summary["iterations"][1]["comparisons"]["sft"]
     assert sft["train"]["steps"] == 2 and sft["vs_sami"]["n"] == 3
     assert "SAMI vs SFT" in (run / "report" / "summary.md").read_text()
+
+
+def test_cli_train_method_sft(tmp_path, tiny_model_dir, capsys):
+    from sami.cli import main
+
+    samples = opposite_samples(tmp_path / "samples.jsonl")
+    out = tmp_path / "cli"
+    argv = ["train", "--method", "sft", "--samples", str(samples), "--model", str(tiny_model_dir)]
+    argv += ["--output-dir", str(out), "--max-steps", "1", "--per-device-train-batch-size", "2"]
+    assert main([*argv, "--sft-prompt", "constitution"]) == 0
+    assert [h["step"] for h in json.loads((out / "log_history.json").read_text()) if "loss" in h] == [1]
+    assert load_model(out).config.vocab_size == load_model(tiny_model_dir).config.vocab_size
+    assert main([*argv, "--beta", "0.5"]) == 2
+    assert "--beta: not used by --method sft" in capsys.readouterr().err

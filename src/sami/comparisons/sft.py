@@ -181,3 +181,48 @@ def train_sft_from_config(
         lora=config.model.lora,
         resume=True,
     )
+
+
+# ---- `sami train --method sft` ---------------------------------------------------------------------------
+def train_sft_command(args, overrides: dict[str, Any]) -> Path:
+    """`sami train --method sft`: `overrides` are the SAMIConfig fields set on the command line; those SFTConfig
+    shares override the --config's training settings, SAMI-only ones (and `--beta`) are an error."""
+    from sami.comparisons.dpo import SHARED_FLAGS
+    from sami.models import LoraSettings
+
+    shared = SHARED_FLAGS - {"beta"}
+    overrides = {k: v for k, v in overrides.items() if k != "output_dir"}  # passed on its own below
+    other = sorted(k for k, v in overrides.items() if k not in shared and v is not None)
+    if other:
+        flags = ", ".join("--" + k.replace("_", "-") for k in other)
+        raise SamiInputError(f"{flags}: not used by --method sft")
+    overrides = {k: v for k, v in overrides.items() if k in shared}
+    lora, model, form = None, args.model, args.sft_prompt
+    if args.config:
+        from sami.config import load_config
+
+        run_config = load_config(args.config)
+        base = sft_arguments(run_config, output_dir=args.output_dir, max_steps=args.max_steps or -1)
+        config = dataclasses.replace(base, **overrides)
+        template, lora = run_config.prompts.build(), run_config.model.lora
+        model = model or run_config.model.policy
+        sft = run_config.comparisons.sft if run_config.comparisons is not None else None
+        form = form or (sft.prompt if sft is not None else None)
+    else:
+        from sami.prompts import TemplateSettings
+
+        config = sft_config(args.output_dir, **overrides)
+        template = TemplateSettings().build()
+    if args.lora:
+        lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha)
+    return train_sft(
+        model or "default",
+        args.samples,
+        args.output_dir,
+        config,
+        prompt=form or "query",
+        template=template,
+        lora=lora,
+        tokenizer_ref=args.tokenizer,
+        resume=args.resume,
+    )
