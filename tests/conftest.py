@@ -121,17 +121,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def llama_server():
-    """A real OpenAI-compatible server (llama.cpp) on loopback serving the bundled GGUF; yields its base URL."""
+@contextmanager
+def serve_gguf(model_path: Path, alias: str = "smollm2") -> Iterator[str]:
+    """A real OpenAI-compatible llama.cpp server on loopback serving `model_path`; yields its base URL."""
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed (make test installs it)")
-    from sami.models import default_gguf_path
-
     port = free_port()
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"sami-llama-server-{port}.log"
     log = log_path.open("w")
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_path()), "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--n_ctx", "4096", "--n_threads", "2", "--model_alias", "smollm2"]
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--n_ctx", "4096", "--n_threads", "2", "--model_alias", alias]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
@@ -154,3 +152,13 @@ def llama_server():
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    """A real OpenAI-compatible server (llama.cpp) on loopback serving the bundled GGUF; yields its base URL."""
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed (make test installs it)")
+    from sami.models import default_gguf_path
+
+    with serve_gguf(default_gguf_path()) as base_url:
+        yield base_url

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sami.comparisons.dpo import DPOSettings
+from sami.comparisons.sft import SFTSettings
 from sami.data import QuerySource
 from sami.errors import SamiInputError
 from sami.evaluation.evaluate import EvaluationSettings
@@ -199,6 +200,9 @@ class ComparisonSettings(_Section):
     """Methods trained beside SAMI at every iteration, on the same samples and evaluated the same way."""
 
     dpo: DPOSettings | None = Field(None, description="DPO through TRL (RLCD-style pairs from the samples)")
+    sft: SFTSettings | None = Field(
+        None, description="SFT through TRL on the positive constitution's responses (context distillation)"
+    )
 
 
 class RunConfig(_Section):
@@ -219,7 +223,23 @@ class RunConfig(_Section):
     iterations: IterationSettings = Field(default_factory=IterationSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     launcher: LauncherSettings = Field(default_factory=LauncherSettings)
-    comparisons: ComparisonSettings | None = Field(None, description="methods compared with SAMI (e.g. dpo: {})")
+    comparisons: ComparisonSettings | None = Field(
+        None, description="methods compared with SAMI (e.g. dpo: {}, sft: {})"
+    )
+
+    @model_validator(mode="after")
+    def _transforms_fit_the_template(self):
+        if self.prompts.style != "chat":
+            return self
+        for section in ("train", "eval"):
+            for i, src in enumerate(getattr(self.data, section)):
+                if src.transform == "hh_context":
+                    raise ValueError(
+                        f"data.{section}.{i}.transform: hh_context writes the HH transcript into one query, which "
+                        "only the base-style dialogue template reads as a conversation; use hh_first_turn with "
+                        "prompts.style: chat"
+                    )
+        return self
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / self.name)

@@ -6,10 +6,14 @@ A query source yields `Query(id, query, meta)`. `meta["subset"]` ("helpful"/"har
 Bundled sources (see `sami/assets/ATTRIBUTION.md`): hh_helpful_train, hh_harmless_train (300 each),
 hh_helpful_test, hh_harmless_test (the paper's 250 + 250 evaluation queries), tldr_validation (the paper's 250
 evaluation posts).
+
+`QuerySource.transform` reads the hub's own formats (HH-RLHF transcripts, summarize-from-feedback rows, TRL's
+prompt formats): `sami.query_formats`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sami.errors import SamiInputError
 from sami.io import iter_jsonl
+from sami.query_formats import TRANSFORM_FUNCTIONS, TRANSFORMS, QueryTransform, Skip
+
+log = logging.getLogger(__name__)
 
 # name -> (file under assets/data, subset written to meta["subset"])
 BUNDLED_QUERIES: dict[str, tuple[str, str | None]] = {
@@ -29,6 +36,7 @@ BUNDLED_QUERIES: dict[str, tuple[str, str | None]] = {
     "tldr_validation": ("tldr_validation.jsonl", None),
 }
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
+_COMPRESSED_JSON = (".jsonl.gz", ".json.gz", ".jsonl.bz2", ".json.bz2", ".jsonl.zst", ".json.zst")  # as the hub ships
 _DATASETS_FORMATS = {".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
@@ -48,6 +56,10 @@ class QuerySource(BaseModel):
     (a dotted key reads a nested field). Without an "id" entry (or with `id: null`) ids are
     `<source name>-<row index>`. A record's own "subset" key, or a "meta" mapping, is copied into
     `Query.meta`; the source's `subset` overrides it.
+
+    `transform` reads a format of the field instead of `fields["query"]` (`sami.query_formats`): HH-RLHF
+    transcripts, summarize-from-feedback rows, TRL's prompt formats. With a transform, records without
+    `fields["id"]` are numbered (the formats have no id; `tldr` uses `info.id`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -63,10 +75,20 @@ class QuerySource(BaseModel):
     config_name: str | None = Field(None, description="the dataset configuration name, if it has several")
     split: str = Field("train", description="dataset split (for `dataset`, and for DatasetDict folders)")
     data_dir: str | None = Field(None, description="`data_dir` passed to `datasets.load_dataset`")
+    revision: str | None = Field(
+        None,
+        description="`revision` passed to `datasets.load_dataset` (e.g. refs/convert/parquet: the hub's parquet "
+        "copy of a dataset that ships a loading script)",
+    )
     bundled: str | None = Field(None, description=f"a bundled query set: {', '.join(BUNDLED_QUERIES)}")
     fields: dict[str, str | None] = Field(
         default_factory=lambda: {"id": "id", "query": "query"},
         description='map Query fields to record keys, e.g. {"id": "post_id", "query": "info.post"}',
+    )
+    transform: QueryTransform | None = Field(
+        None,
+        description="read the query from a format of the field instead of fields.query: "
+        + "; ".join(f"{k}: {v}" for k, v in TRANSFORMS.items()),
     )
     subset: str | None = Field(None, description='written to meta["subset"] (e.g. "helpful" or "harmless")')
     limit: int | None = Field(None, gt=0, description="keep only the first `limit` queries")
@@ -93,9 +115,13 @@ class QuerySource(BaseModel):
             return self.bundled
         ref = self.path or self.dataset or ""
         stem = Path(ref.rstrip("/")).name
-        for suffix in (*_JSONL_SUFFIXES, *_DATASETS_FORMATS):
+        for suffix in (*_COMPRESSED_JSON, *_JSONL_SUFFIXES, *_DATASETS_FORMATS):
             if stem.endswith(suffix):
                 stem = stem[: -len(suffix)]
+        if self.dataset:  # one hub dataset read twice (helpful-base, harmless-base) gives distinct ids
+            stem = "-".join(
+                part.strip("/").replace("/", "-") for part in (stem, self.config_name, self.data_dir) if part
+            )
         return stem or ref
 
 
@@ -126,6 +152,9 @@ def _iter_records(source: QuerySource) -> tuple[str, Any]:
             raise SamiInputError(f"{path}: query file not found")
         if path.is_file() and path.suffix.lower() in _JSONL_SUFFIXES:
             return str(path), ((f"{path}:{n}", r) for n, r in iter_jsonl(path))
+        if path.is_file() and path.name.lower().endswith(_COMPRESSED_JSON):  # e.g. hh-rlhf's train.jsonl.gz
+            rows = _load_dataset("json", data_files=str(path), split="train")
+            return str(path), ((f"{path} row {i}", r) for i, r in enumerate(rows))
         if path.is_file() and path.suffix.lower() in _DATASETS_FORMATS:
             rows = _load_dataset(_DATASETS_FORMATS[path.suffix.lower()], data_files=str(path), split="train")
             return str(path), ((f"{path} row {i}", r) for i, r in enumerate(rows))
@@ -133,14 +162,16 @@ def _iter_records(source: QuerySource) -> tuple[str, Any]:
             rows = _load_from_disk(path, source.split)
             return str(path), ((f"{path} row {i}", r) for i, r in enumerate(rows))
         raise SamiInputError(
-            f"{path}: unsupported query file; use .jsonl, .json, .parquet, .csv or a `datasets` save_to_disk folder"
+            f"{path}: unsupported query file; use .jsonl(.gz), .json, .parquet, .csv or a save_to_disk folder"
         )
     assert source.dataset
     local = Path(source.dataset).expanduser()
     if local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists()):
         rows = _load_from_disk(local, source.split)  # a save_to_disk folder given as `dataset`
         return str(local), ((f"{local} row {i}", r) for i, r in enumerate(rows))
-    rows = _load_dataset(source.dataset, name=source.config_name, split=source.split, data_dir=source.data_dir)
+    rows = _load_dataset(
+        source.dataset, name=source.config_name, split=source.split, data_dir=source.data_dir, revision=source.revision
+    )
     label = f"{source.dataset}[{source.split}]"
     return label, ((f"{label} row {i}", r) for i, r in enumerate(rows))
 
@@ -193,14 +224,28 @@ def load_queries(source: QuerySource | dict | str | os.PathLike) -> list[Query]:
     id_key, query_key = source.fields.get("id"), source.fields["query"]
     queries: list[Query] = []
     seen: dict[str, str] = {}
+    transform = TRANSFORM_FUNCTIONS[source.transform] if source.transform else None
+    skipped: dict[str, int] = {}
     for index, (where, record) in enumerate(records):
-        try:
-            text = _lookup(record, query_key)
-        except KeyError:
-            raise SamiInputError(f"{where}: no field {query_key!r} (set fields.query to the right key)") from None
-        if not isinstance(text, str) or not text.strip():
-            raise SamiInputError(f"{where}: field {query_key!r} must be a non-empty string")
-        if id_key:
+        system, qid = None, None
+        if transform is not None:
+            try:
+                text, system, qid = transform(record)
+            except Skip as e:
+                skipped[str(e)] = skipped.get(str(e), 0) + 1
+                continue
+            except ValueError as e:
+                raise SamiInputError(f"{where}: transform {source.transform}: {e}") from None
+            if qid is not None and qid in seen and source.transform == "tldr":
+                continue  # summarize-from-feedback repeats a post once per comparison
+        else:
+            try:
+                text = _lookup(record, query_key)
+            except KeyError:
+                raise SamiInputError(f"{where}: no field {query_key!r} (set fields.query to the right key)") from None
+            if not isinstance(text, str) or not text.strip():
+                raise SamiInputError(f"{where}: field {query_key!r} must be a non-empty string")
+        if qid is None and id_key and not (transform is not None and _missing(record, id_key)):
             try:
                 raw_id = _lookup(record, id_key)
             except KeyError:
@@ -208,7 +253,7 @@ def load_queries(source: QuerySource | dict | str | os.PathLike) -> list[Query]:
             if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or str(raw_id) == "":
                 raise SamiInputError(f"{where}: field {id_key!r} must be a non-empty string or integer")
             qid = str(raw_id)
-        else:
+        elif qid is None:
             qid = f"{source.name}-{index}"
         if qid in seen:
             if source.dedupe:
@@ -221,12 +266,24 @@ def load_queries(source: QuerySource | dict | str | os.PathLike) -> list[Query]:
         if subset:
             meta["subset"] = subset
         meta["source"] = source.name
+        if system:
+            meta["system"] = system
         queries.append(Query(qid, text, meta))
         if source.limit and len(queries) >= source.limit:
             break
+    for reason, count in skipped.items():
+        log.warning("%s: %d row(s) skipped by transform %s (%s rows)", label, count, source.transform, reason)
     if not queries:
         raise SamiInputError(f"{label}: no queries found (the source is empty)")
     return queries
+
+
+def _missing(record: dict, key: str) -> bool:
+    try:
+        _lookup(record, key)
+    except KeyError:
+        return True
+    return False
 
 
 def iteration_slice(queries: list[Query], iteration: int, n_slices: int = 2, size: int | None = None) -> list[Query]:

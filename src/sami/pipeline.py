@@ -37,6 +37,7 @@ from pathlib import Path
 from rich.console import Console
 
 from sami.comparisons import run_comparisons
+from sami.comparisons.stages import comparison_methods
 from sami.config import RunConfig, config_to_yaml
 from sami.constitutions import ConstitutionSet, load_constitutions
 from sami.data import Query, iteration_slice, load_queries
@@ -50,12 +51,26 @@ from sami.run_inputs import input_groups
 log = logging.getLogger(__name__)
 
 
+def _dump(config: RunConfig, **kwargs) -> dict:
+    """`config.model_dump(mode="json")` without the query sources' `transform` and `revision` where unset, so runs
+    written before those fields existed keep their hashes."""
+    data = config.model_dump(mode="json", **kwargs)
+    for section in ("train", "eval"):
+        for source in data["data"][section]:
+            for key in ("transform", "revision"):
+                if source.get(key) is None:
+                    source.pop(key, None)
+    return data
+
+
 def config_hash(config: RunConfig) -> str:
     """Hash of everything that changes results (not where the run is written, how it is launched, nor how often
     training checkpoints for resume)."""
-    data = config.model_dump(mode="json", exclude={"output_dir": True, "launcher": True, "training": {"save_steps"}})
+    data = _dump(config, exclude={"output_dir": True, "launcher": True, "training": {"save_steps"}})
     if data.get("comparisons") is None:
         data.pop("comparisons", None)  # runs without comparisons keep the hash they had before the section existed
+    elif data["comparisons"].get("sft") is None:
+        data["comparisons"].pop("sft", None)  # and DPO-only runs the hash they had before comparisons.sft existed
     return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
 
 
@@ -111,7 +126,7 @@ def stage_keys(config: RunConfig, *, contents: bool = True) -> dict[str, StageKe
     """Every stage of a run, in run order, keyed by the config parts it depends on, the contents of the files it
     reads (`sami.run_inputs`; `contents=False`: the keys of manifest version 2, without them) and the stages it
     reads."""
-    c = config.model_dump(mode="json")
+    c = _dump(config)
     files = input_groups(config) if contents else {}
 
     def read(*groups: str) -> dict[str, str]:
@@ -160,7 +175,7 @@ def stage_keys(config: RunConfig, *, contents: bool = True) -> dict[str, StageKe
         [],
     )
     evaluation("iter-0", 0, [], judged=bool(config.evaluation.baselines))
-    dpo = c["comparisons"]["dpo"] if c.get("comparisons") else None
+    methods = {m: c["comparisons"][m] for m in comparison_methods(config)}
     for t in range(1, config.iterations.count + 1):
         add(
             f"iter-{t}/samples",
@@ -172,10 +187,10 @@ def stage_keys(config: RunConfig, *, contents: bool = True) -> dict[str, StageKe
         trained["iterations.train_from"] = iters["train_from"]
         add(f"iter-{t}/train", trained, [f"iter-{t}/samples"])
         evaluation(f"iter-{t}", t, [f"iter-{t}/train", "iter-0/responses"], judged=True)
-        if dpo is not None:
-            add(f"iter-{t}/dpo/train", {**trained, "comparisons.dpo": dpo}, [f"iter-{t}/samples"])
-            reads = [f"iter-{t}/dpo/train", f"iter-{t}/responses", "iter-0/responses"]
-            evaluation(f"iter-{t}/dpo", t, reads, judged=True)
+        for method, settings in methods.items():
+            add(f"iter-{t}/{method}/train", {**trained, f"comparisons.{method}": settings}, [f"iter-{t}/samples"])
+            reads = [f"iter-{t}/{method}/train", f"iter-{t}/responses", "iter-0/responses"]
+            evaluation(f"iter-{t}/{method}", t, reads, judged=True)
     add("report", {"config": config_hash(config)}, list(keys))
     return keys
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -243,6 +244,20 @@ def _check_placeholders(where: str, *texts: str | None) -> None:
 # Templates
 
 
+def query_parts(query: Any) -> tuple[str, str | None]:
+    """`(query text, the query's own system text or None)` of a string or a `sami.data.Query` (or a samples.jsonl
+    record's `query` and `meta`)."""
+    if isinstance(query, str):
+        return query, None
+    if isinstance(query, dict):
+        meta = query.get("meta") or {}
+        query = SimpleNamespace(query=query["query"])
+    else:
+        meta = getattr(query, "meta", None) or {}
+    system = meta.get("system") if isinstance(meta, dict) else None
+    return query.query, system if isinstance(system, str) and system.strip() else None
+
+
 @dataclass
 class PromptTemplate:
     """A task's prompts. For `style="base"` prompts are strings; for `"chat"` they are chat messages.
@@ -264,23 +279,28 @@ class PromptTemplate:
     generation_system: str | None = None
     marker: str | None = None
 
-    def _build(self, template: str, constitution: Constitution | str, query: str, system: str | None = None) -> Prompt:
+    def _build(self, template: str, constitution: Constitution | str, query: Any, system: str | None = None) -> Prompt:
         text = constitution if isinstance(constitution, str) else constitution.render()
+        query, query_system = query_parts(query)
         system = self.system if system is None else system
         if self.style == "chat":
             messages = []
-            if system:
-                messages.append({"role": "system", "content": _fill(system, text, query)})
+            content = "\n\n".join(s for s in (_fill(system, text, query) if system else None, query_system) if s)
+            if content:
+                messages.append({"role": "system", "content": content})
             messages.append({"role": "user", "content": _fill(template, text, query)})
             return messages
         return _fill(template, text, query)
 
-    def generation_prompt(self, constitution: Constitution | str, query: str) -> Prompt:
-        """The prompt the policy generates its response from (base style: with the format example)."""
+    def generation_prompt(self, constitution: Constitution | str, query: Any) -> Prompt:
+        """The prompt the policy generates its response from (base style: with the format example). `query`: a
+        string, or a `sami.data.Query` whose system text (`meta["system"]`) a chat prompt's system message ends
+        with (base-style prompts have no system slot)."""
         return self._build(self.generation, constitution, query, self.generation_system)
 
-    def training_prompt(self, constitution: Constitution | str, query: str) -> Prompt:
-        """The prompt the response is scored under in training and evaluation (no example block)."""
+    def training_prompt(self, constitution: Constitution | str, query: Any) -> Prompt:
+        """The prompt the response is scored under in training and evaluation (no example block); `query` as in
+        `generation_prompt`."""
         return self._build(self.training, constitution, query)
 
     def postprocess(self, text: str) -> str:

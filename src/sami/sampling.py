@@ -214,7 +214,7 @@ def _generate_chunk(
     """Generate all C responses of a chunk of queries in one generator call, then keep or drop each query."""
     scheme, n = sampling.scheme, sampling.n_constitutions
     drawn = [sample_constitutions(cset, scheme, n, query_rng(seed, q.id), query=q, mode=mode) for q in chunk]
-    prompts = [template.generation_prompt(c, q.query) for q, cs in zip(chunk, drawn, strict=True) for c in cs]
+    prompts = [template.generation_prompt(c, q) for q, cs in zip(chunk, drawn, strict=True) for c in cs]
     completions = generator.generate(
         prompts,
         max_new_tokens=sampling.max_new_tokens,
@@ -255,7 +255,7 @@ def _generate_chunk(
                 "id": q.id,
                 "query": q.query,
                 "constitutions": [c.to_dict() for c in cs],
-                "prompts": [render_prompt(template.training_prompt(c, q.query), tokenizer) for c in cs],
+                "prompts": [render_prompt(template.training_prompt(c, q), tokenizer) for c in cs],
                 "responses": responses,
                 "meta": {
                     **q.meta,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from sami.errors import SamiInputError
+from sami.query_formats import TRANSFORMS
 
 # GenerationSettings fields `sami generate` exposes (the sampling ones come from SamplingSettings)
 BACKEND_FIELDS = [
@@ -22,9 +23,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sami.sampling import SamplingSettings
     from sami.settings import add_settings_arguments
 
-    parser.add_argument("--queries", required=True, help="query file (.jsonl with id, query) or a bundled name")
+    parser.add_argument(
+        "--queries",
+        required=True,
+        help="query file (.jsonl with id, query; other formats: --transform) or a bundled name",
+    )
     parser.add_argument(
         "--subset", help="meta['subset'] for every query (helpful/harmless; the paper-dialogue scheme reads it)"
+    )
+    parser.add_argument(
+        "--transform",
+        choices=list(TRANSFORMS),
+        help="read the queries from a format of the field: " + "; ".join(f"{k}: {v}" for k, v in TRANSFORMS.items()),
     )
     parser.add_argument("--constitutions", required=True, help="constitution file or bundled name (e.g. hh_opus)")
     parser.add_argument("--mode", default="train", choices=["train", "eval", "heldout"], help="principle pool")
@@ -68,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     source: dict = {"bundled" if args.queries in BUNDLED_QUERIES else "path": args.queries}
     if args.subset:
         source["subset"] = args.subset
+    if args.transform:
+        source["transform"] = args.transform
     if args.limit:
         source["limit"] = args.limit
     queries = load_queries(validate(QuerySource, source, source="--queries"))

@@ -1,5 +1,5 @@
-"""`sami train`: train a model with the SAMI objective on samples.jsonl (`--method dpo`: DPO through TRL on the
-same samples, `sami.comparisons.dpo`)."""
+"""`sami train`: train a model with the SAMI objective on samples.jsonl (`--method dpo` / `--method sft`: DPO or SFT
+through TRL on the same samples, `sami.comparisons.dpo` / `sami.comparisons.sft`)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", required=True, help="samples.jsonl (id, prompts, responses)")
     parser.add_argument(
-        "--method", choices=["sami", "dpo"], default="sami", help="sami (default) or dpo (TRL, sami[compare])"
+        "--method",
+        choices=["sami", "dpo", "sft"],
+        default="sami",
+        help="sami (default), dpo or sft (TRL, sami[compare])",
     )
     parser.add_argument(
         "--model", default=None, help="model folder, cached hub id, GGUF file or 'default' (default: the config's)"
@@ -67,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["constitution", "query"],
         default=None,
         help="pair prompt: the positive constitution's training prompt (default) or the bare query (RLCD)",
+    )
+    sft = parser.add_argument_group("--method sft")
+    sft.add_argument(
+        "--sft-prompt",
+        choices=["query", "constitution"],
+        default=None,
+        help="example prompt: the bare query (default, context distillation) or the positive constitution's prompt",
     )
     group = parser.add_argument_group("multi-process (accelerate)")
     group.add_argument(
@@ -158,6 +168,11 @@ def run(args: argparse.Namespace) -> int:
         from sami.comparisons.dpo import train_dpo_command
 
         print(train_dpo_command(args, config_overrides(args)))
+        return 0
+    if args.method == "sft":
+        from sami.comparisons.sft import train_sft_command
+
+        print(train_sft_command(args, config_overrides(args)))
         return 0
 
     from sami.models import LoraSettings

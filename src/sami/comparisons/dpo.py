@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sami.comparisons.trl_args import known_fields, shared_training_fields, trl_class, trl_config
 from sami.errors import SamiInputError
 from sami.io import iter_jsonl
 
@@ -61,15 +62,7 @@ class DPOSettings(BaseModel):
     @field_validator("trainer_args")
     @classmethod
     def _known_trainer_args(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            from trl import DPOConfig
-        except ImportError:  # checked again when training, which needs TRL
-            return value
-        known = {f.name for f in dataclasses.fields(DPOConfig)}
-        for key in value:
-            if key not in known:
-                raise ValueError(f"unknown DPOConfig field {key!r}")
-        return value
+        return known_fields("DPOConfig", value)
 
 
 # ---- the dataset ---------------------------------------------------------------------------------------
@@ -85,14 +78,17 @@ def rejected_index(constitutions: list[dict]) -> int | None:
     return best
 
 
-def query_prompt(template: PromptTemplate, query: str, tokenizer: Any = None) -> str:
+def query_prompt(template: PromptTemplate, query: Any, tokenizer: Any = None) -> str:
     """The bare query in the template's format (RLCD's prompt): the training text from the line holding `{query}` on,
-    with no constitution; chat style: the user message alone, through the chat template."""
-    from sami.prompts import _fill, render_prompt
+    with no constitution; chat style: the user message alone, through the chat template (after the query's own
+    system text, when it has one). `query`: a string, a `Query` or a samples.jsonl record."""
+    from sami.prompts import _fill, query_parts, render_prompt
 
+    query, system = query_parts(query)
     text = template.training
     if template.style == "chat":
-        return render_prompt([{"role": "user", "content": _fill(text, "", query)}], tokenizer)
+        messages = [{"role": "system", "content": system}] if system else []
+        return render_prompt([*messages, {"role": "user", "content": _fill(text, "", query)}], tokenizer)
     start = text.rfind("\n", 0, text.find("{query}")) + 1
     return _fill(text[start:], "", query)
 
@@ -136,7 +132,7 @@ def dpo_records(
             skipped += 1
             continue
         separators, _ = response_context(rec, len(responses))
-        text = prompts[0] if prompt == "constitution" else query_prompt(template, rec["query"], tokenizer)
+        text = prompts[0] if prompt == "constitution" else query_prompt(template, rec, tokenizer)
         chosen, rejected = (_completion(text, responses[k], separators[k] if separators else None) for k in (0, j))
         out.append({"id": str(rec["id"]), "prompt": text, "chosen": chosen, "rejected": rejected, "rejected_index": j})
     if skipped:
@@ -155,34 +151,8 @@ def load_dpo_dataset(samples_path: str | os.PathLike, **kwargs):
 
 # ---- settings --------------------------------------------------------------------------------------------
 def dpo_config(output_dir: str | os.PathLike, **fields: Any):
-    """A TRL `DPOConfig` with SAMI training's defaults where TRL's differ (no activation checkpointing, float32 unless
-    bf16 is asked for, log every step, resume checkpoints every 2 steps keeping the newest, no truncation)."""
-    try:
-        from trl import DPOConfig
-    except ImportError:
-        raise SamiInputError("DPO needs TRL: pip install 'sami[compare]'") from None
-    from sami.trainer import accelerator_present
-
-    defaults = {
-        "activation_checkpointing": False,  # TRL's default is on (as the deprecated gradient_checkpointing)
-        "bf16": False,
-        "logging_steps": 1,
-        "save_strategy": "steps",
-        "save_steps": 2,
-        "save_total_limit": 1,
-        "max_length": None,
-        "report_to": "none",
-        "lr_scheduler_type": "constant",
-        "dataloader_pin_memory": accelerator_present(),  # as SAMIConfig: torch warns about pinning without one
-    }
-    fields = {**defaults, **fields}
-    if fields.get("save_steps") == 0:
-        fields["save_strategy"] = "no"
-    known = {f.name for f in dataclasses.fields(DPOConfig)}
-    for key in fields:
-        if key not in known:
-            raise SamiInputError(f"{key}: not a DPOConfig field")
-    return DPOConfig(output_dir=str(output_dir), **fields)
+    """A TRL `DPOConfig` with SAMI training's defaults where TRL's differ (`sami.comparisons.trl_args.trl_config`)."""
+    return trl_config(trl_class("DPOConfig"), output_dir, **fields)
 
 
 def dpo_arguments(config: RunConfig, *, output_dir: str | os.PathLike, max_steps: int):
@@ -190,29 +160,12 @@ def dpo_arguments(config: RunConfig, *, output_dir: str | os.PathLike, max_steps
     logging, resume checkpoints), DPO's own from `comparisons.dpo`."""
     dpo = config.comparisons.dpo if config.comparisons is not None else None
     dpo = dpo or DPOSettings()
-    tr = config.training
-    shared = tr.model_dump(
-        include={
-            "per_device_train_batch_size",
-            "gradient_accumulation_steps",
-            "optim",
-            "lr_scheduler_type",
-            "warmup_steps",
-            "weight_decay",
-            "max_grad_norm",
-            "bf16",
-            "logging_steps",
-            "report_to",
-            "save_steps",
-        }
-    )
     return dpo_config(
         output_dir,
-        **shared,
-        learning_rate=dpo.learning_rate or tr.learning_rate,
+        **shared_training_fields(config),
+        learning_rate=dpo.learning_rate or config.training.learning_rate,
         beta=dpo.beta,
         max_steps=max_steps,
-        seed=config.seed,
         **dpo.trainer_args,
     )
 

@@ -1,11 +1,11 @@
-"""The comparison stages of a run: at iteration T, a DPO model trained and evaluated beside π_T.
+"""The comparison stages of a run: at iteration T, a DPO and/or an SFT model trained and evaluated beside π_T.
 
 ```
-iter-T/dpo/train    DPO (TRL) from SAMI's starting model of iteration T, on iter-T/samples.jsonl, for the same
-                    optimizer steps unless comparisons.dpo.max_steps says otherwise (train.partial, then renamed)
-iter-T/dpo/responses, iter-T/dpo/judgments, iter-T/dpo/metrics
-                    the evaluation of π_T (iter-T/responses ...), for the DPO model, into iter-T/dpo/eval/:
-                    responses, MI, lengths, adherence, win rates vs base; plus judgments-sami.jsonl, the DPO model
+iter-T/M/train      method M (dpo, sft; TRL) from SAMI's starting model of iteration T, on iter-T/samples.jsonl, for
+                    the same optimizer steps unless comparisons.M.max_steps says otherwise (train.partial, renamed)
+iter-T/M/responses, iter-T/M/judgments, iter-T/M/metrics
+                    the evaluation of π_T (iter-T/responses ...), for the M model, into iter-T/M/eval/:
+                    responses, MI, lengths, adherence, win rates vs base; plus judgments-sami.jsonl, the M model
                     (model side) head to head against π_T (baseline "sami", its responses those of
                     iter-T/eval/responses.jsonl)
 ```
@@ -26,30 +26,38 @@ if TYPE_CHECKING:
     from sami.pipeline import Pipeline
 
 SAMI_BASELINE = "sami"
+METHODS = ("dpo", "sft")
+
+
+def comparison_methods(config) -> list[str]:
+    """The comparison methods a run config asks for, in the order they run (dpo, then sft)."""
+    comparisons = config.comparisons
+    return [m for m in METHODS if comparisons is not None and getattr(comparisons, m) is not None]
 
 
 def run_comparisons(pipeline: Pipeline, t: int, cset: ConstitutionSet) -> None:
     """Train and evaluate every comparison the run config asks for at iteration t (none by default)."""
-    comparisons = pipeline.config.comparisons
-    if comparisons is None or comparisons.dpo is None:
-        return
-    train_dpo_stage(pipeline, t)
-    evaluate_comparison(pipeline, t, cset, "dpo")
+    for method in comparison_methods(pipeline.config):
+        train_comparison_stage(pipeline, t, method)
+        evaluate_comparison(pipeline, t, cset, method)
 
 
-def train_dpo_stage(pipeline: Pipeline, t: int) -> None:
+def train_comparison_stage(pipeline: Pipeline, t: int, method: str) -> None:
+    """The stage iter-T/METHOD/train: train in train.partial (resumable), then rename it to train."""
     from sami.comparisons.dpo import train_dpo_from_config
+    from sami.comparisons.sft import train_sft_from_config
 
-    name = f"iter-{t}/dpo/train"
+    name = f"iter-{t}/{method}/train"
     status = pipeline._stage(name)
     if not status:
         return
     config, layout = pipeline.config, pipeline.layout
-    final = layout.comparison_train(t, "dpo")
-    partial = layout.comparison_train_partial(t, "dpo")
+    final = layout.comparison_train(t, method)
+    partial = layout.comparison_train_partial(t, method)
     if status.in_place:  # resume checkpoints of another config
         shutil.rmtree(partial, ignore_errors=True)
-    train_dpo_from_config(
+    train = {"dpo": train_dpo_from_config, "sft": train_sft_from_config}[method]
+    train(
         config,
         model_ref=pipeline.start_model(t),
         samples_path=layout.samples(t),

@@ -117,7 +117,10 @@ def intrinsic_metrics(
         if "prompts" in record:
             prompts = [str(p) for p in record["prompts"]]
         elif template is not None:
-            prompts = [render_prompt(template.training_prompt(c, query), tokenizer) for c in constitutions]
+            prompts = [
+                render_prompt(template.training_prompt(c, {"query": query, "meta": record.get("meta")}), tokenizer)
+                for c in constitutions
+            ]
         else:
             raise SamiInputError(f"query {rid}: no 'prompts' in the record and no template to build them")
         examples.append((str(rid), prompts, responses, *response_context(record, len(responses))))

@@ -60,7 +60,7 @@ def generate_side(
     todo = [q for q in queries if f"{side}:{q.id}" not in store]
     for start in range(0, len(todo), settings.chunk_size):
         chunk = todo[start : start + settings.chunk_size]
-        prompts = [template.generation_prompt(positive[q.id], q.query) for q in chunk]
+        prompts = [template.generation_prompt(positive[q.id], q) for q in chunk]
         completions = generator.generate(
             prompts, max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=template.stop or None
         )
@@ -120,7 +120,7 @@ def generate_under(store, generator, template, jobs, settings, progress, descrip
         completions = []
         if fresh:
             completions = generator.generate(
-                [template.generation_prompt(c, q.query) for _, q, c, _ in fresh],
+                [template.generation_prompt(c, q) for _, q, c, _ in fresh],
                 max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=template.stop or None,
             )  # fmt: skip
         made = {}
@@ -176,7 +176,7 @@ def generate_mi(store, responses, generator, template, todo, constitutions, sett
                     )
                 else:
                     slots.append((qi, j))
-                    prompts.append(template.generation_prompt(c, q.query))
+                    prompts.append(template.generation_prompt(c, q))
         completions = []
         if prompts:
             completions = generator.generate(
@@ -206,6 +206,7 @@ def generate_mi(store, responses, generator, template, todo, constitutions, sett
                     "num_tokens": [known[(qi, j)][1] for j in range(len(cs))],
                     "separators": [known[(qi, j)][2] for j in range(len(cs))],
                     "ended_with_eos": [known[(qi, j)][3] for j in range(len(cs))],
+                    **_system_meta(q),
                 }
             )
         store.flush()
@@ -229,7 +230,7 @@ def generate_patterns(store, generator, template, todo, constitutions, settings,
         completions = []
         if fresh:
             completions = generator.generate(
-                [template.generation_prompt(c, q.query) for q, _, c in fresh],
+                [template.generation_prompt(c, q) for q, _, c in fresh],
                 max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=template.stop or None,
             )  # fmt: skip
         failed: set[str] = set()
@@ -253,7 +254,14 @@ def generate_patterns(store, generator, template, todo, constitutions, settings,
                     "num_tokens": [x[1] for x in parts],
                     "separators": [x[2] for x in parts],
                     "ended_with_eos": [x[3] for x in parts],
+                    **_system_meta(q),
                 }
             )
         store.flush()
         advance(len(chunk))
+
+
+def _system_meta(q) -> dict:
+    """`{"meta": {"system": ...}}` for a query with its own system text (the MI scoring rebuilds its prompts)."""
+    system = q.meta.get("system")
+    return {"meta": {"system": system}} if system else {}

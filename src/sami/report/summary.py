@@ -33,7 +33,7 @@ from sami.layout import EvalLayout, RunLayout
 
 SECRET_KEY = re.compile(r"api_?key|secret|passw(or)?d|(^|_)(auth|access|hf|bearer)_?token$", re.IGNORECASE)
 URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+:[^/@\s]+@")
-COMPARISON_METHODS = ("dpo",)
+COMPARISON_METHODS = ("dpo", "sft")
 
 
 def number(value: Any) -> float | None:
@@ -350,8 +350,8 @@ def build_summary(run_dir: str | os.PathLike) -> dict:
 
     Shape: `{"run": {...}, "iterations": [{"iteration", "mi", "mi_bound", "mi_kind", "mean_length" (in
     `length_unit`), "mean_length_tokens" (when `mean_length` is in characters), "win_rates", "adherence",
-    "contrast", "subsets": {name: {...}}, "samples", "train", "comparisons": {"dpo": {... , "vs_sami"}} (when
-    iter-T/dpo/ exists), "missing", "notes"}], "length_unit": "characters" | "tokens", "config": {...},
+    "contrast", "subsets": {name: {...}}, "samples", "train", "comparisons": {"dpo" / "sft": {... , "vs_sami"}} (when
+    iter-T/dpo/ or iter-T/sft/ exists), "missing", "notes"}], "length_unit": "characters" | "tokens", "config": {...},
     "problems": [...]}`. A metric that does not exist yet is `null`. `adherence` (when principles carry checks)
     is `sami.evaluation.adherence.adherence` with `change_positive` / `change_antithesis` from iteration 0.
     """

@@ -1,0 +1,228 @@
+"""Supervised finetuning on SAMI's self-generated samples (context distillation), trained with TRL's `SFTTrainer`.
+
+A `samples.jsonl` record holds C responses, response j generated under constitution j, constitution 0 the positive
+one (`sami.sampling`). Its SFT example, the classic constitutional baseline (context distillation: Askell et al.
+2021, Bai et al. 2022; the SFT arm of the SAMI follow-up, arXiv 2410.01704):
+
+- completion: response 0, the one written under the positive constitution, with the whitespace the model wrote
+  before it (`meta.separators`); TRL appends the tokenizer's EOS to every completion (as DPO's; SAMI's
+  `eos: generated` has no counterpart here). Only the completion's tokens are trained on (TRL's
+  `completion_only_loss` for prompt-completion data);
+- prompt: `query` (default) = the bare query, so the model learns to behave as the constitution asks without being
+  told (the training template from the line holding `{query}` on; chat style: the user message, after the query's
+  own system text if it has one, without the constitution: `sami.comparisons.dpo.query_prompt`);
+  `constitution` = constitution 0's training prompt, the ablation (plain finetuning on the model's own answers
+  under the principles).
+
+`train_sft` trains like `sami.trainer.train_sami` and `sami.comparisons.dpo.train_dpo`: resume checkpoints every
+`save_steps`, the final model exported as a safetensors folder (LoRA merged), `log_history.json` written last.
+TRL is the optional extra `sami[compare]`; it is imported only when training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sami.comparisons.dpo import _completion, query_prompt
+from sami.comparisons.trl_args import known_fields, shared_training_fields, trl_class, trl_config
+from sami.errors import SamiInputError
+from sami.io import iter_jsonl
+
+if TYPE_CHECKING:
+    from sami.config import RunConfig
+    from sami.prompts import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+PROMPT_FORMS = ("query", "constitution")
+
+
+class SFTSettings(BaseModel):
+    """The `comparisons.sft` section of a run config: an SFT model trained at every iteration beside SAMI's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float | None = Field(None, gt=0.0, description="None: training.learning_rate (SAMI's)")
+    prompt: Literal["query", "constitution"] = Field(
+        "query",
+        description="the example's prompt: the bare query (context distillation) or, as an ablation, the positive "
+        "constitution's training prompt",
+    )
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps (None: the SAMI iteration's steps)")
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict, description="more SFTConfig fields (max_length, neftune_noise_alpha, ...)"
+    )
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _known_trainer_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return known_fields("SFTConfig", value)
+
+
+# ---- the dataset ---------------------------------------------------------------------------------------
+def sft_records(
+    samples_path: str | os.PathLike,
+    *,
+    prompt: str = "query",
+    template: PromptTemplate | None = None,
+    tokenizer: Any = None,
+) -> list[dict]:
+    """The SFT examples of `samples.jsonl`: `{"id", "prompt", "completion"}` per record (see the module docstring).
+    A bad record raises `SamiInputError` naming file:line."""
+    from sami.tokens import response_context
+
+    if prompt not in PROMPT_FORMS:
+        raise SamiInputError(f"prompt: expected one of {PROMPT_FORMS}, got {prompt!r}")
+    if prompt == "query" and template is None:
+        raise SamiInputError("prompt: 'query' needs the prompt template the samples were made with")
+    out = []
+    for lineno, rec in iter_jsonl(samples_path):
+        where = f"{samples_path}:{lineno}"
+        for key in ("id", "prompts", "responses") + (("query",) if prompt == "query" else ()):
+            if key not in rec:
+                raise SamiInputError(f"{where}: missing field '{key}'")
+        prompts, responses = rec["prompts"], rec["responses"]
+        if not (isinstance(prompts, list) and isinstance(responses, list) and len(prompts) == len(responses) >= 1):
+            raise SamiInputError(f"{where}: needs lists of prompts and responses of the same length")
+        if not str(responses[0]).strip():
+            raise SamiInputError(f"{where}: the positive constitution's response is empty")
+        separators, _ = response_context(rec, len(responses))
+        text = prompts[0] if prompt == "constitution" else query_prompt(template, rec, tokenizer)
+        completion = _completion(text, str(responses[0]), separators[0] if separators else None)
+        out.append({"id": str(rec["id"]), "prompt": text, "completion": completion})
+    if not out:
+        raise SamiInputError(f"{samples_path}: no samples")
+    return out
+
+
+def load_sft_dataset(samples_path: str | os.PathLike, **kwargs):
+    """`sft_records` as a `datasets.Dataset` (what `SFTTrainer` takes)."""
+    import datasets
+
+    return datasets.Dataset.from_list(sft_records(samples_path, **kwargs))
+
+
+# ---- settings --------------------------------------------------------------------------------------------
+def sft_config(output_dir: str | os.PathLike, **fields: Any):
+    """A TRL `SFTConfig` with SAMI training's defaults where TRL's differ (`trl_args.trl_config`); no packing and
+    TRL's completion-only loss."""
+    fields = {"packing": False, "completion_only_loss": True, **fields}
+    return trl_config(trl_class("SFTConfig"), output_dir, **fields)
+
+
+def sft_arguments(config: RunConfig, *, output_dir: str | os.PathLike, max_steps: int):
+    """The `SFTConfig` of one iteration's SFT stage: the run's training settings (batch, optimizer, schedule, seed,
+    logging, resume checkpoints), the learning rate and extra fields from `comparisons.sft`."""
+    sft = (config.comparisons.sft if config.comparisons is not None else None) or SFTSettings()
+    return sft_config(
+        output_dir,
+        **shared_training_fields(config),
+        learning_rate=sft.learning_rate or config.training.learning_rate,
+        max_steps=max_steps,
+        **sft.trainer_args,
+    )
+
+
+# ---- training --------------------------------------------------------------------------------------------
+def train_sft(
+    model_ref,
+    samples_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config,
+    *,
+    prompt: str = "query",
+    template: PromptTemplate | None = None,
+    lora=None,
+    tokenizer_ref: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> Path:
+    """Train `model_ref` with TRL's SFT on the examples of `samples.jsonl`; return the checkpoint folder
+    (`output_dir`). `config` is an `SFTConfig` (`sft_config`, `sft_arguments`). Files and resume as
+    `sami.trainer.train_sami`."""
+    from transformers import set_seed
+
+    from sami.models import load_model, load_tokenizer
+    from sami.trainer import _NoFinalCheckpoint, last_checkpoint, resolve_tokenizer_ref, train_and_export
+
+    output_dir = Path(output_dir)
+    tokenizer = load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
+    dataset = load_sft_dataset(samples_path, prompt=prompt, template=template, tokenizer=tokenizer)
+    args = dataclasses.replace(config, output_dir=str(output_dir))
+    set_seed(args.seed)
+    model = load_model(model_ref, lora=lora) if isinstance(model_ref, str | os.PathLike) else model_ref
+    model.train()
+    trainer = trl_class("SFTTrainer")(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.add_callback(_NoFinalCheckpoint())
+    checkpoint = last_checkpoint(output_dir) if resume else None
+    if checkpoint is not None:
+        log.info("resuming SFT training from %s", checkpoint)
+    return train_and_export(trainer, tokenizer, output_dir, checkpoint, merge_lora=True)
+
+
+def train_sft_from_config(
+    config: RunConfig, *, model_ref: str, samples_path: Path, output_dir: Path, max_steps: int
+) -> Path:
+    """One iteration's SFT model as the run config says, resuming from a checkpoint an earlier attempt left."""
+    sft = (config.comparisons.sft if config.comparisons is not None else None) or SFTSettings()
+    args = sft_arguments(config, output_dir=output_dir, max_steps=sft.max_steps or max_steps)
+    return train_sft(
+        model_ref,
+        samples_path,
+        output_dir,
+        args,
+        prompt=sft.prompt,
+        template=config.prompts.build(),
+        lora=config.model.lora,
+        resume=True,
+    )
+
+
+# ---- `sami train --method sft` ---------------------------------------------------------------------------
+def train_sft_command(args, overrides: dict[str, Any]) -> Path:
+    """`sami train --method sft`: `overrides` are the SAMIConfig fields set on the command line; those SFTConfig
+    shares override the --config's training settings, SAMI-only ones (and `--beta`) are an error."""
+    from sami.comparisons.dpo import SHARED_FLAGS
+    from sami.models import LoraSettings
+
+    shared = SHARED_FLAGS - {"beta"}
+    overrides = {k: v for k, v in overrides.items() if k != "output_dir"}  # passed on its own below
+    other = sorted(k for k, v in overrides.items() if k not in shared and v is not None)
+    if other:
+        flags = ", ".join("--" + k.replace("_", "-") for k in other)
+        raise SamiInputError(f"{flags}: not used by --method sft")
+    overrides = {k: v for k, v in overrides.items() if k in shared}
+    lora, model, form = None, args.model, args.sft_prompt
+    if args.config:
+        from sami.config import load_config
+
+        run_config = load_config(args.config)
+        base = sft_arguments(run_config, output_dir=args.output_dir, max_steps=args.max_steps or -1)
+        config = dataclasses.replace(base, **overrides)
+        template, lora = run_config.prompts.build(), run_config.model.lora
+        model = model or run_config.model.policy
+        sft = run_config.comparisons.sft if run_config.comparisons is not None else None
+        form = form or (sft.prompt if sft is not None else None)
+    else:
+        from sami.prompts import TemplateSettings
+
+        config = sft_config(args.output_dir, **overrides)
+        template = TemplateSettings().build()
+    if args.lora:
+        lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha)
+    return train_sft(
+        model or "default",
+        args.samples,
+        args.output_dir,
+        config,
+        prompt=form or "query",
+        template=template,
+        lora=lora,
+        tokenizer_ref=args.tokenizer,
+        resume=args.resume,
+    )
