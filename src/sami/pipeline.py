@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 def config_hash(config: RunConfig) -> str:
     """Hash of everything that changes results (not where the run is written, how it is launched, nor how often
     training checkpoints for resume)."""
-    data = config.model_dump(mode="json", exclude={"output_dir": True, "launcher": True, "training": {"save_steps"}})
+    exclude = {"output_dir": True, "launcher": True, "training": {"save_steps"}, "generation": set(NOT_IN_SAMPLES)}
+    data = config.model_dump(mode="json", exclude=exclude)
     if data.get("comparisons") is None:
         data.pop("comparisons", None)  # runs without comparisons keep the hash they had before the section existed
     return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
@@ -104,6 +105,8 @@ def train_queries(config: RunConfig, t: int) -> list[Query]:
 # Evaluation fields that do not change the evaluated responses: the judge (its own stage), whether a foreign judge's
 # file is judged again (the pipeline always does) and how often files are written.
 NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size")
+# Generation fields that say how a server is started, not what it generates: out of every hash.
+NOT_IN_SAMPLES = ("server", "server_port", "server_timeout")
 
 
 def stage_keys(config: RunConfig) -> dict[str, StageKey]:
@@ -117,7 +120,7 @@ def stage_keys(config: RunConfig) -> dict[str, StageKey]:
         "prompts": c["prompts"],
         "filters": c["filters"],
         "data.train": {k: data[k] for k in ("train", "train_per_iteration", "n_slices")},
-        "generation": c["generation"],
+        "generation": {k: v for k, v in c["generation"].items() if k not in NOT_IN_SAMPLES},
         "seed": c["seed"],
     }
     training = {k: v for k, v in c["training"].items() if k != "save_steps"}
@@ -228,6 +231,7 @@ class Pipeline:
         return [q for src in self.config.data.eval for q in load_queries(src)[:limit]]
 
     def generate(self, t: int, cset: ConstitutionSet) -> None:
+        from sami.generation.server import policy_endpoint
         from sami.sampling import generate_samples, policy_generator
 
         name = f"iter-{t}/samples"
@@ -247,18 +251,24 @@ class Pipeline:
             run_stage(self.config.launcher, [*args, "--policy", self.checkpoint(t - 1)], what=name)
             stats = json.loads(self.layout.samples_stats(t).read_text(encoding="utf-8"))
         else:
-            generator, tokenizer = policy_generator(self.config, self.checkpoint(t - 1))
-            stats = generate_samples(
-                generator,
-                self.train_queries(t),
-                cset,
-                out,
-                self.config.sampling,
-                template=self.config.prompts.build(),
-                filters=self.config.filters,
-                seed=iteration_seed(self.config, t),
-                tokenizer=tokenizer,
-            )
+            policy = self.checkpoint(t - 1)
+            with policy_endpoint(
+                self.config.generation, policy, base_policy=self.config.model.policy, what=name,
+                log_path=out.parent / "server.log",
+            ) as generation:  # fmt: skip
+                config = self.config.model_copy(update={"generation": generation})
+                generator, tokenizer = policy_generator(config, policy)
+                stats = generate_samples(
+                    generator,
+                    self.train_queries(t),
+                    cset,
+                    out,
+                    self.config.sampling,
+                    template=self.config.prompts.build(),
+                    filters=self.config.filters,
+                    seed=iteration_seed(self.config, t),
+                    tokenizer=tokenizer,
+                )
         if not stats.get("kept"):
             raise SamiInputError(
                 f"{name}: every generated example was dropped by the filters "

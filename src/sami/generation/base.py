@@ -95,6 +95,16 @@ class GenerationSettings(BaseModel):
     model_name: str | None = Field(
         None, description="openai: model name on the server (None: the first model the server lists)"
     )
+    server: str | None = Field(
+        None,
+        description="openai: a command the run starts on the policy for each self-generation stage and stops after "
+        "it, with {model} and {port} filled in, e.g. 'vllm serve {model} --port {port}' (None: a server you run; "
+        "for a trained checkpoint it must list that checkpoint's path in /v1/models, or the stage stops)",
+    )
+    server_port: int = Field(8000, ge=1, le=65535, description="openai: the port {port} of generation.server")
+    server_timeout: float = Field(
+        900.0, gt=0, description="openai: seconds generation.server may take to answer /v1/models"
+    )
     max_concurrency: int = Field(8, ge=1, description="openai: requests in flight at once")
     timeout: float = Field(120.0, gt=0, description="openai: seconds per request before it counts as failed")
     max_retries: int = Field(5, ge=0, description="openai: retries per request on 429/5xx/connection errors/timeouts")
