@@ -41,11 +41,13 @@ from sami.logprobs import (
     unwrap_model,
 )
 from sami.loss import sami_loss
+from sami.optimizer_guard import OptimizerCheck, keep_torch_optimizer
 from sami.tokens import resolve_eos, response_context
 
 log = logging.getLogger(__name__)
 
 SAMI_STATE = "sami_state.json"
+TRAIN_INFO = "train_info.json"  # the optimizer that stepped, the distributed type, the number of processes
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -307,6 +309,12 @@ class SAMITrainer(Trainer):
             self.ref_model = copy.deepcopy(unwrap_data_parallel(self.model)).eval().requires_grad_(False)
         if self.ref_model is not None:
             self.ref_model.to(self.args.device)
+        self.optimizer_check = OptimizerCheck(self)
+        self.add_callback(self.optimizer_check)
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        keep_torch_optimizer(self)  # ZeRO optimizer offload: the named optimizer, not DeepSpeedCPUAdam
 
     def _ref_logits(self, model, inputs) -> torch.Tensor:
         """The reference's [K, V] logits (unchunked path)."""
@@ -627,6 +635,11 @@ def train_and_export(trainer, tokenizer, output_dir: Path, checkpoint: Path | No
     elif trainer.args.should_save:
         export_checkpoint(trainer.model, tokenizer, output_dir, merge_lora=merge_lora)
     if trainer.args.should_save:
+        check = getattr(trainer, "optimizer_check", None)
+        info = {"optimizer": check.name if check is not None else None}
+        info["distributed_type"] = str(trainer.accelerator.distributed_type)
+        info["num_processes"] = trainer.args.world_size
+        atomic_write_json(output_dir / TRAIN_INFO, info)
         atomic_write_json(output_dir / "log_history.json", trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()
     if trainer.args.should_save:
