@@ -42,6 +42,8 @@ AUTO_CHUNK_ELEMENTS = 2**23
 AUTO_MIN_LOGITS = 2**26
 # config attributes of models whose forward changes the logits after the LM head
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logits_scale")
+# Where the forward hooks of FSDP2 (`fully_shard`) and DeepSpeed ZeRO-3 (parameter gathering) are defined
+_SHARDING_HOOK_MODULES = ("torch.distributed.fsdp", "deepspeed.runtime.zero")
 
 
 def auto_chunk_size(vocab_size: int) -> int:
@@ -62,12 +64,40 @@ def resolve_chunk_size(chunk_size: int | None, vocab_size: int, n_positions: int
     return int(chunk_size)
 
 
+def _is_plain_linear(head) -> bool:
+    """An `nn.Linear`, or one that FSDP2's `fully_shard` made an `FSDPLinear` (it swaps the class for a subclass
+    of `(FSDPModule, Linear)`); a peft LoRA layer or `ModulesToSaveWrapper` is not."""
+    cls = type(head)
+    if cls is torch.nn.Linear:
+        return True
+    return cls.__bases__[-1:] == (torch.nn.Linear,) and all(_is_fsdp2_class(b) for b in cls.__bases__[:-1])
+
+
+def _is_fsdp2_class(cls: type) -> bool:
+    return cls.__module__.startswith(_SHARDING_HOOK_MODULES[0]) and cls.__name__ == "FSDPModule"
+
+
+def _hook_module(hook) -> str:
+    while hasattr(hook, "func"):  # functools.partial
+        hook = hook.func
+    return getattr(hook, "__module__", None) or ""
+
+
+def _only_sharding_hooks(head) -> bool:
+    """Whether every forward hook on `head` is FSDP2's or DeepSpeed ZeRO-3's: they gather the weight for the
+    forward (and again for the backward) and never look at the output. Any other hook may expect to see (and
+    edit) the logits."""
+    hooks = [*head._forward_hooks.values(), *head._forward_pre_hooks.values()]
+    return all(_hook_module(h).startswith(_SHARDING_HOOK_MODULES) for h in hooks)
+
+
 def supports_chunked_head(base) -> bool:
-    """Whether `base` (an unwrapped transformers model) has a plain linear head whose output is the logits."""
+    """Whether `base` (an unwrapped transformers model) has a plain linear head whose output is the logits
+    (under FSDP2 or ZeRO-3 the head is sharded and hooked by them: still a plain head)."""
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if type(head) is not torch.nn.Linear:  # a peft LoRA layer or ModulesToSaveWrapper is not a plain Linear
+    if head is None or not _is_plain_linear(head):
         return False
-    if head._forward_hooks or head._forward_pre_hooks:  # a hook on the head expects to see (and may edit) logits
+    if not _only_sharding_hooks(head):
         return False
     config = getattr(base, "config", None)
     for name in _LOGIT_POSTPROCESSING:
