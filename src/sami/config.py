@@ -19,7 +19,7 @@ from sami.data import QuerySource
 from sami.errors import SamiInputError
 from sami.evaluation.evaluate import EvaluationSettings
 from sami.generation import GenerationSettings
-from sami.models import LoraSettings
+from sami.models import LoraSettings, check_attention
 from sami.prompts import FilterSettings, TemplateSettings
 from sami.sampling import SamplingSettings
 from sami.settings import read_yaml, validate
@@ -37,9 +37,19 @@ class ModelSettings(_Section):
     )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="weights dtype")
     trust_remote_code: bool = Field(False, description="allow custom model code from the model folder")
+    attn_implementation: str = Field(
+        "sdpa",
+        description="attention for training and evaluation's scoring: sdpa, eager or flex_attention (GPU; no "
+        "backward on the CPU); flash_attention_2 takes no 4D mask, so SAMI's prefix-shared rows cannot use it",
+    )
     lora: dict[str, Any] | None = Field(
         None, description="LoRA adapter settings (r, alpha, dropout, target_modules); null trains all weights"
     )
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _check_attention(cls, value):
+        return check_attention(value)
 
     @field_validator("lora")
     @classmethod

@@ -70,6 +70,7 @@ def training_arguments(config: RunConfig, *, output_dir: Path, max_steps: int):
         max_steps=max_steps,
         seed=config.seed,
         n_constitutions=config.sampling.n_constitutions,
+        attn_implementation=config.model.attn_implementation,
         **fields,
         **tr.trainer_args,
     )
@@ -356,6 +357,7 @@ class Pipeline:
             # the base model's MI and lengths are iteration 0's own: taken from there, not generated again
             "baseline_evals": {"base": self.layout.eval(0).root, **(baseline_evals or {})},
             "trust_remote_code": config.model.trust_remote_code,
+            "attn_implementation": config.model.attn_implementation,
             "console": self.console,
         }
         settings = run_settings(config)
@@ -393,6 +395,10 @@ class Pipeline:
 
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self) -> Path:
+        from sami.models import check_attention
+
+        # FlexAttention trains only on an accelerator: stop before iteration 0, not at the first training stage
+        check_attention(self.config.model.attn_implementation, backward=True)
         random.seed(self.config.seed)
         cset = self.constitutions()
         self.evaluate(0, cset)

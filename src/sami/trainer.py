@@ -55,6 +55,10 @@ TRAINER_STATE = "trainer_state.json"
 class SAMIConfig(TrainingArguments):
     """`TrainingArguments` plus the SAMI options. Defaults that differ from `TrainingArguments` are noted."""
 
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={"help": "Attention of the trained model: sdpa, eager or flex_attention (no CPU backward)."},
+    )
     n_constitutions: int | None = field(
         default=None,
         metadata={"help": "Constitutions per example (C >= 2). None accepts any C, the same within a batch."},
@@ -591,8 +595,9 @@ def train_sami(
     `last_checkpoint`), if any: same data order, optimizer, scheduler and RNG, so it ends with the weights of an
     uninterrupted run. The resume checkpoints are deleted once the final model is written.
     """
-    from sami.models import apply_lora, load_model, load_tokenizer
+    from sami.models import apply_lora, check_attention, load_model, load_tokenizer
 
+    check_attention(config.attn_implementation, field="attn_implementation", backward=True)
     output_dir = Path(output_dir)
     dataset = load_samples(samples_path)
     tokenizer = load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
@@ -600,7 +605,7 @@ def train_sami(
     args = dataclasses.replace(config, output_dir=str(output_dir))
     set_seed(args.seed)  # a LoRA adapter's random initialisation follows the seed (the Trainer seeds only later)
     if isinstance(model_ref, str | os.PathLike):
-        model = load_model(model_ref, lora=lora)
+        model = load_model(model_ref, lora=lora, attn_implementation=config.attn_implementation)
     else:
         model = apply_lora(model_ref, lora) if lora is not None else model_ref
     model.train()
