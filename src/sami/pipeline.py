@@ -232,6 +232,7 @@ class Pipeline:
         return [q for src in self.config.data.eval for q in load_queries(src)[:limit]]
 
     def generate(self, t: int, cset: ConstitutionSet) -> None:
+        from sami.generation.base import closing
         from sami.generation.server import policy_endpoint
         from sami.sampling import generate_samples, policy_generator
 
@@ -259,17 +260,18 @@ class Pipeline:
             ) as generation:  # fmt: skip
                 config = self.config.model_copy(update={"generation": generation})
                 generator, tokenizer = policy_generator(config, policy)
-                stats = generate_samples(
-                    generator,
-                    self.train_queries(t),
-                    cset,
-                    out,
-                    self.config.sampling,
-                    template=self.config.prompts.build(),
-                    filters=self.config.filters,
-                    seed=iteration_seed(self.config, t),
-                    tokenizer=tokenizer,
-                )
+                with closing(generator):  # the vLLM engine is shut down when the stage ends, also on error
+                    stats = generate_samples(
+                        generator,
+                        self.train_queries(t),
+                        cset,
+                        out,
+                        self.config.sampling,
+                        template=self.config.prompts.build(),
+                        filters=self.config.filters,
+                        seed=iteration_seed(self.config, t),
+                        tokenizer=tokenizer,
+                    )
         if not stats.get("kept"):
             raise SamiInputError(
                 f"{name}: every generated example was dropped by the filters "

@@ -313,6 +313,7 @@ class SAMITrainer(Trainer):
             self.ref_model = copy.deepcopy(unwrap_data_parallel(self.model)).eval().requires_grad_(False)
         if self.ref_model is not None:
             self.ref_model.to(self.args.device)
+        self.head_chunk_sizes: set[int] = set()
         self.optimizer_check = OptimizerCheck(self)
         self.add_callback(self.optimizer_check)
 
@@ -344,7 +345,8 @@ class SAMITrainer(Trainer):
         """Chunk size of the LM head for this model and batch (0 = unchunked)."""
         chunk = head_chunk_size(model, inputs, self.args.logprob_chunk_size)
         if self.ref_model is not None and not supports_chunked_head(unwrap_model(self.ref_model)):
-            return 0
+            chunk = 0
+        self.head_chunk_sizes.add(chunk)  # train_info.json: whether the chunked head ran (0: unchunked)
         return chunk
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -644,6 +646,7 @@ def train_and_export(trainer, tokenizer, output_dir: Path, checkpoint: Path | No
         info = {"optimizer": check.name if check is not None else None}
         info["distributed_type"] = str(trainer.accelerator.distributed_type)
         info["num_processes"] = trainer.args.world_size
+        info["head_chunk_sizes"] = sorted(getattr(trainer, "head_chunk_sizes", ()))  # rank 0's batches
         atomic_write_json(output_dir / TRAIN_INFO, info)
         atomic_write_json(output_dir / "log_history.json", trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -148,6 +150,18 @@ def make_generator(settings: GenerationSettings | None = None, *, model: Any = N
 
         return VLLMGenerator.from_settings(settings, model=model)
     raise SamiInputError(f"generation.backend: expected hf, openai or vllm, got {settings.backend!r}")
+
+
+@contextmanager
+def closing(generator: Any) -> Iterator[Any]:
+    """Yield `generator`; afterwards (success or error) call its `close()` if it has one: a vLLM engine or a
+    server client does not outlive the stage that built it."""
+    try:
+        yield generator
+    finally:
+        close = getattr(generator, "close", None)
+        if callable(close):
+            close()
 
 
 def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
