@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sami.comparisons.dpo import DPOSettings
+from sami.compat import transformers_version, translate_trainer_args
 from sami.data import QuerySource
 from sami.errors import SamiInputError
 from sami.evaluation.evaluate import EvaluationSettings
@@ -138,9 +139,10 @@ class TrainingSettings(_Section):
         from sami.trainer import SAMIConfig
 
         known = {f.name for f in dataclasses.fields(SAMIConfig)}
+        value = translate_trainer_args(value, known, where="training.trainer_args")
         for key in value:
             if key not in known:
-                raise ValueError(f"unknown TrainingArguments field {key!r}")
+                raise ValueError(f"unknown TrainingArguments field {key!r} (transformers {transformers_version()})")
         return value
 
 
