@@ -78,8 +78,16 @@ def _is_fsdp2_class(cls: type) -> bool:
 
 
 def _hook_module(hook) -> str:
-    while hasattr(hook, "func"):  # functools.partial
-        hook = hook.func
+    """The module that defines `hook`, under `functools.partial` and `functools.wraps` wrappers (DeepSpeed wraps
+    its post-forward hook in `deepspeed.utils.nvtx.instrument_w_nvtx`, a closure without `functools.wraps`)."""
+    for _ in range(10):
+        inner = getattr(hook, "func", None) or getattr(hook, "__wrapped__", None)
+        if inner is None and getattr(hook, "__module__", None) == "deepspeed.utils.nvtx":  # a plain closure
+            cells = [c.cell_contents for c in getattr(hook, "__closure__", None) or ()]
+            inner = next((c for c in cells if callable(c)), None)
+        if inner is None:
+            break
+        hook = inner
     return getattr(hook, "__module__", None) or ""
 
 
