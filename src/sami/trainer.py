@@ -29,6 +29,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sami.errors import SamiInputError
+from sami.export import cast_export
 from sami.io import atomic_write_json, iter_jsonl
 from sami.lm_head import supports_chunked_head
 from sami.logprobs import (
@@ -641,6 +642,8 @@ def train_and_export(trainer, tokenizer, output_dir: Path, checkpoint: Path | No
             tokenizer.save_pretrained(output_dir)
     elif trainer.args.should_save:
         export_checkpoint(trainer.model, tokenizer, output_dir, merge_lora=merge_lora)
+    if trainer.args.should_save and (trainer.args.bf16 or trainer.args.fp16):  # the training dtype, not fp32
+        cast_export(output_dir, torch.bfloat16 if trainer.args.bf16 else torch.float16)
     if trainer.args.should_save:
         check = getattr(trainer, "optimizer_check", None)
         info = {"optimizer": check.name if check is not None else None}
