@@ -117,13 +117,14 @@ class MemorySampler(threading.Thread):
 
 def stage_table(run_dir: Path, samples: list[tuple[float, int]], start: float) -> list[dict]:
     """Per finished stage, in run order: seconds (from the previous stage's end; the manifest keeps only
-    `finished_at`, to the second) and the peak memory sampled in that window."""
+    `finished_at`, to the second, so the first stage includes the run's start-up) and the peak memory sampled in
+    that window."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    ends = sorted(
+    ends = [  # the manifest lists stages in the order they finished
         (datetime.strptime(rec["finished_at"], "%Y-%m-%dT%H:%M:%S%z").timestamp(), name)
         for name, rec in manifest.get("stages", {}).items()
         if rec.get("finished_at")
-    )
+    ]
     rows, t0 = [], start
     for t1, name in ends:
         peak = max((m for t, m in samples if t0 - 1 <= t <= t1 + 1), default=None)

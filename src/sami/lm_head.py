@@ -18,7 +18,10 @@ the backward, which is triggered from the forward's outputs; the weight saved fo
 exactly as `nn.Linear` saves it) and peft (the adapter-wrapped forward is the one called) all see an ordinary
 forward whose output depends on the head weight. Models whose forward changes the logits after the head
 (soft-capping, logit scales) or whose head is not a plain `nn.Linear` (a LoRA-adapted or `modules_to_save`
-head) use the unchunked path, and so does a head with forward hooks (they expect to see logits).
+head) use the unchunked path, and so does a head with forward hooks (they expect to see logits), except FSDP2's
+own: accelerate's FSDP2 wrapping makes `[final norm, lm_head]` an FSDP unit of their own (the head becomes an
+`FSDPLinear` with FSDP's hooks). Under DeepSpeed ZeRO-3 (which hooks every module) the unchunked path is kept: the
+chunked one did not reproduce the unsharded weights there (`_SHARDING_HOOK_MODULES`).
 
 Why by hand: TRL's `selective_log_softmax` starts from logits that are already materialised; Liger-Kernel's
 fused linear cross-entropy is a Triton (GPU-only) kernel that returns a mean loss, not per-token log-probs with
@@ -42,8 +45,10 @@ AUTO_CHUNK_ELEMENTS = 2**23
 AUTO_MIN_LOGITS = 2**26
 # config attributes of models whose forward changes the logits after the LM head
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logits_scale")
-# Where the forward hooks of FSDP2 (`fully_shard`) and DeepSpeed ZeRO-3 (parameter gathering) are defined
-_SHARDING_HOOK_MODULES = ("torch.distributed.fsdp", "deepspeed.runtime.zero")
+# Where the forward hooks of FSDP2 (`fully_shard`) are defined: the chunked head is exact under them. DeepSpeed
+# ZeRO-3's (`deepspeed.runtime.zero`) are recognised but keep the unchunked path: forced on under ZeRO-3 on 2 CPU
+# processes, the chunked head trained weights 1e-4 away from the unsharded run (unchunked: 1.2e-6), cause not found.
+_SHARDING_HOOK_MODULES = ("torch.distributed.fsdp",)
 
 
 def auto_chunk_size(vocab_size: int) -> int:
@@ -92,16 +97,16 @@ def _hook_module(hook) -> str:
 
 
 def _only_sharding_hooks(head) -> bool:
-    """Whether every forward hook on `head` is FSDP2's or DeepSpeed ZeRO-3's: they gather the weight for the
-    forward (and again for the backward) and never look at the output. Any other hook may expect to see (and
-    edit) the logits."""
+    """Whether every forward hook on `head` is FSDP2's: they gather the weight for the forward (and again for the
+    backward) and never look at the output. Any other hook may expect to see (and edit) the logits."""
     hooks = [*head._forward_hooks.values(), *head._forward_pre_hooks.values()]
     return all(_hook_module(h).startswith(_SHARDING_HOOK_MODULES) for h in hooks)
 
 
 def supports_chunked_head(base) -> bool:
     """Whether `base` (an unwrapped transformers model) has a plain linear head whose output is the logits
-    (under FSDP2 or ZeRO-3 the head is sharded and hooked by them: still a plain head)."""
+    (under FSDP2 the head is sharded and hooked by it: still a plain head; under ZeRO-3: not, see
+    `_SHARDING_HOOK_MODULES`)."""
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if head is None or not _is_plain_linear(head):
         return False
