@@ -48,16 +48,19 @@ def class_name(obj: Any) -> str:
 
 
 class OptimizerCheck(TrainerCallback):
-    """At the start of training: the stepping optimizer is an instance of the class `optim` names, else stop.
-    Keeps its class name in `name` (written to `train_info.json`)."""
+    """At the start of training: the stepping optimizer is an instance of the class `optim` names, else stop
+    (`enforce=False`: the Trainer was given its optimizer, which is then only recorded). Keeps its class name in
+    `name` (written to `train_info.json`)."""
 
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
+    def __init__(self, trainer: Trainer, *, enforce: bool = True):
+        self.trainer, self.enforce = trainer, enforce
         self.name: str | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         running = stepping_optimizer(kwargs.get("optimizer") or self.trainer.optimizer)
         self.name = class_name(running)
+        if not self.enforce:
+            return control
         expected, _ = self.trainer.get_optimizer_cls_and_kwargs(args, self.trainer.model)
         if isinstance(expected, type) and not isinstance(running, expected):
             raise SamiInputError(

@@ -315,7 +315,8 @@ class SAMITrainer(Trainer):
         if self.ref_model is not None:
             self.ref_model.to(self.args.device)
         self.head_chunk_sizes: set[int] = set()
-        self.optimizer_check = OptimizerCheck(self)
+        given = (kwargs.get("optimizers") or (None, None))[0] is not None  # the caller's own optimizer: not checked
+        self.optimizer_check = OptimizerCheck(self, enforce=not given)
         self.add_callback(self.optimizer_check)
 
     def create_accelerator_and_postprocess(self):
