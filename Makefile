@@ -10,7 +10,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
   -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
   -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
-.PHONY: run test lint format install install-test clean
+.PHONY: run test lint format install install-test clean check-extras
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: install-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/pytest -q
+
+# Each optional extra resolves beside the project's pins (pip's resolver, dry run: nothing is installed; needs the
+# package index, takes minutes on a cold pip cache).
+check-extras: $(BIN)/python
+	.ci/resolve_extras.sh $(BIN)/pip
 
 lint:
 	$(BIN)/ruff check --fix src tests benchmarks

@@ -297,3 +297,76 @@ def test_chunked_head_under_ddp_and_fsdp2_equals_unchunked(default_tokenizer, wr
             join=True,
         )
         assert dict(results) == {0: "ok", 1: "ok"}
+
+
+def _accelerate_fsdp2_worker(rank: int, world: int, port: int, vocab: int, tied: bool, results) -> None:
+    """FSDP2 wrapped as accelerate's `fsdp2_prepare_model` does: each decoder layer, the input embedding (untied),
+    the tail `[final norm, lm_head]` (with the embedding when tied) as one unit without resharding, then the root.
+    The chunked head must be taken and give the gradients of the unsharded model on both ranks' batches."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from sami.logprobs import head_chunk_size
+    from sami.models import default_model_path, load_tokenizer
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        tokenizer = load_tokenizer(default_model_path())
+        batches = [packed_batch(tokenizer, 2 + r, n_queries=1) for r in range(world)]  # a different C per rank
+        reference = make_tiny_model(vocab, seed=11, tie_word_embeddings=tied).train()
+        ref_loss = sum(
+            sami_loss(packed_logprobs(reference, b, chunk_size=0).view(1, 2 + r, 2 + r)).loss
+            for r, b in enumerate(batches)
+        )
+        (ref_loss / world).backward()  # FSDP averages the ranks' gradients
+        expected = {n: p.grad.detach().clone() for n, p in reference.named_parameters() if p.grad is not None}
+
+        model = make_tiny_model(vocab, seed=11, tie_word_embeddings=tied).train()
+        for layer in model.model.layers:
+            fully_shard(layer)
+        embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+        if not tied:
+            fully_shard(embed)
+        fully_shard([model.model.norm, *([embed] if tied else []), head], reshard_after_forward=False)
+        wrapped = fully_shard(model)
+        assert isinstance(head, FSDPModule) and isinstance(head.weight, DTensor)  # sharded and hooked
+        assert head._forward_pre_hooks or head._forward_hooks
+        assert head_chunk_size(wrapped, batches[rank], 3) == 3  # the chunked path is taken
+        matrix = packed_logprobs(wrapped, batches[rank], chunk_size=3)
+        sami_loss(matrix.view(1, 2 + rank, 2 + rank)).loss.backward()
+        for name, p in model.named_parameters():
+            got = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+            torch.testing.assert_close(got, expected[name], **TOL, msg=lambda m, n=name: f"{n}: {m}")
+        assert expected["lm_head.weight" if not tied else "model.embed_tokens.weight"].abs().sum() > 0
+        results[rank] = "ok"
+    except Exception as e:  # reported by the parent
+        results[rank] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_chunked_head_recognised_under_accelerates_fsdp2_wrapping(default_tokenizer, tied):
+    import torch.multiprocessing as mp
+    from conftest import free_port
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(
+            _accelerate_fsdp2_worker,
+            args=(2, free_port(), len(default_tokenizer), tied, results),
+            nprocs=2,
+            join=True,
+        )
+        assert dict(results) == {0: "ok", 1: "ok"}
+
+
+def test_foreign_hooks_on_the_head_still_turn_the_chunked_head_off(default_tokenizer):
+    model = make_tiny_model(len(default_tokenizer), seed=0, tie_word_embeddings=False)
+    assert supports_chunked_head(model)
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, i, o: o * 2)
+    assert not supports_chunked_head(model)
+    handle.remove()

@@ -16,11 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sami.comparisons.dpo import DPOSettings
 from sami.comparisons.sft import SFTSettings
+from sami.compat import transformers_version, translate_trainer_args
 from sami.data import QuerySource
 from sami.errors import SamiInputError
 from sami.evaluation.evaluate import EvaluationSettings
 from sami.generation import GenerationSettings
-from sami.models import LoraSettings
+from sami.models import LoraSettings, check_attention
 from sami.prompts import FilterSettings, TemplateSettings
 from sami.sampling import SamplingSettings
 from sami.settings import ENV_VAR_NAME, read_yaml, validate
@@ -32,6 +33,7 @@ RUN_SET_ARGS = {
     "max_steps": "iterations.steps",
     "seed": "seed",
     "n_constitutions": "sampling.n_constitutions",
+    "attn_implementation": "model.attn_implementation",
 }
 
 
@@ -45,9 +47,19 @@ class ModelSettings(_Section):
     )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="weights dtype")
     trust_remote_code: bool = Field(False, description="allow custom model code from the model folder")
+    attn_implementation: str = Field(
+        "sdpa",
+        description="attention for training and evaluation's scoring: sdpa, eager or flex_attention (GPU; no "
+        "backward on the CPU); flash_attention_2 takes no 4D mask, so SAMI's prefix-shared rows cannot use it",
+    )
     lora: dict[str, Any] | None = Field(
         None, description="LoRA adapter settings (r, alpha, dropout, target_modules); null trains all weights"
     )
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _check_attention(cls, value):
+        return check_attention(value)
 
     @field_validator("lora")
     @classmethod
@@ -140,9 +152,10 @@ class TrainingSettings(_Section):
         from sami.trainer import SAMIConfig
 
         known = {f.name for f in dataclasses.fields(SAMIConfig)}
+        value = translate_trainer_args(value, known, where="training.trainer_args")
         for key in value:
             if key not in known:
-                raise ValueError(f"unknown TrainingArguments field {key!r}")
+                raise ValueError(f"unknown TrainingArguments field {key!r} (transformers {transformers_version()})")
             if key in cls.model_fields or key in RUN_SET_ARGS:
                 where = f"training.{key}" if key in cls.model_fields else RUN_SET_ARGS[key]
                 raise ValueError(f"{key!r} is set by {where}; give it there, not in trainer_args")

@@ -18,7 +18,10 @@ the backward, which is triggered from the forward's outputs; the weight saved fo
 exactly as `nn.Linear` saves it) and peft (the adapter-wrapped forward is the one called) all see an ordinary
 forward whose output depends on the head weight. Models whose forward changes the logits after the head
 (soft-capping, logit scales) or whose head is not a plain `nn.Linear` (a LoRA-adapted or `modules_to_save`
-head) use the unchunked path, and so does a head with forward hooks (they expect to see logits).
+head) use the unchunked path, and so does a head with forward hooks (they expect to see logits), except FSDP2's
+own: accelerate's FSDP2 wrapping makes `[final norm, lm_head]` an FSDP unit of their own (the head becomes an
+`FSDPLinear` with FSDP's hooks). Under DeepSpeed ZeRO-3 (which hooks every module) the unchunked path is kept: the
+chunked one did not reproduce the unsharded weights there (`_SHARDING_HOOK_MODULES`).
 
 Why by hand: TRL's `selective_log_softmax` starts from logits that are already materialised; Liger-Kernel's
 fused linear cross-entropy is a Triton (GPU-only) kernel that returns a mean loss, not per-token log-probs with
@@ -42,6 +45,10 @@ AUTO_CHUNK_ELEMENTS = 2**23
 AUTO_MIN_LOGITS = 2**26
 # config attributes of models whose forward changes the logits after the LM head
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logits_scale")
+# Where the forward hooks of FSDP2 (`fully_shard`) are defined: the chunked head is exact under them. DeepSpeed
+# ZeRO-3's (`deepspeed.runtime.zero`) are recognised but keep the unchunked path: forced on under ZeRO-3 on 2 CPU
+# processes, the chunked head trained weights 1e-4 away from the unsharded run (unchunked: 1.2e-6), cause not found.
+_SHARDING_HOOK_MODULES = ("torch.distributed.fsdp",)
 
 
 def auto_chunk_size(vocab_size: int) -> int:
@@ -62,12 +69,48 @@ def resolve_chunk_size(chunk_size: int | None, vocab_size: int, n_positions: int
     return int(chunk_size)
 
 
+def _is_plain_linear(head) -> bool:
+    """An `nn.Linear`, or one that FSDP2's `fully_shard` made an `FSDPLinear` (it swaps the class for a subclass
+    of `(FSDPModule, Linear)`); a peft LoRA layer or `ModulesToSaveWrapper` is not."""
+    cls = type(head)
+    if cls is torch.nn.Linear:
+        return True
+    return cls.__bases__[-1:] == (torch.nn.Linear,) and all(_is_fsdp2_class(b) for b in cls.__bases__[:-1])
+
+
+def _is_fsdp2_class(cls: type) -> bool:
+    return cls.__module__.startswith(_SHARDING_HOOK_MODULES[0]) and cls.__name__ == "FSDPModule"
+
+
+def _hook_module(hook) -> str:
+    """The module that defines `hook`, under `functools.partial` and `functools.wraps` wrappers (DeepSpeed wraps
+    its post-forward hook in `deepspeed.utils.nvtx.instrument_w_nvtx`, a closure without `functools.wraps`)."""
+    for _ in range(10):
+        inner = getattr(hook, "func", None) or getattr(hook, "__wrapped__", None)
+        if inner is None and getattr(hook, "__module__", None) == "deepspeed.utils.nvtx":  # a plain closure
+            cells = [c.cell_contents for c in getattr(hook, "__closure__", None) or ()]
+            inner = next((c for c in cells if callable(c)), None)
+        if inner is None:
+            break
+        hook = inner
+    return getattr(hook, "__module__", None) or ""
+
+
+def _only_sharding_hooks(head) -> bool:
+    """Whether every forward hook on `head` is FSDP2's: they gather the weight for the forward (and again for the
+    backward) and never look at the output. Any other hook may expect to see (and edit) the logits."""
+    hooks = [*head._forward_hooks.values(), *head._forward_pre_hooks.values()]
+    return all(_hook_module(h).startswith(_SHARDING_HOOK_MODULES) for h in hooks)
+
+
 def supports_chunked_head(base) -> bool:
-    """Whether `base` (an unwrapped transformers model) has a plain linear head whose output is the logits."""
+    """Whether `base` (an unwrapped transformers model) has a plain linear head whose output is the logits
+    (under FSDP2 the head is sharded and hooked by it: still a plain head; under ZeRO-3: not, see
+    `_SHARDING_HOOK_MODULES`)."""
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if type(head) is not torch.nn.Linear:  # a peft LoRA layer or ModulesToSaveWrapper is not a plain Linear
+    if head is None or not _is_plain_linear(head):
         return False
-    if head._forward_hooks or head._forward_pre_hooks:  # a hook on the head expects to see (and may edit) logits
+    if not _only_sharding_hooks(head):
         return False
     config = getattr(base, "config", None)
     for name in _LOGIT_POSTPROCESSING:

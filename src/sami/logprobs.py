@@ -294,9 +294,11 @@ def attention_mask_for(base, segment_ids: torch.Tensor, *, dense: bool = False):
 
 
 def unwrap_model(model):
-    """The plain transformers model inside DDP/DataParallel and peft wrappers."""
+    """The plain transformers model inside DDP/DataParallel, DeepSpeed engine and peft wrappers."""
     while True:
         if isinstance(model, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif type(model).__name__ == "DeepSpeedEngine" and hasattr(model, "module"):  # ZeRO: Trainer's model
             model = model.module
         elif hasattr(model, "get_base_model"):
             model = model.get_base_model()

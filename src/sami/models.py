@@ -155,6 +155,33 @@ def torch_dtype(dtype: str | None):
     return getattr(torch, _DTYPES[dtype])
 
 
+# Attention implementations that take the 4D / block masks of SAMI's prefix-shared rows (`sami.logprobs`).
+PACKING_ATTENTION = ("sdpa", "eager", "flex_attention")
+
+
+def check_attention(impl: str, *, field: str = "model.attn_implementation", backward: bool = False) -> str:
+    """`impl` if SAMI's scoring can use it (and, with `backward`, train with it here), else a `SamiInputError`.
+
+    flash_attention_2 takes no 4D mask, so it cannot score prefix-shared rows; FlexAttention has no backward on
+    the CPU (PyTorch raises NotImplementedError there) and its compiled kernels need an accelerator."""
+    if impl not in PACKING_ATTENTION:
+        raise SamiInputError(
+            f"{field}: {impl!r} cannot score SAMI's prefix-shared rows (they need a 4D or block attention mask); "
+            f"use one of {', '.join(PACKING_ATTENTION)}"
+        )
+    if backward and impl == "flex_attention" and not _accelerator():
+        raise SamiInputError(
+            f"{field}: flex_attention has no backward on the CPU (PyTorch: NotImplementedError); use sdpa here"
+        )
+    return impl
+
+
+def _accelerator() -> bool:
+    import torch
+
+    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+
+
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,

@@ -179,8 +179,12 @@ class OpenAIClient:
 
     def models(self) -> list[str]:
         """The model ids the server lists."""
+        return [m["id"] for m in self.model_entries()]
+
+    def model_entries(self) -> list[dict[str, Any]]:
+        """The server's `/v1/models` entries: `id` and any extra fields (vLLM's `root`: the path it loaded)."""
         listing = self._with_retries(lambda: self._client.models.list(), None, what="list models")
-        return [m.id for m in getattr(listing, "data", []) or []]
+        return [{**(getattr(m, "model_extra", None) or {}), "id": m.id} for m in getattr(listing, "data", []) or []]
 
     def map(self, fn: Callable[[T, threading.Event], R], items: list[T]) -> list[R]:
         """`[fn(item, abort) for item in items]` in up to `max_concurrency` threads, results in item order.

@@ -66,7 +66,8 @@ def _dump(config: RunConfig, **kwargs) -> dict:
 def config_hash(config: RunConfig) -> str:
     """Hash of everything that changes results (not where the run is written, how it is launched, nor how often
     training checkpoints for resume)."""
-    data = _dump(config, exclude={"output_dir": True, "launcher": True, "training": {"save_steps"}})
+    exclude = {"output_dir": True, "launcher": True, "training": {"save_steps"}, "generation": set(NOT_IN_SAMPLES)}
+    data = _dump(config, exclude=exclude)
     if data.get("comparisons") is None:
         data.pop("comparisons", None)  # runs without comparisons keep the hash they had before the section existed
     elif data["comparisons"].get("sft") is None:
@@ -85,6 +86,7 @@ def training_arguments(config: RunConfig, *, output_dir: Path, max_steps: int):
         max_steps=max_steps,
         seed=config.seed,
         n_constitutions=config.sampling.n_constitutions,
+        attn_implementation=config.model.attn_implementation,
         **fields,
         **tr.trainer_args,
     )
@@ -120,6 +122,8 @@ def train_queries(config: RunConfig, t: int) -> list[Query]:
 # Evaluation fields that do not change the evaluated responses: the judge (its own stage), whether a foreign judge's
 # file is judged again (the pipeline always does) and how often files are written.
 NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size")
+# Generation fields that say how a server is started, not what it generates: out of every hash.
+NOT_IN_SAMPLES = ("server", "server_port", "server_timeout")
 
 
 def stage_keys(config: RunConfig, *, contents: bool = True) -> dict[str, StageKey]:
@@ -140,7 +144,7 @@ def stage_keys(config: RunConfig, *, contents: bool = True) -> dict[str, StageKe
         "prompts": c["prompts"],
         "filters": c["filters"],
         "data.train": {k: data[k] for k in ("train", "train_per_iteration", "n_slices")},
-        "generation": c["generation"],
+        "generation": {k: v for k, v in c["generation"].items() if k not in NOT_IN_SAMPLES},
         "seed": c["seed"],
         **read("policy", "train_data"),
     }
@@ -263,6 +267,8 @@ class Pipeline:
         return [q for src in self.config.data.eval for q in load_queries(src)[:limit]]
 
     def generate(self, t: int, cset: ConstitutionSet) -> None:
+        from sami.generation.base import closing
+        from sami.generation.server import policy_endpoint
         from sami.sampling import generate_samples, policy_generator
 
         name = f"iter-{t}/samples"
@@ -282,18 +288,25 @@ class Pipeline:
             run_stage(self.config.launcher, [*args, "--policy", self.checkpoint(t - 1)], what=name)
             stats = json.loads(self.layout.samples_stats(t).read_text(encoding="utf-8"))
         else:
-            generator, tokenizer = policy_generator(self.config, self.checkpoint(t - 1))
-            stats = generate_samples(
-                generator,
-                self.train_queries(t),
-                cset,
-                out,
-                self.config.sampling,
-                template=self.config.prompts.build(),
-                filters=self.config.filters,
-                seed=iteration_seed(self.config, t),
-                tokenizer=tokenizer,
-            )
+            policy = self.checkpoint(t - 1)
+            with policy_endpoint(
+                self.config.generation, policy, base_policy=self.config.model.policy, what=name,
+                log_path=out.parent / "server.log",
+            ) as generation:  # fmt: skip
+                config = self.config.model_copy(update={"generation": generation})
+                generator, tokenizer = policy_generator(config, policy)
+                with closing(generator):  # the vLLM engine is shut down when the stage ends, also on error
+                    stats = generate_samples(
+                        generator,
+                        self.train_queries(t),
+                        cset,
+                        out,
+                        self.config.sampling,
+                        template=self.config.prompts.build(),
+                        filters=self.config.filters,
+                        seed=iteration_seed(self.config, t),
+                        tokenizer=tokenizer,
+                    )
         if not stats.get("kept"):
             raise SamiInputError(
                 f"{name}: every generated example was dropped by the filters "
@@ -381,6 +394,7 @@ class Pipeline:
             # the base model's MI and lengths are iteration 0's own: taken from there, not generated again
             "baseline_evals": {"base": self.layout.eval(0).root, **(baseline_evals or {})},
             "trust_remote_code": config.model.trust_remote_code,
+            "attn_implementation": config.model.attn_implementation,
             "console": self.console,
         }
         settings = run_settings(config)
@@ -421,6 +435,10 @@ class Pipeline:
 
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self) -> Path:
+        from sami.models import check_attention
+
+        # FlexAttention trains only on an accelerator: stop before iteration 0, not at the first training stage
+        check_attention(self.config.model.attn_implementation, backward=True)
         random.seed(self.config.seed)
         cset = self.constitutions()
         self.evaluate(0, cset)

@@ -29,6 +29,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sami.errors import SamiInputError
+from sami.export_dtype import cast_export
 from sami.io import atomic_write_json, iter_jsonl, umask_modes
 from sami.lm_head import supports_chunked_head
 from sami.logprobs import (
@@ -41,11 +42,13 @@ from sami.logprobs import (
     unwrap_model,
 )
 from sami.loss import sami_loss
+from sami.optimizer_guard import OptimizerCheck, keep_torch_optimizer
 from sami.tokens import resolve_eos, response_context
 
 log = logging.getLogger(__name__)
 
 SAMI_STATE = "sami_state.json"
+TRAIN_INFO = "train_info.json"  # the optimizer that stepped, the distributed type, the number of processes
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -53,6 +56,10 @@ TRAINER_STATE = "trainer_state.json"
 class SAMIConfig(TrainingArguments):
     """`TrainingArguments` plus the SAMI options. Defaults that differ from `TrainingArguments` are noted."""
 
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={"help": "Attention of the trained model: sdpa, eager or flex_attention (no CPU backward)."},
+    )
     n_constitutions: int | None = field(
         default=None,
         metadata={"help": "Constitutions per example (C >= 2). None accepts any C, the same within a batch."},
@@ -307,6 +314,14 @@ class SAMITrainer(Trainer):
             self.ref_model = copy.deepcopy(unwrap_data_parallel(self.model)).eval().requires_grad_(False)
         if self.ref_model is not None:
             self.ref_model.to(self.args.device)
+        self.head_chunk_sizes: set[int] = set()
+        given = (kwargs.get("optimizers") or (None, None))[0] is not None  # the caller's own optimizer: not checked
+        self.optimizer_check = OptimizerCheck(self, enforce=not given)
+        self.add_callback(self.optimizer_check)
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        keep_torch_optimizer(self)  # ZeRO optimizer offload: the named optimizer, not DeepSpeedCPUAdam
 
     def _ref_logits(self, model, inputs) -> torch.Tensor:
         """The reference's [K, V] logits (unchunked path)."""
@@ -332,7 +347,8 @@ class SAMITrainer(Trainer):
         """Chunk size of the LM head for this model and batch (0 = unchunked)."""
         chunk = head_chunk_size(model, inputs, self.args.logprob_chunk_size)
         if self.ref_model is not None and not supports_chunked_head(unwrap_model(self.ref_model)):
-            return 0
+            chunk = 0
+        self.head_chunk_sizes.add(chunk)  # train_info.json: whether the chunked head ran (0: unchunked)
         return chunk
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -583,8 +599,9 @@ def train_sami(
     `last_checkpoint`), if any: same data order, optimizer, scheduler and RNG, so it ends with the weights of an
     uninterrupted run. The resume checkpoints are deleted once the final model is written.
     """
-    from sami.models import apply_lora, load_model, load_tokenizer
+    from sami.models import apply_lora, check_attention, load_model, load_tokenizer
 
+    check_attention(config.attn_implementation, field="attn_implementation", backward=True)
     output_dir = Path(output_dir)
     dataset = load_samples(samples_path)
     tokenizer = load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
@@ -592,7 +609,7 @@ def train_sami(
     args = dataclasses.replace(config, output_dir=str(output_dir))
     set_seed(args.seed)  # a LoRA adapter's random initialisation follows the seed (the Trainer seeds only later)
     if isinstance(model_ref, str | os.PathLike):
-        model = load_model(model_ref, lora=lora)
+        model = load_model(model_ref, lora=lora, attn_implementation=config.attn_implementation)
     else:
         model = apply_lora(model_ref, lora) if lora is not None else model_ref
     model.train()
@@ -626,7 +643,15 @@ def train_and_export(trainer, tokenizer, output_dir: Path, checkpoint: Path | No
             tokenizer.save_pretrained(output_dir)
     elif trainer.args.should_save:
         export_checkpoint(trainer.model, tokenizer, output_dir, merge_lora=merge_lora)
+    if trainer.args.should_save and (trainer.args.bf16 or trainer.args.fp16):  # the training dtype, not fp32
+        cast_export(output_dir, torch.bfloat16 if trainer.args.bf16 else torch.float16)
     if trainer.args.should_save:
+        check = getattr(trainer, "optimizer_check", None)
+        info = {"optimizer": check.name if check is not None else None}
+        info["distributed_type"] = str(trainer.accelerator.distributed_type)
+        info["num_processes"] = trainer.args.world_size
+        info["head_chunk_sizes"] = sorted(getattr(trainer, "head_chunk_sizes", ()))  # rank 0's batches
+        atomic_write_json(output_dir / TRAIN_INFO, info)
         atomic_write_json(output_dir / "log_history.json", trainer.state.log_history)
         umask_modes(output_dir)  # safetensors' model file is 0600 otherwise
     trainer.accelerator.wait_for_everyone()

@@ -244,6 +244,7 @@ class _Evaluation:
     principles: list[str]
     contrast_queries: list[Query]
     trust_remote_code: bool
+    attn_implementation: str = "sdpa"
     model: Any = None
     tokenizer: Any = None
     loaded_here: bool = False
@@ -261,7 +262,7 @@ class _Evaluation:
         if self.model is None:
             self.model = load_model(
                 self.model_ref, dtype=self.settings.dtype, device=_device(self.settings),
-                trust_remote_code=self.trust_remote_code,
+                trust_remote_code=self.trust_remote_code, attn_implementation=self.attn_implementation,
             )  # fmt: skip
             self.model.eval()
             self.loaded_here = True
@@ -274,7 +275,7 @@ class _Evaluation:
 
 
 def _prepare(settings, model_ref, out_dir, *, queries, cset, template, model, tokenizer, model_label, baselines,
-             contrast, trust_remote_code) -> _Evaluation:  # fmt: skip
+             contrast, trust_remote_code, attn_implementation="sdpa") -> _Evaluation:  # fmt: skip
     """Resolve the inputs every step needs (queries, constitutions, prompts, baselines); loads no model."""
     from sami.constitutions import load_constitutions
     from sami.data import load_queries
@@ -327,6 +328,7 @@ def _prepare(settings, model_ref, out_dir, *, queries, cset, template, model, to
         principles=[p.name for p in cset.pool(settings.mode)] if contrast else [],
         contrast_queries=queries[: settings.contrast_limit] if settings.contrast_limit else queries,
         trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
         model=model,
         tokenizer=tokenizer,
     )
@@ -351,6 +353,7 @@ def run_evaluation(
     judge_model=None,
     judge_tokenizer=None,
     trust_remote_code: bool = False,
+    attn_implementation: str = "sdpa",
     contrast: bool = False,
     rejudge: bool = False,
     console=None,
@@ -390,7 +393,7 @@ def run_evaluation(
     ev = _prepare(
         settings, model_ref, out_dir, queries=queries, cset=cset, template=template, model=model,
         tokenizer=tokenizer, model_label=model_label, baselines={} if not judge else baselines, contrast=contrast,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, attn_implementation=attn_implementation,
     )  # fmt: skip
     with Progress(console) as progress:
         if "responses" in steps:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -98,6 +100,16 @@ class GenerationSettings(BaseModel):
     model_name: str | None = Field(
         None, description="openai: model name on the server (None: the first model the server lists)"
     )
+    server: str | None = Field(
+        None,
+        description="openai: a command the run starts on the policy for each self-generation stage and stops after "
+        "it, with {model} and {port} filled in, e.g. 'vllm serve {model} --port {port}' (None: a server you run; "
+        "for a trained checkpoint it must list that checkpoint's path in /v1/models, or the stage stops)",
+    )
+    server_port: int = Field(8000, ge=1, le=65535, description="openai: the port {port} of generation.server")
+    server_timeout: float = Field(
+        900.0, gt=0, description="openai: seconds generation.server may take to answer /v1/models"
+    )
     max_concurrency: int = Field(8, ge=1, description="openai: requests in flight at once")
     timeout: float = Field(120.0, gt=0, description="openai: seconds per request before it counts as failed")
     max_retries: int = Field(5, ge=0, description="openai: retries per request on 429/5xx/connection errors/timeouts")
@@ -141,6 +153,18 @@ def make_generator(settings: GenerationSettings | None = None, *, model: Any = N
 
         return VLLMGenerator.from_settings(settings, model=model)
     raise SamiInputError(f"generation.backend: expected hf, openai or vllm, got {settings.backend!r}")
+
+
+@contextmanager
+def closing(generator: Any) -> Iterator[Any]:
+    """Yield `generator`; afterwards (success or error) call its `close()` if it has one: a vLLM engine or a
+    server client does not outlive the stage that built it."""
+    try:
+        yield generator
+    finally:
+        close = getattr(generator, "close", None)
+        if callable(close):
+            close()
 
 
 def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
