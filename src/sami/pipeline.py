@@ -41,6 +41,7 @@ from sami.config import RunConfig, config_to_yaml
 from sami.constitutions import ConstitutionSet, load_constitutions
 from sami.data import Query, iteration_slice, load_queries
 from sami.errors import SamiInputError
+from sami.ifeval import stage as benchmark_stage
 from sami.io import atomic_write_text
 from sami.layout import EvalLayout, RunLayout
 from sami.manifest import Manifest, StageKey, StageStatus
@@ -55,6 +56,7 @@ def config_hash(config: RunConfig) -> str:
     data = config.model_dump(mode="json", exclude={"output_dir": True, "launcher": True, "training": {"save_steps"}})
     if data.get("comparisons") is None:
         data.pop("comparisons", None)  # runs without comparisons keep the hash they had before the section existed
+    benchmark_stage.drop_defaults(data)  # likewise runs without evaluation.benchmarks
     return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
 
 
@@ -103,7 +105,7 @@ def train_queries(config: RunConfig, t: int) -> list[Query]:
 
 # Evaluation fields that do not change the evaluated responses: the judge (its own stage), whether a foreign judge's
 # file is judged again (the pipeline always does) and how often files are written.
-NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size")
+NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size", *benchmark_stage.BENCHMARK_FIELDS)
 
 
 def stage_keys(config: RunConfig) -> dict[str, StageKey]:
@@ -141,6 +143,9 @@ def stage_keys(config: RunConfig) -> dict[str, StageKey]:
             add(f"{prefix}/judgments", {"evaluation.judge": ev["judge"]}, [last])
             last = f"{prefix}/judgments"
         add(f"{prefix}/metrics", {}, [last])
+        bench = benchmark_stage.stage_parts(ev)
+        if bench is not None and prefix == f"iter-{t}":  # IFEval of π_t (`evaluation.benchmarks`)
+            add(f"{prefix}/benchmarks", {**policy, **bench, "iteration": t}, reads)
 
     add(
         "constitutions",
@@ -315,6 +320,7 @@ class Pipeline:
             baselines=run_baselines(self.config, against_base=t > 0),
             contrast=t == 0,
         )
+        benchmark_stage.run_benchmarks(self, t)
 
     def evaluation_stages(
         self,
