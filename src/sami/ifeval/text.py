@@ -27,7 +27,6 @@ import langdetect
 import punkt
 from langdetect import DetectorFactory
 from langdetect.lang_detect_exception import LangDetectException
-from nltk.tokenize import NLTKWordTokenizer
 
 DetectorFactory.seed = 0
 
@@ -49,7 +48,11 @@ def _sentence_tokenizer() -> punkt.PunktSentenceTokenizer:
 
 
 @functools.lru_cache(maxsize=1)
-def _word_tokenizer() -> NLTKWordTokenizer:
+def _word_tokenizer():
+    # imported here: `import nltk` takes seconds (its package imports scikit-learn and scipy), and only
+    # change_case:capital_word_frequency needs it
+    from nltk.tokenize import NLTKWordTokenizer
+
     return NLTKWordTokenizer()
 
 
