@@ -137,12 +137,13 @@ def _sample(examples: dict) -> str:
             f"<pre>{escape(pair['model'].get('response'))}</pre></div></div>")  # fmt: skip
 
 
-def render_answer(summary: dict, lead_plot: tuple[str, str] | None, examples: dict) -> str:
-    """The answer section; `lead_plot` is (data URI, caption) of the plot shown beside the numbers."""
+def render_answer(summary: dict, lead_plot: tuple[str, str, str] | None, examples: dict) -> str:
+    """The answer section; `lead_plot` is (name, data URI, caption) of the plot shown beside the numbers."""
     figure = ""
     if lead_plot is not None:
-        uri, caption = lead_plot
-        figure = f"<figure><img src='{uri}' alt='lead plot'><figcaption>{escape(caption)}</figcaption></figure>"
+        name, uri, caption = lead_plot
+        figure = (f"<figure><img src='{uri}' alt='{escape(name)} plot'><figcaption>{escape(caption)}</figcaption>"
+                  "</figure>")  # fmt: skip
     return (
         "<h2>Did it work?</h2><div class='card answer'>"
         + _verdicts(summary)

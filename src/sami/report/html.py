@@ -203,7 +203,7 @@ def render_html(summary: dict, plots: dict[str, bytes | None], examples: dict) -
         _header(summary)
         + "<main>"
         + warn
-        + render_answer(summary, (_uri(plots[lead]), _caption(lead)) if lead else None, examples)
+        + render_answer(summary, (lead, _uri(plots[lead]), _caption(lead)) if lead else None, examples)
         + "<h2 class='section'>Details</h2>"
         + "".join(table_html(t) for t in all_tables(summary))
         + _plots(plots, skip=lead)
