@@ -52,6 +52,11 @@ def main() -> int:
     completions = generator.generate(
         [j[3] for j in jobs], max_new_tokens=args.max_new_tokens, temperature=0.0, stop=template.stop or None
     )
+    records = [
+        {"principle": jp.name, "form": "principle" if positive else "antithesis", "query_id": q.id,
+         "response": template.postprocess(c.text)}
+        for (jp, positive, q, _), c in zip(jobs, completions, strict=True)
+    ]  # fmt: skip
     rows = {}
     for p in cset.principles:
         hits = {True: [], False: []}
@@ -69,7 +74,9 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "seconds": round(seconds, 1), "by_principle": rows},
                                          indent=2) + "\n")  # fmt: skip
-    print(f"{len(jobs)} responses in {seconds:.0f} s -> {args.out}")
+    responses_path = Path(args.out).with_suffix(".responses.jsonl")
+    responses_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(f"{len(jobs)} responses in {seconds:.0f} s -> {args.out}, {responses_path}")
     return 0
 
 
