@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,7 +39,9 @@ class IFEvalSettings(BaseModel):
     )
     batch_size: int = Field(16, ge=1, description="prompts per generation batch")
     chunk_size: int = Field(32, ge=1, description="prompts generated between saves of responses.jsonl")
-    dtype: str | None = Field(None, description="weights dtype for generation (None: float32)")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = Field(
+        None, description="weights dtype for generation (None: float32)"
+    )
 
 
 def _from_file(path: str, inputs: list[IFEvalInput]) -> dict[str, str]:
