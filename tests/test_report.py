@@ -292,10 +292,10 @@ def test_report_renders_in_chromium(tmp_path):
     assert dom.stdout.count('data-rendered="yes"') == 4
 
     shot = tmp_path / "shot.png"
-    res = run_browser(exe, tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", url)
+    res = run_browser(exe, tmp_path, f"--screenshot={shot}", "--window-size=1200,4000", url)
     assert shot.is_file(), res.stderr[-2000:]
     pixels = (imread(shot)[..., :3] * 255).round().astype(np.int16)  # float RGB(A) in [0, 1] -> 0..255
-    assert pixels.shape[:2] == (2000, 1200)
+    assert pixels.shape[:2] == (4000, 1200)  # the answer comes first; the plots grid follows the tables
     flat = pixels.reshape(-1, 3)
     packed = (flat[:, 0].astype(np.int32) << 16) | (flat[:, 1].astype(np.int32) << 8) | flat[:, 2]
     assert len(np.unique(packed)) > 200  # not a blank page: many distinct colours
@@ -303,3 +303,31 @@ def test_report_renders_in_chromium(tmp_path):
     # the plots are on screen: their line colours (used nowhere else on the page) appear
     for rgb in ((0x3A, 0x6E, 0xA5), (0xE0, 0x7A, 0x1F)):
         assert (np.abs(flat - np.array(rgb)).max(axis=1) < 30).sum() > 200, rgb
+
+
+def test_report_opens_with_the_answer(tmp_path):
+    """Verdict per principle (base -> last, with intervals), the lead plot, win rate and IFEval come before the
+    detailed tables."""
+    run = make_run(tmp_path)
+    forms = {0: (0.1, 0.9), 1: (0.5, 0.95), 2: (0.9, 0.95)}
+    for t, (pos, anti) in forms.items():
+        path = run / f"iter-{t}" / "eval" / "metrics.json"
+        metrics = json.loads(path.read_text())
+        rate = {"positive": pos, "positive_ci95": [pos - 0.1, pos + 0.05], "antithesis": anti,
+                "antithesis_ci95": [anti - 0.2, anti + 0.05], "n": 20}  # fmt: skip
+        metrics["adherence"] = {**rate, "by_principle": {"brief": rate}, "by_subset": {}}
+        write(path, metrics)
+        ifeval = {"num_prompts": 50, "prompt_level_strict_acc": 0.3 - 0.1 * t, "prompt_level_strict_acc_stderr": 0.05}
+        write(run / f"iter-{t}" / "eval" / "ifeval" / "results.json", ifeval)
+    write_report(run)
+    page = (run / "report" / "index.html").read_text()
+    answer, details = page.index("Did it work?"), page.index("Details")
+    assert answer < details < page.index("Mean length by principle sign")
+    top = page[answer:details]
+    assert "0.10 [0.00–0.15] → 0.90 [0.80–0.95]" in top and ">rose<" in top  # under the principle
+    assert "0.90 [0.70–0.95] → 0.95 [0.75–1.00]" in top and ">no clear change<" in top  # under the antithesis
+    assert "0.300 ± 0.050 → 0.100 ± 0.050" in top  # IFEval, iteration 0 -> 2
+    assert "62.5%" in top or "81.2%" in top  # the last win rate vs base
+    assert top.count("<img") == 1 and "adherence per principle" in top.lower()
+    assert "base t2 response to q0" in top  # the sample pair
+    assert len(re.findall(r"<img src='data:image/png;base64,", page)) == 6  # adherence once (top), IFEval plot

@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("sami.commands.evaluate", "compare a model against a baseline: win rates, MI, lengths"),
     "winrate": ("sami.commands.winrate", "summarise judgments.jsonl into win rates"),
     "check": ("sami.commands.check", "score a responses file against a constitution's principle checks"),
+    "benchmark": ("sami.commands.benchmark", "score a model or a responses file on IFEval (judge-free benchmark)"),
     "report": ("sami.commands.report", "build the HTML report of a run folder"),
     "export": ("sami.commands.export", "export a run's checkpoint as a model folder with a model card (and GGUF)"),
     "stage": ("sami.commands.stage", "run one stage of a run folder (what `sami run` starts under accelerate launch)"),

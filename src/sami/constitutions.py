@@ -59,7 +59,9 @@ SCHEMES: dict[str, str] = {
     "diverse": "draw 2 principles with random signs, contrast with the complement (all signs flipped); max 2",
 }
 MODES: tuple[str, ...] = ("train", "eval", "heldout")
-BUNDLED_CONSTITUTIONS: tuple[str, ...] = ("hh_opus", "tldr_mistral", "tldr_opus", "tldr_diverse_opus", "demo_checks")
+BUNDLED_CONSTITUTIONS: tuple[str, ...] = (
+    "hh_opus", "tldr_mistral", "tldr_opus", "tldr_diverse_opus", "demo_checks", "checkable_library",
+)  # fmt: skip
 
 _SET_KEYS = {"task", "writer", "principles", "train_principles", "heldout_principles"}
 _PRINCIPLE_KEYS = {"name", "principle", "antithesis"}

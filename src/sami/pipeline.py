@@ -42,6 +42,7 @@ from sami.config import RunConfig, config_to_yaml
 from sami.constitutions import ConstitutionSet, load_constitutions
 from sami.data import Query, iteration_slice, load_queries
 from sami.errors import SamiInputError
+from sami.ifeval import stage as benchmark_stage
 from sami.io import atomic_write_text, count_failed
 from sami.layout import EvalLayout, RunLayout
 from sami.manifest import Manifest, StageKey, StageStatus
@@ -72,6 +73,7 @@ def config_hash(config: RunConfig) -> str:
         data.pop("comparisons", None)  # runs without comparisons keep the hash they had before the section existed
     elif data["comparisons"].get("sft") is None:
         data["comparisons"].pop("sft", None)  # and DPO-only runs the hash they had before comparisons.sft existed
+    benchmark_stage.drop_defaults(data)  # likewise runs without evaluation.benchmarks
     return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
 
 
@@ -121,7 +123,7 @@ def train_queries(config: RunConfig, t: int) -> list[Query]:
 
 # Evaluation fields that do not change the evaluated responses: the judge (its own stage), whether a foreign judge's
 # file is judged again (the pipeline always does) and how often files are written.
-NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size")
+NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size", *benchmark_stage.BENCHMARK_FIELDS)
 # Generation fields that say how a server is started, not what it generates: out of every hash.
 NOT_IN_SAMPLES = ("server", "server_port", "server_timeout")
 
@@ -170,6 +172,9 @@ def stage_keys(config: RunConfig, *, contents: bool = True) -> dict[str, StageKe
             add(f"{prefix}/judgments", {"evaluation.judge": ev["judge"], **read("judge")}, [last])
             last = f"{prefix}/judgments"
         add(f"{prefix}/metrics", {}, [last])
+        bench = benchmark_stage.stage_parts(ev)
+        if bench is not None and prefix == f"iter-{t}":  # IFEval of π_t (`evaluation.benchmarks`)
+            add(f"{prefix}/benchmarks", {**policy, **bench, "iteration": t}, reads)
 
     add(
         "constitutions",
@@ -363,6 +368,7 @@ class Pipeline:
             baselines=run_baselines(self.config, against_base=t > 0),
             contrast=t == 0,
         )
+        benchmark_stage.run_benchmarks(self, t)
 
     def evaluation_stages(
         self,

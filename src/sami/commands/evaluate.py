@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument_group("evaluation settings"),
         EvaluationSettings,
         key="evaluation",
-        exclude=("baselines", "include_eos", "contrast", "contrast_limit"),
+        exclude=("baselines", "include_eos", "contrast", "contrast_limit", "ifeval_limit", "ifeval_max_new_tokens"),
         flags=FLAGS,
     )
 

@@ -151,6 +151,15 @@ class EvaluationSettings(BaseModel):
         None, ge=2, description="contrast check: use only the first `contrast_limit` queries (None: all)"
     )
     seed: int = Field(0, description="seed of the per-query constitutions")
+    benchmarks: list[Literal["ifeval"]] = Field(
+        default_factory=list, description="in a run: judge-free benchmarks of every evaluated iteration (ifeval)"
+    )
+    ifeval_limit: int | None = Field(
+        100, ge=1, description="benchmarks ifeval: the first N of IFEval's 541 prompts (None: all)"
+    )
+    ifeval_max_new_tokens: int = Field(
+        1280, ge=1, description="benchmarks ifeval: token budget per response (lm-evaluation-harness: 1280)"
+    )
     rejudge: bool = Field(
         False, description="judge again where a judgments file was written by another judge (the old file is kept)"
     )

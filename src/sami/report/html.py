@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from sami.report.answer import render_answer
 from sami.report.render import escape, gaps, table_html
 from sami.report.summary import number
 from sami.report.tables import all_tables
@@ -32,6 +33,8 @@ PLOTS = {
     "win_rate": "Win rate per iteration with 95% CI: raw (solid) and length-balanced (dashed); 0.5 = parity.",
     "length": "Mean response length under the positive and the negative constitutions.",
     "loss": "SAMI training loss per optimizer step, one line per iteration.",
+    "ifeval": "IFEval accuracy per iteration (evaluation.benchmarks): prompt-level (solid) and instruction-level "
+    "(dashed), strict and loose, ±1.96 standard errors.",
     "adherence": "Adherence per principle: fraction of responses following the principle under the positive "
     "constitution (solid) and following the antithesis under the antithesis constitution (dashed), 95% Wilson CI.",
 }
@@ -89,17 +92,27 @@ def _header(summary: dict) -> str:
     return f'<header><div class="inner"><h1>SAMI run: {escape(run.get("name"))}</h1><dl>{dl}</dl></div></header>'
 
 
-def _plots(plots: dict[str, bytes | None]) -> str:
+def _uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def lead_plot(plots: dict[str, bytes | None]) -> str | None:
+    """The plot shown with the answer at the top: adherence, else the win rate (None: neither exists)."""
+    return next((name for name in ("adherence", "win_rate") if plots.get(name)), None)
+
+
+def _plots(plots: dict[str, bytes | None], skip: str | None = None) -> str:
     figs = []
     for name, data in plots.items():
+        if name == skip:
+            continue
         caption = f"<figcaption>{escape(_caption(name))}</figcaption>"
         if data is None:
             figs.append(
                 f"<figure><div class='empty'>{escape(PLOT_MISSING.get(name, 'nothing yet'))}</div>{caption}</figure>"
             )
             continue
-        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        figs.append(f"<figure><img src='{uri}' alt='{escape(name)} plot'>{caption}</figure>")
+        figs.append(f"<figure><img src='{_uri(data)}' alt='{escape(name)} plot'>{caption}</figure>")
     return f"<h2>Plots</h2><div class='plots'>{''.join(figs)}</div>"
 
 
@@ -185,12 +198,15 @@ def render_html(summary: dict, plots: dict[str, bytes | None], examples: dict) -
             f"<ul>{items}</ul></div>"
         )
     config_yaml = yaml.safe_dump(summary.get("config") or {}, sort_keys=False, allow_unicode=True)
+    lead = lead_plot(plots)
     body = (
         _header(summary)
         + "<main>"
         + warn
+        + render_answer(summary, (lead, _uri(plots[lead]), _caption(lead)) if lead else None, examples)
+        + "<h2 class='section'>Details</h2>"
         + "".join(table_html(t) for t in all_tables(summary))
-        + _plots(plots)
+        + _plots(plots, skip=lead)
         + _examples(examples)
         + _principles(summary)
         + "<h2>Config</h2><div class='card'><details><summary>config.yaml (secrets removed)</summary>"

@@ -179,6 +179,30 @@ def plot_adherence(iterations: list[dict]) -> bytes | None:
     return _png(fig)
 
 
+def plot_ifeval(iterations: list[dict]) -> bytes | None:
+    """IFEval accuracy per iteration: prompt-level (solid) and instruction-level (dashed), strict and loose, with
+    ±1.96 standard errors (`evaluation.benchmarks: [ifeval]`)."""
+    rows = [it for it in iterations if (it.get("benchmarks") or {}).get("ifeval")]
+    if not rows:
+        return None
+    fig, ax = _figure()
+    for i, level in enumerate(("strict", "loose")):
+        for kind, dashed in (("prompt", False), ("inst", True)):
+            key, pts = f"{kind}_level_{level}_acc", []
+            for it in rows:
+                r = it["benchmarks"]["ifeval"]
+                value, se = number(r.get(key)), number(r.get(f"{key}_stderr"))
+                if value is not None:
+                    err = (1.96 * se, 1.96 * se) if se is not None else (0.0, 0.0)
+                    pts.append((it["iteration"] + (0.04 if dashed else -0.04), value, err))
+            label = f"{'prompt' if kind == 'prompt' else 'instruction'}-level {level}"
+            _rate_line(ax, pts, label=label, **_paired_style(i, dashed))
+    n = rows[-1]["benchmarks"]["ifeval"].get("num_prompts")
+    _rate_axes(ax, [it["iteration"] for it in rows], f"IFEval accuracy ({n} prompts, ±1.96 se)", "accuracy")
+    ax.legend(fontsize=7, frameon=False)
+    return _png(fig)
+
+
 def plot_loss(curves: dict[int, list[tuple[int, float]]]) -> bytes | None:
     curves = {t: c for t, c in curves.items() if c}
     if not curves:
@@ -272,6 +296,8 @@ def make_plots(run_dir: str | os.PathLike, summary: dict) -> dict[str, bytes | N
         "loss": plot_loss(curves),
         "adherence": plot_adherence(its),
     }
+    if any((it.get("benchmarks") or {}).get("ifeval") for it in its):
+        plots["ifeval"] = plot_ifeval(its)
     for method in sorted({m for it in its for m in it.get("comparisons", {})}):
         plots[f"comparison-{method}"] = plot_comparison(its, method)
     return plots

@@ -239,6 +239,9 @@ def evaluation_entry(reader: Reader, ev: EvalLayout, where: str) -> dict:
     entry["win_rates"] = win_rates
     entry["adherence"] = metrics.get("adherence") if isinstance(metrics.get("adherence"), dict) else None
     entry["contrast"] = metrics.get("contrast") if isinstance(metrics.get("contrast"), dict) else None
+    ifeval = reader.json(ev.root / "ifeval" / "results.json") if (ev.root / "ifeval").is_dir() else None
+    if isinstance(ifeval, dict):  # `evaluation.benchmarks: [ifeval]`
+        entry["benchmarks"] = {"ifeval": ifeval}
     entry["subsets"] = {str(k): subset_entry(v) for k, v in sorted(_dict(metrics.get("subsets")).items())}
     entry["missing"] = [] if metrics else [f"{where}/{ev.metrics.name}"]
     entry["notes"] = notes
