@@ -18,38 +18,59 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from sami.checkpoints import (
+    _is_peft,
+    _NoFinalCheckpoint,
+    export_checkpoint,
+    last_checkpoint,
+    resolve_tokenizer_ref,
+    train_and_export,
+    unwrap_data_parallel,
+)
+from sami.collator import SAMICollator, load_samples, validate_samples
 from sami.errors import SamiInputError
-from sami.export_dtype import cast_export
-from sami.io import atomic_write_json, iter_jsonl, umask_modes
+from sami.io import atomic_write_json
 from sami.lm_head import supports_chunked_head
 from sami.logprobs import (
     NORMALIZE,
-    encode_examples,
     head_chunk_size,
-    pack_encoded,
     packed_logprobs,
     reference_states,
     unwrap_model,
 )
 from sami.loss import sami_loss
 from sami.optimizer_guard import OptimizerCheck, keep_torch_optimizer
-from sami.tokens import resolve_eos, response_context
+from sami.tokens import resolve_eos
 
 log = logging.getLogger(__name__)
 
 SAMI_STATE = "sami_state.json"
-TRAIN_INFO = "train_info.json"  # the optimizer that stepped, the distributed type, the number of processes
-TRAINER_STATE = "trainer_state.json"
+
+# Names that moved to `sami.checkpoints` / `sami.collator` stay importable from here (the comparison methods look
+# `_NoFinalCheckpoint` up on this module at call time, so a test can swap it).
+__all__ = [
+    "SAMICollator",
+    "SAMIConfig",
+    "SAMITrainer",
+    "_NoFinalCheckpoint",
+    "accelerator_present",
+    "export_checkpoint",
+    "last_checkpoint",
+    "load_samples",
+    "resolve_tokenizer_ref",
+    "token_kl",
+    "train_and_export",
+    "train_sami",
+    "validate_samples",
+]
 
 
 @dataclass
@@ -197,73 +218,11 @@ def _deepspeed_on_cpu() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not torch.cuda.is_available()
 
 
-@dataclass
-class SAMICollator:
-    """Tokenize examples with the `sami.logprobs` convention and pack them into prefix-shared rows.
-
-    An example's optional "separators" and "ended_with_eos" (per response, from the sample's meta) restore the
-    whitespace the model wrote before each response and say which responses it ended with EOS (`eos="generated"`).
-    """
-
-    tokenizer: Any
-    eos: str | None = None
-    include_eos: bool | None = None
-    max_prompt_length: int | None = None
-    max_response_length: int | None = None
-    truncate_prompt_left: bool = False
-    n_constitutions: int | None = None
-
-    @classmethod
-    def from_config(cls, tokenizer, config: SAMIConfig) -> SAMICollator:
-        return cls(
-            tokenizer,
-            eos=config.eos,
-            max_prompt_length=config.max_prompt_length,
-            max_response_length=config.max_response_length,
-            truncate_prompt_left=config.truncate_prompt_left,
-            n_constitutions=config.n_constitutions,
-        )
-
-    def encode(self, examples: list[dict]):
-        ids = [str(ex.get("id", i)) for i, ex in enumerate(examples)]
-        if self.n_constitutions is not None:
-            for ex_id, ex in zip(ids, examples, strict=True):
-                if len(ex["prompts"]) != self.n_constitutions:
-                    raise SamiInputError(
-                        f"example {ex_id}: {len(ex['prompts'])} prompts but n_constitutions={self.n_constitutions}"
-                    )
-        return encode_examples(
-            self.tokenizer,
-            [ex["prompts"] for ex in examples],
-            [ex["responses"] for ex in examples],
-            eos=self.eos,
-            include_eos=self.include_eos,
-            separators=[ex.get("separators") for ex in examples],
-            ended_with_eos=[ex.get("ended_with_eos") for ex in examples],
-            max_prompt_length=self.max_prompt_length,
-            truncate_prompt_left=self.truncate_prompt_left,
-            max_response_length=self.max_response_length,
-            ids=ids,
-        )
-
-    def __call__(self, examples: list[dict]) -> dict[str, Any]:
-        enc = self.encode(examples)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        batch = pack_encoded(enc, pad_token_id=int(pad or 0))
-        batch["ids"] = enc.ids
-        batch["num_truncated_prompts"] = enc.n_truncated_prompts
-        return batch
-
-
 def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
     """Mean over positions of KL(p || p_ref), both from [K, V] logits, in float32."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
     return (logp.exp() * (logp - ref_logp)).sum(-1).mean()
-
-
-def _is_peft(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
 
 
 class SAMITrainer(Trainer):
@@ -449,137 +408,6 @@ class SAMITrainer(Trainer):
         self.num_truncated_prompts = int(saved.get("num_truncated_prompts", 0)) if main else 0
 
 
-class _NoFinalCheckpoint(TrainerCallback):
-    """Skip the Trainer's resume checkpoint after the last step: `train_sami` exports the model right after."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.max_steps > 0 and state.global_step >= state.max_steps:
-            control.should_save = False
-        return control
-
-
-def unwrap_data_parallel(model):
-    """The model inside DDP/DataParallel wrappers; a peft wrapper is kept (`sami.logprobs.unwrap_model` strips
-    that too)."""
-    while isinstance(model, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    return model
-
-
-def export_checkpoint(model, tokenizer, output_dir: str | os.PathLike, *, merge_lora: bool = True) -> Path:
-    """Save `model` and `tokenizer` as a safetensors folder that `sami.models.load_model` loads.
-
-    Under LoRA with `merge_lora`, the adapter is merged into the base weights first (in place: the peft wrapper
-    is consumed; call this after training). Without `merge_lora`, only the adapter and tokenizer are saved.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model = unwrap_data_parallel(model)
-    if _is_peft(model) and merge_lora:
-        model = model.merge_and_unload()
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    return output_dir
-
-
-def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete `checkpoint-N` in `output_dir`, or None.
-
-    Complete: its `trainer_state.json`, which the Trainer writes after the weights, optimizer, scheduler and RNG
-    states, parses. A folder cut short by a kill during its save is passed over (the previous one is still there:
-    the Trainer deletes older checkpoints only after the new one is written).
-    """
-    found = []
-    for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        step = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
-        if not step.isdigit() or not (path / TRAINER_STATE).is_file():
-            continue
-        try:
-            json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        found.append((int(step), path))
-    return max(found)[1] if found else None
-
-
-def remove_checkpoints(output_dir: str | os.PathLike) -> None:
-    """Delete every `checkpoint-N` folder in `output_dir` (after the final export: it must not ship them)."""
-    for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def load_samples(path: str | os.PathLike):
-    """Read `samples.jsonl` into a `datasets.Dataset` with columns id, prompts, responses, plus separators and
-    ended_with_eos (from the records' meta, None per response where a record has none) when any record has them.
-
-    Every record needs a unique "id", "prompts" (C >= 2 strings) and "responses" (C non-empty strings); a bad
-    record raises `SamiInputError` naming file:line.
-    """
-    import datasets
-
-    records, seen = [], {}
-    for lineno, rec in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        for key in ("id", "prompts", "responses"):
-            if key not in rec:
-                raise SamiInputError(f"{where}: missing field '{key}'")
-        ex_id = str(rec["id"])
-        if ex_id in seen:
-            raise SamiInputError(f"{where}: duplicate id {ex_id!r} (first on line {seen[ex_id]})")
-        seen[ex_id] = lineno
-        prompts, responses = rec["prompts"], rec["responses"]
-        for key, value in (("prompts", prompts), ("responses", responses)):
-            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-                raise SamiInputError(f"{where}: '{key}' must be a list of strings (id {ex_id})")
-        if len(prompts) != len(responses):
-            raise SamiInputError(f"{where}: {len(prompts)} prompts but {len(responses)} responses (id {ex_id})")
-        if len(prompts) < 2:
-            raise SamiInputError(f"{where}: needs at least 2 constitutions, got C={len(prompts)} (id {ex_id})")
-        for j, r in enumerate(responses):
-            if not r.strip():
-                raise SamiInputError(f"{where}: response {j} is empty (id {ex_id})")
-        separators, ended = response_context(rec, len(responses))
-        records.append(
-            {
-                "id": ex_id,
-                "prompts": prompts,
-                "responses": responses,
-                "separators": separators or [None] * len(responses),
-                "ended_with_eos": ended or [None] * len(responses),
-            }
-        )
-    if not records:
-        raise SamiInputError(f"{path}: no samples")
-    for key in ("separators", "ended_with_eos"):
-        if all(x is None for r in records for x in r[key]):
-            for r in records:
-                del r[key]
-    return datasets.Dataset.from_list(records)
-
-
-def validate_samples(dataset, tokenizer, config: SAMIConfig) -> int:
-    """Tokenize every example once, before training, so bad input fails early. Returns the truncated-prompt count."""
-    collator = SAMICollator.from_config(tokenizer, config)
-    truncated = 0
-    sizes = set()
-    for ex in dataset:
-        truncated += collator.encode([ex]).n_truncated_prompts
-        sizes.add(len(ex["prompts"]))
-        if len(sizes) > 1 and config.per_device_train_batch_size > 1:
-            raise SamiInputError(
-                f"example {ex['id']}: C={len(ex['prompts'])} differs from other examples; a batch needs one C "
-                "(set n_constitutions or per_device_train_batch_size=1)"
-            )
-    if truncated:
-        log.warning(
-            "%d prompt(s) will be cut from the left to max_prompt_length=%s",
-            truncated,
-            config.max_prompt_length,
-        )
-    return truncated
-
-
 def train_sami(
     model_ref,
     samples_path: str | os.PathLike,
@@ -620,41 +448,3 @@ def train_sami(
         log.info("resuming training from %s", checkpoint)
         trainer.restore_counts(checkpoint)
     return train_and_export(trainer, tokenizer, output_dir, checkpoint, merge_lora=args.merge_lora_on_save)
-
-
-def resolve_tokenizer_ref(model_ref: Any, tokenizer_ref: str | os.PathLike | None) -> str | os.PathLike:
-    """The tokenizer to load: `tokenizer_ref`, else the model's own reference (required for a loaded model)."""
-    if tokenizer_ref is not None:
-        return tokenizer_ref
-    if not isinstance(model_ref, str | os.PathLike):
-        raise SamiInputError("tokenizer_ref is needed when model_ref is a loaded model")
-    return model_ref
-
-
-def train_and_export(trainer, tokenizer, output_dir: Path, checkpoint: Path | None, *, merge_lora: bool) -> Path:
-    """Train (from `checkpoint` when resuming), write the model, tokenizer and `log_history.json` (last) into
-    `output_dir`, then delete the resume checkpoints. Shared by SAMI and the DPO comparison."""
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        # A collective on every rank: gathers the full state dict (FSDP FULL_STATE_DICT, ZeRO-3 16-bit save) and
-        # rank 0 writes safetensors. LoRA adapters are saved unmerged on this path.
-        trainer.save_model(str(output_dir))
-        if trainer.args.should_save:
-            tokenizer.save_pretrained(output_dir)
-    elif trainer.args.should_save:
-        export_checkpoint(trainer.model, tokenizer, output_dir, merge_lora=merge_lora)
-    if trainer.args.should_save and (trainer.args.bf16 or trainer.args.fp16):  # the training dtype, not fp32
-        cast_export(output_dir, torch.bfloat16 if trainer.args.bf16 else torch.float16)
-    if trainer.args.should_save:
-        check = getattr(trainer, "optimizer_check", None)
-        info = {"optimizer": check.name if check is not None else None}
-        info["distributed_type"] = str(trainer.accelerator.distributed_type)
-        info["num_processes"] = trainer.args.world_size
-        info["head_chunk_sizes"] = sorted(getattr(trainer, "head_chunk_sizes", ()))  # rank 0's batches
-        atomic_write_json(output_dir / TRAIN_INFO, info)
-        atomic_write_json(output_dir / "log_history.json", trainer.state.log_history)
-        umask_modes(output_dir)  # safetensors' model file is 0600 otherwise
-    trainer.accelerator.wait_for_everyone()
-    if trainer.args.should_save:
-        remove_checkpoints(output_dir)
-    return output_dir

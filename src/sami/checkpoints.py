@@ -1,0 +1,124 @@
+"""Resume checkpoints and the final export of a training run (SAMI's and the TRL comparison methods'): find the
+newest complete `checkpoint-N`, skip the Trainer's last one, write the model folder with `train_info.json` and
+`log_history.json` (last), then delete the checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from sami.errors import SamiInputError
+from sami.export_dtype import cast_export
+from sami.io import atomic_write_json, umask_modes
+
+TRAIN_INFO = "train_info.json"  # the optimizer that stepped, the distributed type, the number of processes
+TRAINER_STATE = "trainer_state.json"
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+class _NoFinalCheckpoint(TrainerCallback):
+    """Skip the Trainer's resume checkpoint after the last step: `train_sami` exports the model right after."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_save = False
+        return control
+
+
+def unwrap_data_parallel(model):
+    """The model inside DDP/DataParallel wrappers; a peft wrapper is kept (`sami.logprobs.unwrap_model` strips
+    that too)."""
+    while isinstance(model, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model
+
+
+def export_checkpoint(model, tokenizer, output_dir: str | os.PathLike, *, merge_lora: bool = True) -> Path:
+    """Save `model` and `tokenizer` as a safetensors folder that `sami.models.load_model` loads.
+
+    Under LoRA with `merge_lora`, the adapter is merged into the base weights first (in place: the peft wrapper
+    is consumed; call this after training). Without `merge_lora`, only the adapter and tokenizer are saved.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = unwrap_data_parallel(model)
+    if _is_peft(model) and merge_lora:
+        model = model.merge_and_unload()
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete `checkpoint-N` in `output_dir`, or None.
+
+    Complete: its `trainer_state.json`, which the Trainer writes after the weights, optimizer, scheduler and RNG
+    states, parses. A folder cut short by a kill during its save is passed over (the previous one is still there:
+    the Trainer deletes older checkpoints only after the new one is written).
+    """
+    found = []
+    for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if not step.isdigit() or not (path / TRAINER_STATE).is_file():
+            continue
+        try:
+            json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found.append((int(step), path))
+    return max(found)[1] if found else None
+
+
+def remove_checkpoints(output_dir: str | os.PathLike) -> None:
+    """Delete every `checkpoint-N` folder in `output_dir` (after the final export: it must not ship them)."""
+    for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_tokenizer_ref(model_ref: Any, tokenizer_ref: str | os.PathLike | None) -> str | os.PathLike:
+    """The tokenizer to load: `tokenizer_ref`, else the model's own reference (required for a loaded model)."""
+    if tokenizer_ref is not None:
+        return tokenizer_ref
+    if not isinstance(model_ref, str | os.PathLike):
+        raise SamiInputError("tokenizer_ref is needed when model_ref is a loaded model")
+    return model_ref
+
+
+def train_and_export(trainer, tokenizer, output_dir: Path, checkpoint: Path | None, *, merge_lora: bool) -> Path:
+    """Train (from `checkpoint` when resuming), write the model, tokenizer and `log_history.json` (last) into
+    `output_dir`, then delete the resume checkpoints. Shared by SAMI and the DPO comparison."""
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # A collective on every rank: gathers the full state dict (FSDP FULL_STATE_DICT, ZeRO-3 16-bit save) and
+        # rank 0 writes safetensors. LoRA adapters are saved unmerged on this path.
+        trainer.save_model(str(output_dir))
+        if trainer.args.should_save:
+            tokenizer.save_pretrained(output_dir)
+    elif trainer.args.should_save:
+        export_checkpoint(trainer.model, tokenizer, output_dir, merge_lora=merge_lora)
+    if trainer.args.should_save and (trainer.args.bf16 or trainer.args.fp16):  # the training dtype, not fp32
+        cast_export(output_dir, torch.bfloat16 if trainer.args.bf16 else torch.float16)
+    if trainer.args.should_save:
+        check = getattr(trainer, "optimizer_check", None)
+        info = {"optimizer": check.name if check is not None else None}
+        info["distributed_type"] = str(trainer.accelerator.distributed_type)
+        info["num_processes"] = trainer.args.world_size
+        info["head_chunk_sizes"] = sorted(getattr(trainer, "head_chunk_sizes", ()))  # rank 0's batches
+        atomic_write_json(output_dir / TRAIN_INFO, info)
+        atomic_write_json(output_dir / "log_history.json", trainer.state.log_history)
+        umask_modes(output_dir)  # safetensors' model file is 0600 otherwise
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        remove_checkpoints(output_dir)
+    return output_dir
