@@ -22,8 +22,6 @@ TRL is the optional extra `sami[compare]`; it is imported only when training.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sami.comparisons.trl_args import known_fields, shared_training_fields, trl_class, trl_config
+from sami.comparisons.trl_train import train_command, train_with_trl
 from sami.errors import SamiInputError
 from sami.io import iter_jsonl
 
@@ -188,30 +187,19 @@ def train_dpo(
     `config` is a `DPOConfig` (`dpo_config`, `dpo_arguments`); the reference model is a frozen copy of the starting
     model (under `lora`, the model with its adapter off). Files and resume as `sami.trainer.train_sami`.
     """
-    from transformers import set_seed
-    from trl import DPOTrainer
-
-    from sami.models import load_model, load_tokenizer
-    from sami.trainer import _NoFinalCheckpoint, last_checkpoint, resolve_tokenizer_ref, train_and_export
-
-    output_dir = Path(output_dir)
-    tokenizer = load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
-    dataset = load_dpo_dataset(samples_path, prompt=prompt, template=template, tokenizer=tokenizer)
-    args = dataclasses.replace(config, output_dir=str(output_dir))
-    set_seed(args.seed)
-    model = load_model(model_ref, lora=lora) if isinstance(model_ref, str | os.PathLike) else model_ref
-    # A frozen copy of the start as the reference (TRL would reload it from the config's path, which a GGUF or a
-    # model built in memory does not have); under LoRA, TRL uses the model with its adapter off.
-    ref_model = None if hasattr(model, "peft_config") else copy.deepcopy(model).eval().requires_grad_(False)
-    model.train()
-    trainer = DPOTrainer(
-        model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer
+    return train_with_trl(
+        "DPO",
+        model_ref,
+        output_dir,
+        config,
+        dataset_of=lambda tokenizer: load_dpo_dataset(
+            samples_path, prompt=prompt, template=template, tokenizer=tokenizer
+        ),
+        lora=lora,
+        tokenizer_ref=tokenizer_ref,
+        resume=resume,
+        reference_copy=True,
     )
-    trainer.add_callback(_NoFinalCheckpoint())
-    checkpoint = last_checkpoint(output_dir) if resume else None
-    if checkpoint is not None:
-        log.info("resuming DPO training from %s", checkpoint)
-    return train_and_export(trainer, tokenizer, output_dir, checkpoint, merge_lora=True)
 
 
 def train_dpo_from_config(
@@ -251,40 +239,14 @@ SHARED_FLAGS = {
 def train_dpo_command(args, overrides: dict[str, Any]) -> Path:
     """`sami train --method dpo`: `overrides` are the SAMIConfig fields set on the command line; the shared ones
     override the --config's training settings (and `--beta` is DPO's β), SAMI-only ones are an error."""
-    from sami.models import LoraSettings
-
-    overrides = {k: v for k, v in overrides.items() if k != "output_dir"}  # passed on its own below
-    sami_only = sorted(k for k, v in overrides.items() if k not in SHARED_FLAGS and v is not None)
-    if sami_only:
-        flags = ", ".join("--" + k.replace("_", "-") for k in sami_only)
-        raise SamiInputError(f"{flags}: SAMI-only option(s), not used by --method dpo")
-    overrides = {k: v for k, v in overrides.items() if k in SHARED_FLAGS}
-    template, lora, model, form = None, None, args.model, args.dpo_prompt
-    if args.config:
-        from sami.config import load_config
-
-        run_config = load_config(args.config)
-        base = dpo_arguments(run_config, output_dir=args.output_dir, max_steps=args.max_steps or -1)
-        config = dataclasses.replace(base, **overrides)
-        template, lora = run_config.prompts.build(), run_config.model.lora
-        model = model or run_config.model.policy
-        dpo = run_config.comparisons.dpo if run_config.comparisons is not None else None
-        form = form or (dpo.prompt if dpo is not None else None)
-    else:
-        from sami.prompts import TemplateSettings
-
-        config = dpo_config(args.output_dir, **overrides)
-        template = TemplateSettings().build()
-    if args.lora:
-        lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha)
-    return train_dpo(
-        model or "default",
-        args.samples,
-        args.output_dir,
-        config,
-        prompt=form or "constitution",
-        template=template,
-        lora=lora,
-        tokenizer_ref=args.tokenizer,
-        resume=args.resume,
+    return train_command(
+        args,
+        overrides,
+        method="dpo",
+        shared=SHARED_FLAGS,
+        unused="SAMI-only option(s), not used by --method dpo",
+        arguments=dpo_arguments,
+        config_of=dpo_config,
+        default_prompt="constitution",
+        train=train_dpo,
     )

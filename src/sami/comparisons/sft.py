@@ -21,7 +21,6 @@ TRL is the optional extra `sami[compare]`; it is imported only when training.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -29,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sami.comparisons.dpo import _completion, query_prompt
+from sami.comparisons.dpo import SHARED_FLAGS, _completion, query_prompt
 from sami.comparisons.trl_args import known_fields, shared_training_fields, trl_class, trl_config
+from sami.comparisons.trl_train import train_command, train_with_trl
 from sami.errors import SamiInputError
 from sami.io import iter_jsonl
 
@@ -145,24 +145,18 @@ def train_sft(
     """Train `model_ref` with TRL's SFT on the examples of `samples.jsonl`; return the checkpoint folder
     (`output_dir`). `config` is an `SFTConfig` (`sft_config`, `sft_arguments`). Files and resume as
     `sami.trainer.train_sami`."""
-    from transformers import set_seed
-
-    from sami.models import load_model, load_tokenizer
-    from sami.trainer import _NoFinalCheckpoint, last_checkpoint, resolve_tokenizer_ref, train_and_export
-
-    output_dir = Path(output_dir)
-    tokenizer = load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
-    dataset = load_sft_dataset(samples_path, prompt=prompt, template=template, tokenizer=tokenizer)
-    args = dataclasses.replace(config, output_dir=str(output_dir))
-    set_seed(args.seed)
-    model = load_model(model_ref, lora=lora) if isinstance(model_ref, str | os.PathLike) else model_ref
-    model.train()
-    trainer = trl_class("SFTTrainer")(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.add_callback(_NoFinalCheckpoint())
-    checkpoint = last_checkpoint(output_dir) if resume else None
-    if checkpoint is not None:
-        log.info("resuming SFT training from %s", checkpoint)
-    return train_and_export(trainer, tokenizer, output_dir, checkpoint, merge_lora=True)
+    return train_with_trl(
+        "SFT",
+        model_ref,
+        output_dir,
+        config,
+        dataset_of=lambda tokenizer: load_sft_dataset(
+            samples_path, prompt=prompt, template=template, tokenizer=tokenizer
+        ),
+        lora=lora,
+        tokenizer_ref=tokenizer_ref,
+        resume=resume,
+    )
 
 
 def train_sft_from_config(
@@ -187,42 +181,14 @@ def train_sft_from_config(
 def train_sft_command(args, overrides: dict[str, Any]) -> Path:
     """`sami train --method sft`: `overrides` are the SAMIConfig fields set on the command line; those SFTConfig
     shares override the --config's training settings, SAMI-only ones (and `--beta`) are an error."""
-    from sami.comparisons.dpo import SHARED_FLAGS
-    from sami.models import LoraSettings
-
-    shared = SHARED_FLAGS - {"beta"}
-    overrides = {k: v for k, v in overrides.items() if k != "output_dir"}  # passed on its own below
-    other = sorted(k for k, v in overrides.items() if k not in shared and v is not None)
-    if other:
-        flags = ", ".join("--" + k.replace("_", "-") for k in other)
-        raise SamiInputError(f"{flags}: not used by --method sft")
-    overrides = {k: v for k, v in overrides.items() if k in shared}
-    lora, model, form = None, args.model, args.sft_prompt
-    if args.config:
-        from sami.config import load_config
-
-        run_config = load_config(args.config)
-        base = sft_arguments(run_config, output_dir=args.output_dir, max_steps=args.max_steps or -1)
-        config = dataclasses.replace(base, **overrides)
-        template, lora = run_config.prompts.build(), run_config.model.lora
-        model = model or run_config.model.policy
-        sft = run_config.comparisons.sft if run_config.comparisons is not None else None
-        form = form or (sft.prompt if sft is not None else None)
-    else:
-        from sami.prompts import TemplateSettings
-
-        config = sft_config(args.output_dir, **overrides)
-        template = TemplateSettings().build()
-    if args.lora:
-        lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha)
-    return train_sft(
-        model or "default",
-        args.samples,
-        args.output_dir,
-        config,
-        prompt=form or "query",
-        template=template,
-        lora=lora,
-        tokenizer_ref=args.tokenizer,
-        resume=args.resume,
+    return train_command(
+        args,
+        overrides,
+        method="sft",
+        shared=SHARED_FLAGS - {"beta"},
+        unused="not used by --method sft",
+        arguments=sft_arguments,
+        config_of=sft_config,
+        default_prompt="query",
+        train=train_sft,
     )
