@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -113,6 +113,22 @@ def send_json(
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+def counting_post_server(state: dict, answer: Callable[[http.server.BaseHTTPRequestHandler], None]):
+    """`loopback_server` whose every POST is read, counted in `state["requests"]` and answered by `answer(handler)`
+    (a scripted OpenAI-compatible server for the fault tests)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            state["requests"] += 1
+            answer(self)
+
+    return loopback_server(Handler)
 
 
 def free_port() -> int:

@@ -7,7 +7,7 @@ import http.server
 import json
 
 import pytest
-from conftest import loopback_server, send_json
+from conftest import counting_post_server, send_json
 
 from sami.openai_client import ApiError, OpenAIClient
 
@@ -40,19 +40,13 @@ def server(kinds: list[str]):
     """Answers the scripted bad `kinds` in order, then good completions; counts requests."""
     state = {"requests": 0}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        if kinds:
+            bad_answer(handler, kinds.pop(0))
+        else:
+            send_json(handler, 200, json.dumps(GOOD).encode())
 
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            state["requests"] += 1
-            if kinds:
-                bad_answer(self, kinds.pop(0))
-            else:
-                send_json(self, 200, json.dumps(GOOD).encode())
-
-    return loopback_server(Handler), state
+    return counting_post_server(state, answer), state
 
 
 def chat(url: str, retries: int) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, loopback_server, send_json
+from conftest import ROOT, counting_post_server, send_json
 from test_pipeline import outputs, tiny_config, write_config
 
 from sami.cli import main
@@ -143,21 +143,15 @@ def _truncate(path: Path) -> None:
 
 # ---- a judge server that fails, then recovers ---------------------------------------------------------------------
 def judge_server(state: dict):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        if state["fail"]:
+            send_json(handler, 500, b'{"error": {"message": "down"}}')
+            return
+        body = {"id": "x", "object": "chat.completion", "created": 0, "model": "judge"}
+        body["choices"] = [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "A"}}]
+        send_json(handler, 200, json.dumps(body).encode())
 
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            state["requests"] += 1
-            if state["fail"]:
-                send_json(self, 500, b'{"error": {"message": "down"}}')
-                return
-            body = {"id": "x", "object": "chat.completion", "created": 0, "model": "judge"}
-            body["choices"] = [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "A"}}]
-            send_json(self, 200, json.dumps(body).encode())
-
-    return loopback_server(Handler)
+    return counting_post_server(state, answer)
 
 
 def test_failed_judgments_fail_the_run_and_a_rerun_retries_only_them(tmp_path, tiny_model_dir, capsys):
