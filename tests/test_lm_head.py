@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import free_port, make_tiny_model
 
 from sami.errors import SamiInputError
 from sami.lm_head import auto_chunk_size, chunked_head_logprobs, resolve_chunk_size, supports_chunked_head
@@ -239,14 +241,38 @@ def test_flex_attention_block_mask_equals_the_dense_mask(default_tokenizer):
 # ---------------------------------------------------------------- wrappers: DDP and FSDP2 (2 CPU processes, gloo)
 
 
-def _wrapped_worker(rank: int, world: int, port: int, wrapper: str, vocab: int, results) -> None:
+@contextmanager
+def _gloo_rank(rank: int, world: int, port: int, results):
+    """One rank of a 2-process gloo group: `results[rank]` is "ok" when the block passes, else the error."""
     import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        yield
+        results[rank] = "ok"
+    except Exception as e:  # reported by the parent
+        results[rank] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn_two(worker, *args) -> None:
+    """`worker(rank, 2, port, *args, results)` on 2 CPU processes; both ranks must report "ok"."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(worker, args=(2, free_port(), *args, results), nprocs=2, join=True)
+        assert dict(results) == {0: "ok", 1: "ok"}
+
+
+def _wrapped_worker(rank: int, world: int, port: int, wrapper: str, vocab: int, results) -> None:
     from transformers import AutoTokenizer  # noqa: F401  (import before the process group, as the Trainer does)
 
     from sami.models import default_model_path, load_tokenizer
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
+    with _gloo_rank(rank, world, port, results):
         tokenizer = load_tokenizer(default_model_path())
         torch.manual_seed(0)
         grads = {}
@@ -272,12 +298,6 @@ def _wrapped_worker(rank: int, world: int, port: int, wrapper: str, vocab: int, 
         for name in grads[0]:
             torch.testing.assert_close(grads[3][name], grads[0][name], **TOL, msg=lambda m, n=name: f"{n}: {m}")
         assert grads[3]["lm_head.weight"].abs().sum() > 0
-        results[rank] = "ok"
-    except Exception as e:  # reported by the parent
-        results[rank] = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -285,33 +305,20 @@ def _wrapped_worker(rank: int, world: int, port: int, wrapper: str, vocab: int, 
 def test_chunked_head_under_ddp_and_fsdp2_equals_unchunked(default_tokenizer, wrapper):
     """The chunked head runs inside the wrapped model's forward: DDP's unused-parameter search finds the
     (untied) head weight, FSDP2 gathers it for the forward and again for the recomputing backward."""
-    import torch.multiprocessing as mp
-    from conftest import free_port
-
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(
-            _wrapped_worker,
-            args=(2, free_port(), wrapper, len(default_tokenizer), results),
-            nprocs=2,
-            join=True,
-        )
-        assert dict(results) == {0: "ok", 1: "ok"}
+    _spawn_two(_wrapped_worker, wrapper, len(default_tokenizer))
 
 
 def _accelerate_fsdp2_worker(rank: int, world: int, port: int, vocab: int, tied: bool, results) -> None:
     """FSDP2 wrapped as accelerate's `fsdp2_prepare_model` does: each decoder layer, the input embedding (untied),
     the tail `[final norm, lm_head]` (with the embedding when tied) as one unit without resharding, then the root.
     The chunked head must be taken and give the gradients of the unsharded model on both ranks' batches."""
-    import torch.distributed as dist
     from torch.distributed.fsdp import FSDPModule, fully_shard
     from torch.distributed.tensor import DTensor
 
     from sami.logprobs import head_chunk_size
     from sami.models import default_model_path, load_tokenizer
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
+    with _gloo_rank(rank, world, port, results):
         tokenizer = load_tokenizer(default_model_path())
         batches = [packed_batch(tokenizer, 2 + r, n_queries=1) for r in range(world)]  # a different C per rank
         reference = make_tiny_model(vocab, seed=11, tie_word_embeddings=tied).train()
@@ -339,29 +346,12 @@ def _accelerate_fsdp2_worker(rank: int, world: int, port: int, vocab: int, tied:
             got = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
             torch.testing.assert_close(got, expected[name], **TOL, msg=lambda m, n=name: f"{n}: {m}")
         assert expected["lm_head.weight" if not tied else "model.embed_tokens.weight"].abs().sum() > 0
-        results[rank] = "ok"
-    except Exception as e:  # reported by the parent
-        results[rank] = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_chunked_head_recognised_under_accelerates_fsdp2_wrapping(default_tokenizer, tied):
-    import torch.multiprocessing as mp
-    from conftest import free_port
-
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(
-            _accelerate_fsdp2_worker,
-            args=(2, free_port(), len(default_tokenizer), tied, results),
-            nprocs=2,
-            join=True,
-        )
-        assert dict(results) == {0: "ok", 1: "ok"}
+    _spawn_two(_accelerate_fsdp2_worker, len(default_tokenizer), tied)
 
 
 def test_foreign_hooks_on_the_head_still_turn_the_chunked_head_off(default_tokenizer):
