@@ -297,3 +297,12 @@ def test_comparison_stages_are_keyed_like_samis(tiny_model_dir):
     # a run without comparisons keeps its keys when the section is written out empty (`comparisons: null`)
     plain = tiny_config(tiny_model_dir)
     assert stage_keys(parse_config({**plain, "comparisons": None})) == stage_keys(parse_config(plain))
+
+
+def test_stage_names_do_not_depend_on_input_contents(tiny_model_dir):
+    """`sami run --restart --dry-run` lists the stages of `stage_keys(config, contents=False)` (no input file is read):
+    the same stages, in the same order, as the keys with the input contents."""
+    config = parse_config(tiny_config(tiny_model_dir, comparisons={"dpo": {}, "sft": {}}))
+    with_contents, without = stage_keys(config), stage_keys(config, contents=False)
+    assert list(without) == list(with_contents)
+    assert without["iter-1/train"].hash != with_contents["iter-1/train"].hash  # the model folder is in one only

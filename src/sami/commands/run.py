@@ -61,7 +61,9 @@ def dry_run(config, run_dir: Path, *, restart: bool, devices: str | None = None)
     from sami.pipeline import plan_stages, stage_keys
 
     if restart:
-        plan = {name: ("run", "restart: the folder is emptied first") for name in stage_keys(config)}
+        # only the stage names: no input file is read for their contents
+        stages = stage_keys(config, contents=False)
+        plan = {name: ("run", "restart: the folder is emptied first") for name in stages}
     else:
         plan = {name: ("run" if s.run else "skip", s.reason) for name, s in plan_stages(config, run_dir).items()}
     width = max(len(name) for name in plan)
