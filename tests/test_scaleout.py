@@ -151,19 +151,18 @@ def test_shipped_zero3_config_is_valid_for_accelerate(tmp_path):
     assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == "auto"  # filled in by the Trainer
 
 
-@pytest.mark.slow
-def test_zero3_on_cpu_trains_the_single_process_weights(tmp_path, tiny_model_dir):
-    """`sami train --accelerate-config zero3 --num-processes 2` with DeepSpeed's CPU accelerator (gloo): ZeRO
-    stage 3 partitions the weights, gradients and optimizer states over the two ranks, and the 16-bit-save path
-    gathers them into the final safetensors; the result equals one process with the same global batch."""
+def zero3_and_one_process(
+    tmp_path: Path, model_dir: Path, zero3_flags: tuple[str, ...] = (), one_flags: tuple[str, ...] = ()
+) -> tuple[Path, Path]:
+    """`sami train` of `model_dir` for 2 steps under ZeRO-3 on 2 CPU processes (DeepSpeed's CPU accelerator, gloo;
+    batch 2 each, plus `zero3_flags`) and in one process (batch 4, plus `one_flags`); returns the folders
+    (one, zero3)."""
     pytest.importorskip("deepspeed", reason="pip install 'sami[deepspeed]' (make install-test installs it)")
-    from safetensors.torch import load_file
-
     samples = _samples(tmp_path / "samples.jsonl")
-    common = ["train", "--samples", str(samples), "--model", str(tiny_model_dir), "--max-steps", "2"]
+    common = ["train", "--samples", str(samples), "--model", str(model_dir), "--max-steps", "2"]
     common += ["--learning-rate", "1e-3", "--seed", "0", "--report-to", "none"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT / "src")}
-    args = [*common, "--output-dir", str(tmp_path / "zero3"), "--per-device-train-batch-size", "2"]
+    args = [*common, "--output-dir", str(tmp_path / "zero3"), "--per-device-train-batch-size", "2", *zero3_flags]
     proc = subprocess.run(
         [sys.executable, "-m", "sami.cli", *args, "--accelerate-config", "zero3", "--num-processes", "2"],
         env=env,
@@ -172,13 +171,30 @@ def test_zero3_on_cpu_trains_the_single_process_weights(tmp_path, tiny_model_dir
         timeout=900,  # the first DeepSpeed launch on a machine compiles its shared-memory op (minutes)
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert main([*common, "--output-dir", str(tmp_path / "one"), "--per-device-train-batch-size", "4"]) == 0
-    one, zero3 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "zero3" / "model.safetensors")
-    start = load_file(Path(tiny_model_dir) / "model.safetensors")
-    assert one.keys() == zero3.keys()
-    assert max((one[k] - zero3[k]).abs().max().item() for k in one) < 1e-5
-    assert max((one[k] - start[k]).abs().max().item() for k in one) > 5e-4
-    assert (tmp_path / "zero3" / "training_args.bin").is_file()  # only the DeepSpeed/FSDP save path writes it
-    logs = json.loads((tmp_path / "zero3" / "log_history.json").read_text())
+    one = [*common, "--output-dir", str(tmp_path / "one"), "--per-device-train-batch-size", "4", *one_flags]
+    assert main(one) == 0
+    return tmp_path / "one", tmp_path / "zero3"
+
+
+def assert_same_trained_weights(one: Path, zero3: Path, model_dir: Path) -> None:
+    """The two runs' weights agree to 1e-5 and moved more than 5e-4 from the start."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(one / "model.safetensors"), load_file(zero3 / "model.safetensors")
+    start = load_file(Path(model_dir) / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert max((a[k] - start[k]).abs().max().item() for k in a) > 5e-4
+
+
+@pytest.mark.slow
+def test_zero3_on_cpu_trains_the_single_process_weights(tmp_path, tiny_model_dir):
+    """`sami train --accelerate-config zero3 --num-processes 2` with DeepSpeed's CPU accelerator (gloo): ZeRO
+    stage 3 partitions the weights, gradients and optimizer states over the two ranks, and the 16-bit-save path
+    gathers them into the final safetensors; the result equals one process with the same global batch."""
+    one, zero3 = zero3_and_one_process(tmp_path, tiny_model_dir)
+    assert_same_trained_weights(one, zero3, tiny_model_dir)
+    assert (zero3 / "training_args.bin").is_file()  # only the DeepSpeed/FSDP save path writes it
+    logs = json.loads((zero3 / "log_history.json").read_text())
     assert [h["step"] for h in logs if "loss" in h] == [1, 2]
-    assert not list((tmp_path / "zero3").glob("checkpoint-*")) and not list((tmp_path / "zero3").glob("global_step*"))
+    assert not list(zero3.glob("checkpoint-*")) and not list(zero3.glob("global_step*"))
