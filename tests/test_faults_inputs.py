@@ -359,3 +359,14 @@ def test_children_of_the_holder_work_under_its_lock_and_strangers_do_not(tmp_pat
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_not_utf8_names_the_line_in_jsonl_and_text_files(tmp_path):
+    data = b'{"id": "q1", "query": "hello"}\n{"id": "q2", "query": "caf\xe9"}\n'
+    (tmp_path / "q.jsonl").write_bytes(data)
+    message = f"{tmp_path / 'q.jsonl'}:2: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+    with pytest.raises(sami.io.SamiInputError) as jsonl:
+        sami.io.read_jsonl(tmp_path / "q.jsonl")
+    with pytest.raises(sami.io.SamiInputError) as text:
+        sami.io.read_text(tmp_path / "q.jsonl")
+    assert str(jsonl.value) == str(text.value) == message

@@ -77,9 +77,11 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def decode_error(path: str | os.PathLike, data: bytes, error: UnicodeDecodeError) -> SamiInputError:
-    """`path:LINE: not UTF-8 text (...)` for bytes of `data` that failed to decode."""
-    line = data.count(b"\n", 0, error.start) + 1
+def decode_error(
+    path: str | os.PathLike, data: bytes, error: UnicodeDecodeError, *, first_line: int = 1
+) -> SamiInputError:
+    """`path:LINE: not UTF-8 text (...)` for bytes of `data` (starting at line `first_line`) that failed to decode."""
+    line = data.count(b"\n", 0, error.start) + first_line
     return SamiInputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); save the file as UTF-8")
 
 
@@ -102,9 +104,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise SamiInputError(
-                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8"
-                ) from None
+                raise decode_error(path, raw, e, first_line=lineno) from None
             if not line.strip():
                 continue
             try:
