@@ -172,7 +172,8 @@ def test_comparisons_config_section():
         parse_config({**base, "comparisons": {"dpo": {"trainer_args": {"bogus": 1}}}})
 
 
-def test_run_with_dpo_writes_the_comparison(tmp_path, tiny_model_dir):
+def run_with_comparison(tmp_path, tiny_model_dir, comparisons: dict):
+    """`sami run` of one tiny iteration (2 steps, the `opposite` scheme) with `comparisons`; returns the run folder."""
     from test_pipeline import tiny_config
 
     from sami.cli import main
@@ -180,12 +181,19 @@ def test_run_with_dpo_writes_the_comparison(tmp_path, tiny_model_dir):
     config = tiny_config(
         tiny_model_dir,
         iterations={"count": 1, "steps": [2]},
-        comparisons={"dpo": {"beta": 0.1}},
+        comparisons=comparisons,
         sampling={"scheme": "opposite", "n_constitutions": 2, "max_new_tokens": 6, "chunk_size": 2},
     )
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     run = tmp_path / "run"
     assert main(["run", str(tmp_path / "cfg.yaml"), "--output-dir", str(run)]) == 0
+    return run
+
+
+def test_run_with_dpo_writes_the_comparison(tmp_path, tiny_model_dir):
+    from sami.cli import main
+
+    run = run_with_comparison(tmp_path, tiny_model_dir, {"dpo": {"beta": 0.1}})
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     assert {f"iter-1/dpo/{s}" for s in ("train", "responses", "judgments", "metrics")} <= set(stages)
     train = run / "iter-1" / "dpo" / "train"

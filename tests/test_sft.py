@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
-import yaml
 
 pytest.importorskip("trl", reason="TRL is the `compare` extra (make test installs it)")
 
-from test_dpo import POSITIVE, QUERIES, TEMPLATE, opposite_samples, record  # noqa: E402
+from test_dpo import POSITIVE, QUERIES, TEMPLATE, opposite_samples, record, run_with_comparison  # noqa: E402
 
 from sami.comparisons.sft import sft_config, sft_records, train_sft  # noqa: E402
 from sami.config import parse_config  # noqa: E402
@@ -85,19 +84,7 @@ def test_comparisons_sft_config_section():
 
 
 def test_run_with_sft_writes_the_comparison_and_reports_it(tmp_path, tiny_model_dir):
-    from test_pipeline import tiny_config
-
-    from sami.cli import main
-
-    config = tiny_config(
-        tiny_model_dir,
-        iterations={"count": 1, "steps": [2]},
-        comparisons={"sft": {}},
-        sampling={"scheme": "opposite", "n_constitutions": 2, "max_new_tokens": 6, "chunk_size": 2},
-    )
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    run = tmp_path / "run"
-    assert main(["run", str(tmp_path / "cfg.yaml"), "--output-dir", str(run)]) == 0
+    run = run_with_comparison(tmp_path, tiny_model_dir, {"sft": {}})
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     assert {f"iter-1/sft/{s}" for s in ("train", "responses", "judgments", "metrics")} <= set(stages)
     assert not any("/dpo/" in s for s in stages)
