@@ -46,7 +46,7 @@ AUTO_MIN_LOGITS = 2**26
 # config attributes of models whose forward changes the logits after the LM head
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logits_scale")
 # Where the forward hooks of FSDP2 (`fully_shard`) are defined: the chunked head is exact under them. DeepSpeed
-# ZeRO-3's (`deepspeed.runtime.zero`) are recognised but keep the unchunked path: forced on under ZeRO-3 on 2 CPU
+# ZeRO-3's (`deepspeed.runtime.zero`) are not listed, so they keep the unchunked path: forced on under ZeRO-3 on 2 CPU
 # processes, the chunked head trained weights 1e-4 away from the unsharded run (unchunked: 1.2e-6), cause not found.
 _SHARDING_HOOK_MODULES = ("torch.distributed.fsdp",)
 
@@ -83,13 +83,10 @@ def _is_fsdp2_class(cls: type) -> bool:
 
 
 def _hook_module(hook) -> str:
-    """The module that defines `hook`, under `functools.partial` and `functools.wraps` wrappers (DeepSpeed wraps
-    its post-forward hook in `deepspeed.utils.nvtx.instrument_w_nvtx`, a closure without `functools.wraps`)."""
+    """The module that defines `hook`, under `functools.partial` and `functools.wraps` wrappers. (DeepSpeed's hooks,
+    `deepspeed.runtime.zero` ones, some inside `deepspeed.utils.nvtx` closures, are not FSDP2's either way.)"""
     for _ in range(10):
         inner = getattr(hook, "func", None) or getattr(hook, "__wrapped__", None)
-        if inner is None and getattr(hook, "__module__", None) == "deepspeed.utils.nvtx":  # a plain closure
-            cells = [c.cell_contents for c in getattr(hook, "__closure__", None) or ()]
-            inner = next((c for c in cells if callable(c)), None)
         if inner is None:
             break
         hook = inner
