@@ -104,11 +104,16 @@ def _stop(proc: subprocess.Popen) -> None:
         pass
 
 
+def managed_url(settings: GenerationSettings) -> str:
+    """The base URL of the server `generation.server` starts: `base_url`, else loopback on `server_port`."""
+    return settings.base_url or f"http://127.0.0.1:{settings.server_port}/v1"
+
+
 @contextmanager
 def managed_server(settings: GenerationSettings, policy: str, *, what: str, log_path: Path) -> Iterator[str]:
     """Start `settings.server` on `policy`, wait until it lists a model, yield that model's id; stop it after."""
     template = settings.server or ""
-    base_url = settings.base_url or f"http://127.0.0.1:{settings.server_port}/v1"
+    base_url = managed_url(settings)
     port = urlparse(base_url).port or settings.server_port
     if _port_in_use(port):
         raise SamiInputError(
@@ -165,7 +170,7 @@ def policy_endpoint(
         yield settings
         return
     if settings.server:
-        base_url = settings.base_url or f"http://127.0.0.1:{settings.server_port}/v1"
+        base_url = managed_url(settings)
         with managed_server(settings, policy, what=what, log_path=log_path) as name:
             yield settings.model_copy(update={"base_url": base_url, "model_name": name})
         return
