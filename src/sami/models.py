@@ -90,9 +90,19 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     return out_dir
 
 
+def default_model_folder() -> Path:
+    """Where the default model's converted folder is cached (it may not be converted yet)."""
+    return cache_dir() / "models" / DEFAULT_MODEL_NAME
+
+
+def converted_folder(gguf_file: Path) -> Path:
+    """Where the converted model folder of the (existing) GGUF file is cached: one per file name and size."""
+    return cache_dir() / "models" / f"{gguf_file.stem}-{gguf_file.stat().st_size}"
+
+
 def default_model_path() -> Path:
     """The converted default model folder, converting it on first use."""
-    out = cache_dir() / "models" / DEFAULT_MODEL_NAME
+    out = default_model_folder()
     if not (out / "config.json").exists():
         convert_gguf(default_gguf_path(), out)
     return out
@@ -107,7 +117,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> tuple[str, dict]:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise SamiInputError(f"{path}: GGUF file not found")
-        out = cache_dir() / "models" / f"{path.stem}-{path.stat().st_size}"
+        out = converted_folder(path)
         if not (out / "config.json").exists():
             convert_gguf(path, out)
         return str(out), {}
@@ -169,15 +179,16 @@ def check_attention(impl: str, *, field: str = "model.attn_implementation", back
             f"{field}: {impl!r} cannot score SAMI's prefix-shared rows (they need a 4D or block attention mask); "
             f"use one of {', '.join(PACKING_ATTENTION)}"
         )
-    if backward and impl == "flex_attention" and not _accelerator():
+    if backward and impl == "flex_attention" and not accelerator_present():
         raise SamiInputError(
             f"{field}: flex_attention has no backward on the CPU (PyTorch: NotImplementedError); use sdpa here"
         )
     return impl
 
 
-def _accelerator() -> bool:
-    import torch
+def accelerator_present() -> bool:
+    """Whether torch sees an accelerator (CUDA, MPS, XPU, ...)."""
+    import torch  # heavy: imported only when asked (the module is read by light commands)
 
     return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
 

@@ -86,13 +86,13 @@ def longest_constitution(cset) -> str:
 def local_model_folder(ref: str) -> str | None:
     """The folder a model reference loads from, when it is on disk already (a GGUF or the default model not yet
     converted: None, so a check never converts one)."""
-    from sami.models import DEFAULT_MODEL, DEFAULT_MODEL_NAME, cache_dir
+    from sami.models import DEFAULT_MODEL, converted_folder, default_model_folder
 
     path = Path(ref).expanduser()
     if ref == DEFAULT_MODEL:
-        path = cache_dir() / "models" / DEFAULT_MODEL_NAME
+        path = default_model_folder()
     elif path.suffix == ".gguf" and path.is_file():
-        path = cache_dir() / "models" / f"{path.stem}-{path.stat().st_size}"
+        path = converted_folder(path)
     return str(path) if (path / "config.json").is_file() else None
 
 

@@ -47,6 +47,7 @@ from sami.logprobs import (
     unwrap_model,
 )
 from sami.loss import sami_loss
+from sami.models import accelerator_present
 from sami.optimizer_guard import OptimizerCheck, keep_torch_optimizer
 from sami.tokens import resolve_eos
 
@@ -208,10 +209,6 @@ class SAMIConfig(TrainingArguments):
             raise
         except ValueError as e:  # TrainingArguments' own checks of the user's fields
             raise SamiInputError(f"training settings: {' '.join(str(e).split())}") from None
-
-
-def accelerator_present() -> bool:
-    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
 
 
 def _deepspeed_on_cpu() -> bool:

@@ -8,6 +8,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from sami.errors import SamiInputError
+from sami.models import accelerator_present
 
 if TYPE_CHECKING:
     from sami.config import RunConfig
@@ -41,8 +42,6 @@ def trl_config(config_cls: type, output_dir: str | os.PathLike, **fields: Any):
     """A TRL config (`DPOConfig`, `SFTConfig`) with SAMI training's defaults where TRL's differ (no activation
     checkpointing, float32 unless bf16 is asked for, log every step, resume checkpoints every 2 steps keeping the
     newest, no truncation); an unknown field is an input error naming it."""
-    from sami.trainer import accelerator_present
-
     defaults = {
         "activation_checkpointing": False,  # TRL's default is on (as the deprecated gradient_checkpointing)
         "bf16": False,
