@@ -33,15 +33,16 @@ def train_with_trl(
     """Train `model_ref` with `trl.<method>Trainer` ("DPO", "SFT") on `dataset_of(tokenizer)`; return `output_dir`.
     `reference_copy`: pass a frozen copy of the starting model as `ref_model` (none under LoRA: TRL then uses the
     model with its adapter off)."""
-    # `sami.trainer` is heavy (torch, transformers); `_NoFinalCheckpoint` is looked up on it at call time so that a
-    # test can swap it.
+    # torch and transformers are heavy: imported when training. `_NoFinalCheckpoint` is looked up on `sami.trainer`
+    # at call time so that a test can swap it.
     from transformers import set_seed
 
     import sami.trainer
+    from sami.checkpoints import last_checkpoint, resolve_tokenizer_ref, train_and_export
     from sami.models import load_model, load_tokenizer
 
     output_dir = Path(output_dir)
-    tokenizer = load_tokenizer(sami.trainer.resolve_tokenizer_ref(model_ref, tokenizer_ref))
+    tokenizer = load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
     dataset = dataset_of(tokenizer)
     args = dataclasses.replace(config, output_dir=str(output_dir))
     set_seed(args.seed)
@@ -58,10 +59,10 @@ def train_with_trl(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, **extra
     )
     trainer.add_callback(sami.trainer._NoFinalCheckpoint())
-    checkpoint = sami.trainer.last_checkpoint(output_dir) if resume else None
+    checkpoint = last_checkpoint(output_dir) if resume else None
     if checkpoint is not None:
         log.info("resuming %s training from %s", method, checkpoint)
-    return sami.trainer.train_and_export(trainer, tokenizer, output_dir, checkpoint, merge_lora=True)
+    return train_and_export(trainer, tokenizer, output_dir, checkpoint, merge_lora=True)
 
 
 def train_command(
