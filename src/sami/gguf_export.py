@@ -174,6 +174,7 @@ def write_gguf(
     `reference_gguf`: the GGUF the model descends from, whose tokenizer fields are copied."""
     import gguf
     import torch
+    from safetensors.torch import load_file
     from transformers import AutoConfig
 
     from sami.models import load_tokenizer
@@ -182,8 +183,6 @@ def write_gguf(
     config = AutoConfig.from_pretrained(checkpoint)
     _check_architecture(config)
     tokenizer = load_tokenizer(checkpoint)
-    from safetensors.torch import load_file
-
     files = sorted(checkpoint.glob("*.safetensors"))
     if not files:
         raise SamiInputError(f"{checkpoint}: no safetensors weights to convert")
