@@ -52,6 +52,19 @@ def test_bad_samples_name_the_line(tmp_path):
         sft_records(tmp_path / "q.jsonl", template=TEMPLATE)
 
 
+def test_bad_prompt_forms_are_refused_by_both_methods(tmp_path):
+    from sami.comparisons.dpo import dpo_records
+
+    path = opposite_samples(tmp_path / "samples.jsonl")
+    with pytest.raises(SamiInputError, match=r"^prompt: expected one of \('query', 'constitution'\), got 'both'$"):
+        sft_records(path, prompt="both", template=TEMPLATE)
+    with pytest.raises(SamiInputError, match=r"^prompt: expected one of \('constitution', 'query'\), got 'both'$"):
+        dpo_records(path, prompt="both", template=TEMPLATE)
+    for records in (sft_records, dpo_records):
+        with pytest.raises(SamiInputError, match=r"^prompt: 'query' needs the prompt template the samples were made"):
+            records(path, prompt="query")
+
+
 def test_two_sft_steps_raise_the_positive_response_under_the_bare_query(tmp_path, tiny_model_dir):
     samples = opposite_samples(tmp_path / "samples.jsonl")
     config = sft_config(

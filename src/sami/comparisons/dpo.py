@@ -92,6 +92,14 @@ def query_prompt(template: PromptTemplate, query: Any, tokenizer: Any = None) ->
     return _fill(text[start:], "", query)
 
 
+def check_prompt_form(prompt: str, forms: tuple[str, ...], template: PromptTemplate | None) -> None:
+    """`prompt` is one of `forms`, and `query` comes with the template the samples were made with."""
+    if prompt not in forms:
+        raise SamiInputError(f"prompt: expected one of {forms}, got {prompt!r}")
+    if prompt == "query" and template is None:
+        raise SamiInputError("prompt: 'query' needs the prompt template the samples were made with")
+
+
 def _completion(prompt: str, response: str, separator: str | None) -> str:
     """The response with the whitespace the model wrote before it (inferred as the trainer does when unrecorded)."""
     from sami.tokens import default_separator
@@ -110,10 +118,7 @@ def dpo_records(
     that has a pair (see the module docstring). A bad record raises `SamiInputError` naming file:line."""
     from sami.tokens import response_context
 
-    if prompt not in PROMPT_FORMS:
-        raise SamiInputError(f"prompt: expected one of {PROMPT_FORMS}, got {prompt!r}")
-    if prompt == "query" and template is None:
-        raise SamiInputError("prompt: 'query' needs the prompt template the samples were made with")
+    check_prompt_form(prompt, PROMPT_FORMS, template)
     out, skipped = [], 0
     for lineno, rec in iter_jsonl(samples_path):
         where = f"{samples_path}:{lineno}"

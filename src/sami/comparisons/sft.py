@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sami.comparisons.dpo import SHARED_FLAGS, _completion, query_prompt
+from sami.comparisons.dpo import SHARED_FLAGS, _completion, check_prompt_form, query_prompt
 from sami.comparisons.trl_args import known_fields, shared_training_fields, trl_class, trl_config
 from sami.comparisons.trl_train import train_command, train_with_trl
 from sami.errors import SamiInputError
@@ -77,10 +77,7 @@ def sft_records(
     A bad record raises `SamiInputError` naming file:line."""
     from sami.tokens import response_context
 
-    if prompt not in PROMPT_FORMS:
-        raise SamiInputError(f"prompt: expected one of {PROMPT_FORMS}, got {prompt!r}")
-    if prompt == "query" and template is None:
-        raise SamiInputError("prompt: 'query' needs the prompt template the samples were made with")
+    check_prompt_form(prompt, PROMPT_FORMS, template)
     out = []
     for lineno, rec in iter_jsonl(samples_path):
         where = f"{samples_path}:{lineno}"
