@@ -141,6 +141,11 @@ def _lookup(record: dict, key: str) -> Any:
     return value
 
 
+def _rows(label: str, rows) -> tuple[str, Any]:
+    """(label, (location, record) per row) for rows a `datasets` loader gave."""
+    return label, ((f"{label} row {i}", r) for i, r in enumerate(rows))
+
+
 def _iter_records(source: QuerySource) -> tuple[str, Any]:
     """(label used in errors, iterable of (location, record)) for the source."""
     if source.bundled:
@@ -153,27 +158,23 @@ def _iter_records(source: QuerySource) -> tuple[str, Any]:
         if path.is_file() and path.suffix.lower() in _JSONL_SUFFIXES:
             return str(path), ((f"{path}:{n}", r) for n, r in iter_jsonl(path))
         if path.is_file() and path.name.lower().endswith(_COMPRESSED_JSON):  # e.g. hh-rlhf's train.jsonl.gz
-            rows = _load_dataset("json", data_files=str(path), split="train")
-            return str(path), ((f"{path} row {i}", r) for i, r in enumerate(rows))
+            return _rows(str(path), _load_dataset("json", data_files=str(path), split="train"))
         if path.is_file() and path.suffix.lower() in _DATASETS_FORMATS:
-            rows = _load_dataset(_DATASETS_FORMATS[path.suffix.lower()], data_files=str(path), split="train")
-            return str(path), ((f"{path} row {i}", r) for i, r in enumerate(rows))
+            fmt = _DATASETS_FORMATS[path.suffix.lower()]
+            return _rows(str(path), _load_dataset(fmt, data_files=str(path), split="train"))
         if path.is_dir():
-            rows = _load_from_disk(path, source.split)
-            return str(path), ((f"{path} row {i}", r) for i, r in enumerate(rows))
+            return _rows(str(path), _load_from_disk(path, source.split))
         raise SamiInputError(
             f"{path}: unsupported query file; use .jsonl(.gz), .json, .parquet, .csv or a save_to_disk folder"
         )
     assert source.dataset
     local = Path(source.dataset).expanduser()
     if local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists()):
-        rows = _load_from_disk(local, source.split)  # a save_to_disk folder given as `dataset`
-        return str(local), ((f"{local} row {i}", r) for i, r in enumerate(rows))
+        return _rows(str(local), _load_from_disk(local, source.split))  # a save_to_disk folder given as `dataset`
     rows = _load_dataset(
         source.dataset, name=source.config_name, split=source.split, data_dir=source.data_dir, revision=source.revision
     )
-    label = f"{source.dataset}[{source.split}]"
-    return label, ((f"{label} row {i}", r) for i, r in enumerate(rows))
+    return _rows(f"{source.dataset}[{source.split}]", rows)
 
 
 def _load_dataset(path: str, **kwargs: Any):
