@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from pydantic import ValidationError
@@ -170,3 +171,10 @@ def test_iteration_slices_alternate_and_never_overlap():
         iteration_slice(queries, 0)
     with pytest.raises(SamiInputError, match="cannot be cut"):
         iteration_slice(queries[:1], 1)
+
+
+def test_a_bad_row_of_a_datasets_file_is_named_by_its_row(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text("id,query\na,hello\nb,\n", encoding="utf-8")
+    with pytest.raises(SamiInputError, match=rf"^{re.escape(str(path))} row 1: field 'query' must be a non-empty"):
+        load_queries({"path": str(path)})
