@@ -370,3 +370,12 @@ def test_not_utf8_names_the_line_in_jsonl_and_text_files(tmp_path):
     with pytest.raises(sami.io.SamiInputError) as text:
         sami.io.read_text(tmp_path / "q.jsonl")
     assert str(jsonl.value) == str(text.value) == message
+
+
+def test_run_lock_refuses_a_path_that_is_a_file(tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("mine")
+    with pytest.raises(sami.io.SamiInputError, match=r": exists and is not a folder; choose another --output-dir$"):
+        with run_lock(target):
+            pass
+    assert target.read_text() == "mine"

@@ -73,14 +73,19 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return removed
 
 
+def check_run_folder(run_dir: Path) -> None:
+    """A run folder path that holds something other than a folder is refused in one line."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SamiInputError(f"{run_dir}: exists and is not a folder; choose another --output-dir")
+
+
 @contextmanager
 def run_lock(run_dir: str | os.PathLike, *, wait: bool = False) -> Iterator[None]:
     """Hold the run folder's lock for the `with` block (creating the folder). Another holder: refused in one line
     naming its pid (`SamiInputError`), or, with `wait`, blocks until it lets go. A process launched by the holder
     (see the module docstring) goes on under the holder's lock."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SamiInputError(f"{run_dir}: exists and is not a folder; choose another --output-dir")
+    check_run_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if _inherited(run_dir):
         yield

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sami.errors import SamiInputError
 from sami.manifest import is_run_folder
-from sami.runlock import LOCK_NAME, run_lock
+from sami.runlock import LOCK_NAME, check_run_folder, run_lock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     run_dir = Path(args.output_dir) if args.output_dir else config.resolved_output_dir()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SamiInputError(f"{run_dir}: exists and is not a folder; choose another --output-dir")
+    check_run_folder(run_dir)
     if args.restart and run_dir.is_dir():
         check_restartable(run_dir)
     check_run(config)
