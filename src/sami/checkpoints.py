@@ -97,7 +97,7 @@ def resolve_tokenizer_ref(model_ref: Any, tokenizer_ref: str | os.PathLike | Non
 
 def train_and_export(trainer, tokenizer, output_dir: Path, checkpoint: Path | None, *, merge_lora: bool) -> Path:
     """Train (from `checkpoint` when resuming), write the model, tokenizer and `log_history.json` (last) into
-    `output_dir`, then delete the resume checkpoints. Shared by SAMI and the DPO comparison."""
+    `output_dir`, then delete the resume checkpoints. Shared by SAMI and the TRL comparison methods (DPO, SFT)."""
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         # A collective on every rank: gathers the full state dict (FSDP FULL_STATE_DICT, ZeRO-3 16-bit save) and
