@@ -16,7 +16,8 @@ from sami.config import parse_config
 from sami.errors import SamiInputError
 from sami.logprobs import packed_logprobs
 from sami.models import load_model
-from sami.pipeline import Pipeline, training_arguments
+from sami.pipeline import Pipeline
+from sami.stage_settings import training_arguments
 from sami.trainer import SAMIConfig, train_sami
 
 

@@ -139,14 +139,16 @@ def test_precomputed_baseline_responses_are_used(tmp_path, tiny_model, default_t
     assert metrics["win_rates"]["base"]["n"] == 3 and metrics["mi"] is None
 
 
-def test_run_settings_reuse_iteration_0_base_responses_and_mi(tmp_path, tiny_model_dir, other_model_dir):
-    """The pipeline's way: `run_settings` + `run_baselines`, iteration 0's base responses as `baseline_responses`
+def test_run_evaluation_settings_reuse_iteration_0_base_responses_and_mi(tmp_path, tiny_model_dir, other_model_dir):
+    """The pipeline's way: `evaluation_settings` + `evaluation_baselines`, iteration 0's base responses as
+    `baseline_responses`
     and its folder as `baseline_evals`, so the base model is neither generated again nor loaded for its MI."""
     from unittest import mock
 
     from sami.config import parse_config
     from sami.constitutions import load_constitutions
-    from sami.evaluation.evaluate import load_side_responses, run_baselines, run_settings
+    from sami.evaluation.evaluate import load_side_responses
+    from sami.stage_settings import evaluation_baselines, evaluation_settings
 
     config = parse_config(
         {
@@ -157,10 +159,10 @@ def test_run_settings_reuse_iteration_0_base_responses_and_mi(tmp_path, tiny_mod
         }
     )
     queries, cset = load_queries("hh_helpful_test")[:3], load_constitutions("hh_opus")
-    settings, template = run_settings(config), config.prompts.build()
+    settings, template = evaluation_settings(config), config.prompts.build()
     common = {"queries": queries, "cset": cset, "template": template}
     it0, it1 = tmp_path / "iter-0" / "eval", tmp_path / "iter-1" / "eval"
-    baselines0 = run_baselines(config, against_base=False)
+    baselines0 = evaluation_baselines(config, against_base=False)
     m0 = run_evaluation(
         settings, str(tiny_model_dir), it0, model_label="iter-0", baselines=baselines0, judge=bool(baselines0),
         **common,
@@ -176,7 +178,7 @@ def test_run_settings_reuse_iteration_0_base_responses_and_mi(tmp_path, tiny_mod
     with mock.patch("sami.models.load_model", load_model):
         m1 = run_evaluation(
             settings, str(other_model_dir), it1, model_label="iter-1",
-            baselines=run_baselines(config, against_base=True),
+            baselines=evaluation_baselines(config, against_base=True),
             baseline_responses={"base": load_side_responses(it0 / "responses.jsonl")},
             baseline_evals={"base": it0}, **common,
         )  # fmt: skip

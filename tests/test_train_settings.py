@@ -13,7 +13,7 @@ import torch
 
 from sami.commands import train as train_command
 from sami.config import TrainingSettings, default_config_path, load_config
-from sami.pipeline import training_arguments
+from sami.stage_settings import training_arguments
 from sami.trainer import SAMIConfig, train_sami
 
 # Set per training stage by `sami run` (the run folder, the iteration's steps, the run's seed and C), not defaults.

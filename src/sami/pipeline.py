@@ -48,6 +48,7 @@ from sami.layout import EvalLayout, RunLayout
 from sami.manifest import Manifest, StageKey, StageStatus
 from sami.report import summary_table
 from sami.run_inputs import input_groups
+from sami.stage_settings import evaluation_baselines, evaluation_settings, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -75,23 +76,6 @@ def config_hash(config: RunConfig) -> str:
         data["comparisons"].pop("sft", None)  # and DPO-only runs the hash they had before comparisons.sft existed
     benchmark_stage.drop_defaults(data)  # likewise runs without evaluation.benchmarks
     return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
-
-
-def training_arguments(config: RunConfig, *, output_dir: Path, max_steps: int):
-    """The `SAMIConfig` (TrainingArguments) of one training stage, from the run config."""
-    from sami.trainer import SAMIConfig
-
-    tr = config.training
-    fields = tr.model_dump(exclude={"trainer_args"})
-    return SAMIConfig(
-        output_dir=str(output_dir),
-        max_steps=max_steps,
-        seed=config.seed,
-        n_constitutions=config.sampling.n_constitutions,
-        attn_implementation=config.model.attn_implementation,
-        **fields,
-        **tr.trainer_args,
-    )
 
 
 def train_from_config(
@@ -357,15 +341,13 @@ class Pipeline:
     def evaluate(self, t: int, cset: ConstitutionSet) -> None:
         """π_t's evaluation: iter-t/responses, iter-t/judgments (against the base model from t = 1, and any other
         baselines) and iter-t/metrics."""
-        from sami.evaluation.evaluate import run_baselines
-
         self.evaluation_stages(
             f"iter-{t}",
             self.layout.eval(t),
             cset,
             model_ref=self.checkpoint(t),
             model_label=f"iter-{t}",
-            baselines=run_baselines(self.config, against_base=t > 0),
+            baselines=evaluation_baselines(self.config, against_base=t > 0),
             contrast=t == 0,
         )
         benchmark_stage.run_benchmarks(self, t)
@@ -387,7 +369,7 @@ class Pipeline:
         `PREFIX/metrics` of one model into `files`. `prepare()`, when given, runs before the responses step (after
         an in-place rerun cleared the folder). `baseline_evals`: baseline name -> that model's own evaluation folder
         in this run (its MI and lengths are copied from there; "base" is always iteration 0's)."""
-        from sami.evaluation.evaluate import run_evaluation, run_settings
+        from sami.evaluation.evaluate import run_evaluation
 
         config = self.config
         common = {
@@ -403,7 +385,7 @@ class Pipeline:
             "attn_implementation": config.model.attn_implementation,
             "console": self.console,
         }
-        settings = run_settings(config)
+        settings = evaluation_settings(config)
         common["contrast"] = contrast and settings.contrast
         name = f"{prefix}/responses"
         status = self._stage(name)

@@ -359,9 +359,9 @@ def _training(config, shape, devices, settings, dims) -> StagePlan:
 
 
 def _evaluation(config, shape, devices, settings, dims, n_eval, k) -> list[StagePlan]:
-    from sami.evaluation.evaluate import run_baselines, run_settings
+    from sami.stage_settings import evaluation_baselines, evaluation_settings
 
-    ev = run_settings(config)
+    ev = evaluation_settings(config)
     p, r, wb, iters = dims["P"], ev.max_new_tokens, dtype_bytes(ev.dtype), config.iterations.count
     patterns = min(2**k, ev.mi_max_patterns) if ev.mi == "sign_patterns" else ev.n_constitutions
     per_model = n_eval * (patterns if ev.intrinsic else 1)
@@ -369,7 +369,7 @@ def _evaluation(config, shape, devices, settings, dims, n_eval, k) -> list[Stage
     contrast = (ev.contrast_limit or n_eval) * k if ev.contrast else 0
     for t in range(iters + 1):
         models.append((f"iter-{t}", shape, per_model + (contrast if t == 0 else 0)))
-        for name, base in run_baselines(config, against_base=t > 0).items():
+        for name, base in evaluation_baselines(config, against_base=t > 0).items():
             if name == "base" or (base.generation is not None and base.generation.backend != "hf"):
                 continue  # "base" is iteration 0's responses; a served baseline generates elsewhere
             models.append(
@@ -459,9 +459,9 @@ def _judging(config, ev, devices, settings, dims, n_eval) -> StagePlan:
 
 
 def _baselines(config, t: int) -> dict:
-    from sami.evaluation.evaluate import run_baselines
+    from sami.stage_settings import evaluation_baselines
 
-    return run_baselines(config, against_base=t > 0)
+    return evaluation_baselines(config, against_base=t > 0)
 
 
 def plan_run(config: RunConfig, settings: PlanSettings, *, source: str = "config") -> RunPlan:

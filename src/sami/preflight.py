@@ -50,7 +50,7 @@ def check_models(config) -> None:
 
 def check_training(config) -> None:
     """Build the TrainingArguments of every iteration once (a bad knob fails now, naming the field)."""
-    from sami.pipeline import training_arguments
+    from sami.stage_settings import training_arguments
 
     if {"deepspeed", "fsdp", "fsdp_config"} & set(config.training.trainer_args):
         return  # these set up the launch's own state when built: checked where the stage runs

@@ -130,7 +130,7 @@ def training_config(args: argparse.Namespace, run_config=None):
         run_config = load_config(args.config)
     if run_config is None:
         return SAMIConfig(**overrides)
-    from sami.pipeline import training_arguments
+    from sami.stage_settings import training_arguments
 
     base = training_arguments(run_config, output_dir=args.output_dir, max_steps=overrides.get("max_steps", -1))
     return dataclasses.replace(base, **overrides)

@@ -83,7 +83,8 @@ def seed_sami_responses(pipeline: Pipeline, t: int, method: str) -> None:
 def evaluate_comparison(pipeline: Pipeline, t: int, cset: ConstitutionSet, method: str) -> None:
     """Evaluate the comparison model of iteration t exactly as π_T (`Pipeline.evaluate`), with π_T as one more
     baseline ("sami"): the stages iter-T/METHOD/responses, judgments and metrics."""
-    from sami.evaluation.evaluate import BaselineSettings, run_baselines
+    from sami.evaluation.evaluate import BaselineSettings
+    from sami.stage_settings import evaluation_baselines
 
     config, layout = pipeline.config, pipeline.layout
     sami = BaselineSettings(model=pipeline.checkpoint(t), style=config.prompts.style)
@@ -93,7 +94,7 @@ def evaluate_comparison(pipeline: Pipeline, t: int, cset: ConstitutionSet, metho
         cset,
         model_ref=str(layout.comparison_train(t, method)),
         model_label=f"iter-{t}-{method}",
-        baselines={**run_baselines(config, against_base=True), SAMI_BASELINE: sami},
+        baselines={**evaluation_baselines(config, against_base=True), SAMI_BASELINE: sami},
         contrast=False,
         prepare=lambda: seed_sami_responses(pipeline, t, method),
         baseline_evals={SAMI_BASELINE: layout.eval(t).root},

@@ -6,7 +6,7 @@
 - `sami.evaluation.metrics.intrinsic_metrics(model, tokenizer, records, template=...)`: the paper's MI, the
   InfoNCE bound and mean lengths by constitution.
 - `sami.evaluation.evaluate`: `EvaluationSettings`, `run_evaluation` (the stage behind `sami evaluate` and the
-  pipeline, in steps responses -> judgments -> metrics), `run_settings` / `run_baselines` (a run's settings).
+  pipeline, in steps responses -> judgments -> metrics), (a run's settings: `sami.stage_settings`).
 """
 
 from sami.evaluation.winrate import summarize

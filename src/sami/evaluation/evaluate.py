@@ -27,7 +27,7 @@ file-to-file steps (see docs/evaluation.md); the files of the output folder (`sa
 Every file grows in chunks that are written atomically, and a rerun skips ids already there, so an interrupted
 evaluation resumes where it stopped and judges each query exactly once. The constitutions of a query (and the
 judge's order and principle shuffle) are drawn from RNGs seeded by the query id, so they do not depend on which
-queries are still to do. `run_settings` / `run_baselines` give a run's evaluation settings and baselines.
+queries are still to do. `sami.stage_settings` gives a run's evaluation settings and baselines.
 """
 
 from __future__ import annotations
@@ -929,31 +929,3 @@ def _intrinsic(model, tokenizer, records, template, settings) -> dict:
         batch_size=settings.batch_size,
         eos=_eos_policy(settings),
     )
-
-
-def run_settings(config) -> EvaluationSettings:
-    """The evaluation settings of a run (`RunConfig`): `config.evaluation` with the sampling scheme, C, dtype and
-    task defaulting to the run's, and the run's prompt style (its templates are used)."""
-    ev: EvaluationSettings = config.evaluation
-    updates: dict[str, Any] = {"style": config.prompts.style}
-    if ev.scheme is None:
-        updates["scheme"] = config.sampling.scheme
-    if ev.n_constitutions is None:
-        updates["n_constitutions"] = config.sampling.n_constitutions
-    if ev.dtype is None:
-        updates["dtype"] = config.model.dtype
-    if ev.task is None:
-        updates["task"] = config.prompts.task
-    return ev.model_copy(update=updates)
-
-
-def run_baselines(config, *, against_base: bool) -> dict[str, BaselineSettings]:
-    """The baselines of a run's evaluation: with `against_base` (iteration >= 1) the base model as 'base' in the
-    run's prompt style, then `evaluation.baselines` (whose own 'base' is replaced by the run's then)."""
-    out: dict[str, BaselineSettings] = {}
-    if against_base:
-        out["base"] = BaselineSettings(model=config.model.policy, style=config.prompts.style)
-    for name, spec in config.evaluation.baselines.items():
-        if name != "base" or not against_base:
-            out[name] = _baseline(spec)
-    return out
