@@ -85,5 +85,5 @@ def test_the_setting_reaches_training_and_scoring(tmp_path, tiny_model_dir, monk
     train_sami(tiny_model_dir, _samples(tmp_path / "samples.jsonl", n=2), tmp_path / "out", args)
     assert loaded == ["eager"]
     pipeline = Pipeline(config, tmp_path / "run")
-    pipeline.evaluate(0, pipeline.constitutions())  # iteration 0's responses and scores
+    pipeline.run_named("constitutions", "iter-0/responses")  # iteration 0's responses and scores
     assert loaded == ["eager", "eager"]

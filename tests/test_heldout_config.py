@@ -7,7 +7,7 @@ from conftest import ROOT
 
 from sami.config import parse_config
 from sami.constitutions import load_constitutions, sample_constitutions
-from sami.pipeline import stage_keys
+from sami.stages import stage_keys
 
 
 def load(name: str):

@@ -9,7 +9,8 @@ from test_pipeline import tiny_config, write_config
 
 from sami.cli import main
 from sami.config import parse_config
-from sami.pipeline import config_hash, stage_keys
+from sami.stage_parts import config_hash
+from sami.stages import stage_keys
 
 
 def bench_config(model_dir, **evaluation):

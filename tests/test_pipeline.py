@@ -107,12 +107,12 @@ def test_end_to_end_writes_every_file(reference_run):
 
 
 def test_rerun_of_a_finished_run_redoes_nothing(reference_run, monkeypatch):
-    import sami.pipeline
+    import sami.stage_runs
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 
-    monkeypatch.setattr(sami.pipeline, "train_from_config", fail)
+    monkeypatch.setattr(sami.stage_runs, "train_from_config", fail)
     before = outputs(reference_run)
     cfg = reference_run.parent / "cfg.yaml"
     assert main(["run", str(cfg), "--output-dir", str(reference_run)]) == 0
@@ -124,18 +124,18 @@ def test_interrupted_at_a_stage_boundary_resumes_to_the_same_result(tmp_path, ti
 
     out = tmp_path / "run"
     cfg = write_config(tmp_path / "cfg.yaml", tiny_config(tiny_model_dir))
-    original = sami.pipeline.Pipeline.train
+    original = sami.pipeline.Pipeline.run_stage
 
-    def interrupt_second_training(self, t):
-        if t == 2:
+    def interrupt_second_training(self, stage):
+        if stage.name == "iter-2/train":
             raise KeyboardInterrupt
-        return original(self, t)
+        return original(self, stage)
 
-    sami.pipeline.Pipeline.train = interrupt_second_training
+    sami.pipeline.Pipeline.run_stage = interrupt_second_training
     try:
         assert main(["run", str(cfg), "--output-dir", str(out)]) == 130
     finally:
-        sami.pipeline.Pipeline.train = original
+        sami.pipeline.Pipeline.run_stage = original
     manifest = json.loads((out / "manifest.json").read_text())
     assert "iter-2/samples" in manifest["stages"] and "iter-2/train" not in manifest["stages"]
     assert main(["run", str(cfg), "--output-dir", str(out)]) == 0

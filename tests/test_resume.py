@@ -218,7 +218,9 @@ def test_pipeline_train_stage_resumes_in_its_partial_folder(tmp_path, tiny_model
     the Trainer's, tested above); the renamed `train/` is what the stage records."""
     import sami.trainer
     from sami.config import parse_config
-    from sami.pipeline import Pipeline, config_hash, training_arguments
+    from sami.pipeline import Pipeline
+    from sami.stage_parts import config_hash
+    from sami.stage_settings import training_arguments
 
     config = parse_config(tiny_config(tiny_model_dir))
     pipeline = Pipeline(config, tmp_path / "run")
@@ -233,7 +235,7 @@ def test_pipeline_train_stage_resumes_in_its_partial_folder(tmp_path, tiny_model
         return Path(output_dir)
 
     monkeypatch.setattr(sami.trainer, "train_sami", fake_train_sami)
-    pipeline.train(1)
+    pipeline.run_named("iter-1/train")
     assert seen == {"resume": True, "output_dir": partial, "checkpoint": partial / "checkpoint-2"}
     assert (pipeline.layout.train(1) / "config.json").is_file() and not partial.exists()
     assert pipeline.manifest.done("iter-1/train")

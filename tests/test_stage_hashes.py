@@ -18,7 +18,9 @@ from test_pipeline import STAGES, tiny_config, write_config
 import sami.manifest
 from sami.cli import main
 from sami.config import parse_config
-from sami.pipeline import config_hash, plan_stages, stage_keys
+from sami.pipeline import plan_stages
+from sami.stage_parts import config_hash
+from sami.stages import stage_keys
 
 
 def digest(path: Path) -> str:

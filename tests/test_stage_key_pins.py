@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from sami.config import load_config
-from sami.pipeline import config_hash, stage_keys
+from sami.stage_parts import config_hash
+from sami.stages import stage_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 PINS = ROOT / "tests" / "data" / "stage_key_pins.json"

@@ -73,11 +73,11 @@ def test_the_samples_stage_shuts_its_engine_down(fake_vllm, tmp_path, tiny_model
     fake_vllm["fail"] = fail
     raw = tiny_config(tiny_model_dir, generation={"backend": "vllm"})
     pipeline = Pipeline(parse_config(yaml.safe_load(yaml.safe_dump(raw))), tmp_path / "run")
-    cset = pipeline.constitutions()
+    pipeline.run_named("constitutions")
     if fail:
         with pytest.raises(RuntimeError, match="fake"):
-            pipeline.generate(1, cset)
+            pipeline.run_named("iter-1/samples")
     else:
-        pipeline.generate(1, cset)
+        pipeline.run_named("iter-1/samples")
         assert (tmp_path / "run" / "iter-1" / "samples.jsonl").is_file()
     assert len(FakeLLM.instances) == 1 and FakeLLM.instances[0].shutdowns == 1

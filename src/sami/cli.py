@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from sami.launch import ERROR_FILE_ENV
+
 # OSErrors that say what is wrong with the machine or a path (printed as one line, exit 2, like bad input).
 ENVIRONMENT_ERRNOS = {
     errno.ENOSPC,
@@ -62,6 +64,18 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def input_error(command: str, message: str) -> int:
+    """Say an input error in one line and return exit status 2. A child process that `sami run` started
+    (`SAMI_STAGE_ERROR_FILE` set) hands the message to its parent instead, which says it once."""
+    error_file = os.environ.get(ERROR_FILE_ENV)
+    if error_file:
+        with open(error_file, "w", encoding="utf-8") as f:
+            f.write(message)
+    else:
+        print(f"sami {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sami` console script."""
     from sami.errors import SamiInputError
@@ -87,23 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(_load(args.command).run(args) or 0)
     except SamiInputError as e:
-        print(f"sami {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return input_error(args.command, str(e))
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS or args.verbose:
             raise
         # the machine, not sami: a full disk, a read-only or foreign folder, a path that is a file
         where = f"{e.filename}: " if e.filename else ""
-        print(f"sami {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
+        return input_error(args.command, f"{where}{e.strerror or e}")
     except UnicodeDecodeError as e:  # a read that did not go through sami.io.read_text (which names the file)
         if args.verbose:
             raise
-        print(
-            f"sami {args.command}: error: an input file is not UTF-8 text ({e.reason} at byte {e.start})",
-            file=sys.stderr,
-        )
-        return 2
+        return input_error(args.command, f"an input file is not UTF-8 text ({e.reason} at byte {e.start})")
     except KeyboardInterrupt:
         print(f"sami {args.command}: interrupted; finished work is saved, rerun to continue", file=sys.stderr)
         return 130

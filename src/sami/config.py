@@ -182,7 +182,12 @@ class LauncherSettings(_Section):
     """How `sami run` launches its heavy stages; the multi-machine fields are `accelerate launch`'s own options."""
 
     kind: Literal["local", "accelerate"] = Field(
-        "local", description="run stages in this process or under accelerate launch"
+        "local", description="run training (and hf self-generation) as one process, or under accelerate launch"
+    )
+    isolation: Literal["auto", "process", "driver"] = Field(
+        "auto",
+        description="where stages that load a model run: each in a child process of its own (process), in "
+        "`sami run`'s process (driver), or auto: process when a GPU is visible or kind is accelerate, else driver",
     )
     num_processes: int = Field(1, ge=1, description="processes over all machines (accelerate's --num_processes)")
     config: str | None = Field(None, description="accelerate config: ddp, fsdp, zero3 or a path")

@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from sami.errors import SamiInputError
 log = logging.getLogger(__name__)
 
 ACCELERATE_CONFIGS = ("ddp", "fsdp", "zero3")
+ERROR_FILE_ENV = "SAMI_STAGE_ERROR_FILE"  # where a child `sami` writes its one-line input error
 
 
 def accelerate_config_path(ref: str | os.PathLike) -> Path:
@@ -158,23 +160,35 @@ def launcher_command(launcher: Any, sami_args: list[str]) -> list[str]:
     )
 
 
-def run_launched(cmd: list[str], *, what: str, env: dict[str, str] | None = None) -> None:
-    """Run a launch command in the foreground (its output goes to this terminal); raise if it fails.
+def run_launched(cmd: list[str], *, what: str, env: dict[str, str] | None = None) -> int:
+    """Run a `sami` child process (plain, or an `accelerate launch` command) in the foreground (its output goes to
+    this terminal); return its pid, or raise if it fails.
 
-    An exit status of 2 is the child's input error (already printed); it becomes a `SamiInputError` here.
+    An exit status of 2 is the child's input error: it becomes a `SamiInputError` here, carrying the child's own
+    one-line message (which the child writes to the file `SAMI_STAGE_ERROR_FILE` names instead of printing it).
     """
     log.info("launching %s: %s", what, " ".join(cmd))
-    child_env = {**os.environ, **launch_env(deepspeed=uses_deepspeed(cmd)), **(env or {})}
-    result = subprocess.run(cmd, env=child_env, check=False)
-    if result.returncode == 2:
-        raise SamiInputError(f"{what}: failed under accelerate launch (see the error above)")
-    if result.returncode != 0:
-        raise RuntimeError(f"{what}: `accelerate launch` exited with status {result.returncode}")
+    fd, error_path = tempfile.mkstemp(prefix="sami-stage-error-", suffix=".txt")
+    os.close(fd)
+    error_file = Path(error_path)
+    child_env = {**os.environ, **launch_env(deepspeed=uses_deepspeed(cmd)), **(env or {}), ERROR_FILE_ENV: error_path}
+    try:
+        proc = subprocess.Popen(cmd, env=child_env)
+        code = proc.wait()
+        message = error_file.read_text(encoding="utf-8", errors="replace").strip()
+    finally:
+        error_file.unlink(missing_ok=True)
+    if code == 2:
+        raise SamiInputError(message or f"{what}: failed in its process (see the error above)")
+    if code != 0:
+        raise RuntimeError(f"{what}: its process exited with status {code}" + (f": {message}" if message else ""))
+    return proc.pid
 
 
-def run_stage(launcher: Any, sami_args: list[str], *, what: str) -> None:
-    """Run `sami SAMI_ARGS...` as configured by `launcher` (a `LauncherSettings` with kind 'accelerate')."""
-    run_launched(launcher_command(launcher, sami_args), what=what)
+def run_stage(launcher: Any, sami_args: list[str], *, what: str) -> int:
+    """Run `sami SAMI_ARGS...` as configured by `launcher` (a `LauncherSettings` with kind 'accelerate'); return the
+    launcher's pid."""
+    return run_launched(launcher_command(launcher, sami_args), what=what)
 
 
 def relaunch_argv(argv: list[str], drop: dict[str, bool]) -> list[str]:

@@ -58,7 +58,8 @@ def check_restartable(folder: Path) -> None:
 def dry_run(config, run_dir: Path, *, restart: bool, devices: str | None = None) -> None:
     """Print one line per stage: `run` or `skip`, the stage and why; with `devices`, then `sami plan`'s memory and
     time plan on them."""
-    from sami.pipeline import plan_stages, stage_keys
+    from sami.pipeline import plan_stages
+    from sami.stages import stage_keys
 
     if restart:
         # only the stage names: no input file is read for their contents

@@ -3,10 +3,6 @@
 `sami.comparisons.dpo`: the preference pairs of `samples.jsonl`, `DPOSettings` (the run config's `comparisons.dpo`)
 and `train_dpo`; `sami.comparisons.sft`: the SFT examples (bare query -> the positive constitution's response),
 `SFTSettings` (`comparisons.sft`) and `train_sft`; `sami.comparisons.trl_args`: their TRL configs;
-`sami.comparisons.stages`: `run_comparisons(pipeline, t, cset)`, the pipeline's hook after the
-evaluation of iteration t. TRL is imported only when a comparison trains (`pip install 'sami[compare]'`).
+`sami.comparisons.stages`: their records in the run's stage table (`sami.stages`). TRL is imported only when a
+comparison trains (`pip install 'sami[compare]'`).
 """
-
-from sami.comparisons.stages import run_comparisons
-
-__all__ = ["run_comparisons"]

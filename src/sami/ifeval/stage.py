@@ -9,18 +9,13 @@ and keeps its config hash.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 from sami.ifeval.benchmark import IFEvalSettings, run_ifeval
+from sami.stage import Stage, StageContext
 
 BENCHMARK_FIELDS = ("benchmarks", "ifeval_limit", "ifeval_max_new_tokens")
-
-
-def stage_parts(evaluation: dict[str, Any]) -> dict[str, Any] | None:
-    """The config parts the benchmark stage depends on (None: no benchmark stage)."""
-    if not evaluation.get("benchmarks"):
-        return None
-    return {f"evaluation.{k}": evaluation.get(k) for k in BENCHMARK_FIELDS}
 
 
 def drop_defaults(dumped: dict[str, Any]) -> None:
@@ -31,31 +26,34 @@ def drop_defaults(dumped: dict[str, Any]) -> None:
             ev.pop(k, None)
 
 
-def run_benchmarks(pipeline, t: int) -> None:
-    """Stage `iter-t/benchmarks` of a `sami.pipeline.Pipeline` (skipped when done or not configured)."""
-    ev = pipeline.config.evaluation
+def benchmark_stage(parts: dict[str, Any], t: int) -> Stage:
+    """Stage `iter-t/benchmarks` (`parts`: `sami.stage_parts.StageParts.benchmarks`): IFEval of π_t."""
     name = f"iter-{t}/benchmarks"
-    if not ev.benchmarks:
-        return
-    status = pipeline._stage(name)
-    if not status:
-        return
-    out = pipeline.layout.eval(t).root / "ifeval"
-    if status.in_place:  # responses of other benchmark settings
-        shutil.rmtree(out, ignore_errors=True)
-    settings = IFEvalSettings(
-        out=str(out),
-        model=pipeline.checkpoint(t),
-        limit=ev.ifeval_limit,
-        max_new_tokens=ev.ifeval_max_new_tokens,
-        batch_size=ev.batch_size,
-        dtype=ev.dtype or pipeline.config.model.dtype,
-    )
-    results = run_ifeval(settings)
-    pipeline.console.print(
-        f"IFEval iter-{t} ({results['num_prompts']} prompts): prompt-level strict "
-        f"{results['prompt_level_strict_acc']:.3f} ± {results['prompt_level_strict_acc_stderr'] or 0:.3f}, "
-        f"instruction-level strict {results['inst_level_strict_acc']:.3f}, loose "
-        f"{results['prompt_level_loose_acc']:.3f} / {results['inst_level_loose_acc']:.3f}"
-    )
-    pipeline.manifest.finish(name, [out / "results.json"])
+
+    def out(ctx: StageContext) -> Path:
+        return ctx.layout.eval(t).root / "ifeval"
+
+    def clear(ctx: StageContext) -> None:  # responses of other benchmark settings
+        shutil.rmtree(out(ctx), ignore_errors=True)
+
+    def run(ctx: StageContext) -> None:
+        c = ctx.config
+        ev = c.evaluation
+        settings = IFEvalSettings(
+            out=str(out(ctx)),
+            model=ctx.layout.policy(t, c.model.policy),
+            limit=ev.ifeval_limit,
+            max_new_tokens=ev.ifeval_max_new_tokens,
+            batch_size=ev.batch_size,
+            dtype=ev.dtype or c.model.dtype,
+        )
+        results = run_ifeval(settings)
+        ctx.console.print(
+            f"IFEval iter-{t} ({results['num_prompts']} prompts): prompt-level strict "
+            f"{results['prompt_level_strict_acc']:.3f} ± {results['prompt_level_strict_acc_stderr'] or 0:.3f}, "
+            f"instruction-level strict {results['inst_level_strict_acc']:.3f}, loose "
+            f"{results['prompt_level_loose_acc']:.3f} / {results['inst_level_loose_acc']:.3f}"
+        )
+
+    reads = (f"iter-{t}/train", "iter-0/responses") if t > 0 else ()
+    return Stage(name, parts, reads, run, lambda ctx: [out(ctx) / "results.json"], "process", clear)
