@@ -30,6 +30,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sami import stages  # the module, so that a test can add a stage to its table in one place
 from sami.config import RunConfig, config_to_yaml
 from sami.io import atomic_write_text, read_text
 from sami.launch import run_launched, run_stage
@@ -39,7 +40,6 @@ from sami.models import check_attention
 from sami.report import summary_table
 from sami.stage import Stage, StageContext, Where
 from sami.stage_parts import config_hash
-from sami.stages import stage_keys, stage_table
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,13 @@ def plan_stages(config: RunConfig, run_dir: Path) -> dict[str, StageStatus]:
     """What `sami run` would do in `run_dir` (stage name -> run or skip, and why), reading only: nothing is
     written. Raises `SamiInputError` where the run would (an old manifest of another config)."""
     return Manifest(
-        Path(run_dir), config_hash(config), stage_keys(config), write=False, legacy_keys=legacy(config)
+        Path(run_dir), config_hash(config), stages.stage_keys(config), write=False, legacy_keys=legacy(config)
     ).plan
 
 
 def legacy(config: RunConfig) -> dict[str, StageKey]:
     """The stage keys manifests of version 2 recorded (without input file contents)."""
-    return stage_keys(config, contents=False)
+    return stages.stage_keys(config, contents=False)
 
 
 def isolated(config: RunConfig) -> bool:
@@ -92,8 +92,8 @@ class Pipeline:
         self.layout = RunLayout(self.run_dir)
         self.console = console or Console(stderr=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.table = stage_table(config)
-        keys = stage_keys(config)
+        self.table = stages.stage_table(config)
+        keys = stages.stage_keys(config)
         self.manifest = Manifest(self.run_dir, config_hash(config), keys, legacy_keys=legacy(config))
         atomic_write_text(self.layout.config, config_to_yaml(config))
         self.isolated = isolated(config)

@@ -58,13 +58,13 @@ def check_restartable(folder: Path) -> None:
 def dry_run(config, run_dir: Path, *, restart: bool, devices: str | None = None) -> None:
     """Print one line per stage: `run` or `skip`, the stage and why; with `devices`, then `sami plan`'s memory and
     time plan on them."""
+    from sami import stages
     from sami.pipeline import plan_stages
-    from sami.stages import stage_keys
 
     if restart:
         # only the stage names: no input file is read for their contents
-        stages = stage_keys(config, contents=False)
-        plan = {name: ("run", "restart: the folder is emptied first") for name in stages}
+        names = stages.stage_keys(config, contents=False)
+        plan = {name: ("run", "restart: the folder is emptied first") for name in names}
     else:
         plan = {name: ("run" if s.run else "skip", s.reason) for name, s in plan_stages(config, run_dir).items()}
     width = max(len(name) for name in plan)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sami import stages
 from sami.config import load_config
 from sami.errors import SamiInputError
 from sami.layout import RunLayout
 from sami.runlock import run_lock
 from sami.stage import StageContext
-from sami.stages import find_stage, stage_table
 
 ALIASES = {"generate": "samples", "train": "train"}
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     `accelerate launch`, each machine's local rank 0 holds it for the others)."""
     layout = RunLayout(Path(args.run_dir))
     if args.list:
-        print("\n".join(stage_table(load_config(layout.config), contents=False)))
+        print("\n".join(stages.stage_table(load_config(layout.config), contents=False)))
         return 0
     if os.environ.get("LOCAL_RANK", "0") != "0":
         return run_stage(args, layout)
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 def run_stage(args: argparse.Namespace, layout: RunLayout) -> int:
     """Run the stage's work in this process (every rank, under accelerate)."""
     config = load_config(layout.config)
-    stage = find_stage(config, stage_name(args, config.iterations.count))
+    stage = stages.find_stage(config, stage_name(args, config.iterations.count))
     options = {
         "policy": args.policy,
         "model": args.model,
