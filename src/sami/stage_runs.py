@@ -10,6 +10,7 @@ to `X/` when done (`checkpoint_stage`), and a model's evaluation (`evaluation_st
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ def samples_stage(parts: StageParts, config: RunConfig, t: int) -> Stage:
         policy = ctx.options.get("policy") or layout.policy(t - 1, c.model.policy)
         cset = ConstitutionSet.load(layout.constitutions)
         out = layout.samples(t)
-        if distributed:
+        if distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # also a hand-started launch
             from sami.distributed import generate_samples_distributed  # torch.distributed: only under accelerate
 
             generate_samples_distributed(
