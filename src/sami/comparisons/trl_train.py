@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sami.comparisons.trl_args import trl_class
+from sami.config import load_config
 from sami.errors import SamiInputError
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,6 @@ def train_command(
     overrides = {k: v for k, v in overrides.items() if k in shared}
     lora, model, form = None, args.model, getattr(args, f"{method}_prompt")
     if args.config:
-        from sami.config import load_config
-
         run_config = load_config(args.config)
         base = arguments(run_config, output_dir=args.output_dir, max_steps=args.max_steps or -1)
         config = dataclasses.replace(base, **overrides)
