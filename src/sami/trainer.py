@@ -50,7 +50,7 @@ from sami.loss import sami_loss
 from sami.models import accelerator_present
 from sami.optimizer_guard import OptimizerCheck, keep_torch_optimizer
 from sami.tokens import resolve_eos
-from sami.trainer_fields import sami_dataclass_fields
+from sami.trainer_fields import checkpoint_strategy, sami_dataclass_fields
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,7 @@ class SAMIConfig(TrainingArguments):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SamiInputError(f"{name}: must be a positive number of tokens, got {value}")
-        if self.save_steps == 0 and self.save_strategy == "steps":
-            self.save_strategy = "no"
+        self.save_strategy = checkpoint_strategy(self.save_steps, self.save_strategy)
         if not accelerator_present():
             self.dataloader_pin_memory = False  # pinned memory needs an accelerator; torch warns without one
             if self.bf16:

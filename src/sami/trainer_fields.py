@@ -291,6 +291,11 @@ def sami_dataclass_fields() -> dict[str, tuple[Any, dataclasses.Field]]:
     return out
 
 
+def checkpoint_strategy(save_steps: float, strategy: str) -> str:
+    """`save_steps: 0` means no resume checkpoints (SAMI's and the TRL methods' configs alike)."""
+    return "no" if save_steps == 0 and strategy == "steps" else strategy
+
+
 def known_trainer_args() -> set[str]:
     """Every `SAMIConfig` field name: `TrainingArguments`' (of the installed transformers) plus the declared ones."""
     from transformers import TrainingArguments  # the run config's schema loads it only to check trainer_args

@@ -145,8 +145,7 @@ def dpo_arguments(config: RunConfig, *, output_dir: str | os.PathLike, max_steps
     dpo = dpo or DPOSettings()
     return dpo_config(
         output_dir,
-        **shared_training_fields(config, DPO),
-        learning_rate=dpo.learning_rate or config.training.learning_rate,
+        **shared_training_fields(config, DPO, dpo),
         beta=dpo.beta,
         max_steps=max_steps,
         **dpo.trainer_args,

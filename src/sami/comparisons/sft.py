@@ -97,8 +97,7 @@ def sft_arguments(config: RunConfig, *, output_dir: str | os.PathLike, max_steps
     sft = (config.comparisons.sft if config.comparisons is not None else None) or SFTSettings()
     return sft_config(
         output_dir,
-        **shared_training_fields(config, SFT),
-        learning_rate=sft.learning_rate or config.training.learning_rate,
+        **shared_training_fields(config, SFT, sft),
         max_steps=max_steps,
         **sft.trainer_args,
     )

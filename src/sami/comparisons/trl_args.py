@@ -8,10 +8,12 @@ import dataclasses
 import os
 from typing import Any
 
+from pydantic import BaseModel
+
 from sami.config import RunConfig
 from sami.errors import SamiInputError
 from sami.models import accelerator_present
-from sami.trainer_fields import method_defaults, method_fields
+from sami.trainer_fields import checkpoint_strategy, method_defaults, method_fields
 
 
 def trl_class(name: str):
@@ -35,8 +37,7 @@ def trl_config(config_cls: type, method: str, output_dir: str | os.PathLike, **f
         "dataloader_pin_memory": accelerator_present(),  # as SAMIConfig: torch warns about pinning without one
     }
     fields = {**defaults, **fields}
-    if fields.get("save_steps") == 0:
-        fields["save_strategy"] = "no"
+    fields["save_strategy"] = checkpoint_strategy(fields["save_steps"], fields["save_strategy"])
     known = {f.name for f in dataclasses.fields(config_cls)}
     for key in fields:
         if key not in known:
@@ -44,6 +45,9 @@ def trl_config(config_cls: type, method: str, output_dir: str | os.PathLike, **f
     return config_cls(output_dir=str(output_dir), **fields)
 
 
-def shared_training_fields(config: RunConfig, method: str) -> dict[str, Any]:
-    """The run's `training` settings `method` shares with SAMI (`sami.trainer_fields.method_fields`), and its seed."""
-    return {**config.training.model_dump(include=set(method_fields(method))), "seed": config.seed}
+def shared_training_fields(config: RunConfig, method: str, section: BaseModel) -> dict[str, Any]:
+    """The run's `training` settings `method` shares with SAMI (`sami.trainer_fields.method_fields`) and its seed,
+    with the method's own `section` (`comparisons.<method>`) over them where it sets one (its learning_rate)."""
+    fields = {**config.training.model_dump(include=set(method_fields(method))), "seed": config.seed}
+    own = {k: v for k, v in section.model_dump(include=set(fields)).items() if v is not None}
+    return {**fields, **own}
