@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sami.comparisons.settings import DPOSettings
 from sami.comparisons.trl_args import shared_training_fields, trl_class, trl_config
@@ -33,10 +33,9 @@ from sami.comparisons.trl_train import train_command, train_with_trl
 from sami.config import RunConfig
 from sami.errors import SamiInputError
 from sami.io import iter_jsonl
+from sami.prompts import PromptTemplate, _fill, query_parts, render_prompt
+from sami.tokens import default_separator, response_context
 from sami.trainer_fields import DPO, method_flags
-
-if TYPE_CHECKING:
-    from sami.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +59,6 @@ def query_prompt(template: PromptTemplate, query: Any, tokenizer: Any = None) ->
     """The bare query in the template's format (RLCD's prompt): the training text from the line holding `{query}` on,
     with no constitution; chat style: the user message alone, through the chat template (after the query's own
     system text, when it has one). `query`: a string, a `Query` or a samples.jsonl record."""
-    from sami.prompts import _fill, query_parts, render_prompt
-
     query, system = query_parts(query)
     text = template.training
     if template.style == "chat":
@@ -81,8 +78,6 @@ def check_prompt_form(prompt: str, forms: tuple[str, ...], template: PromptTempl
 
 def _completion(prompt: str, response: str, separator: str | None) -> str:
     """The response with the whitespace the model wrote before it (inferred as the trainer does when unrecorded)."""
-    from sami.tokens import default_separator
-
     return (default_separator(prompt, response) if separator is None else separator) + response
 
 
@@ -95,8 +90,6 @@ def dpo_records(
 ) -> list[dict]:
     """The preference pairs of `samples.jsonl`: `{"id", "prompt", "chosen", "rejected", "rejected_index"}` per record
     that has a pair (see the module docstring). A bad record raises `SamiInputError` naming file:line."""
-    from sami.tokens import response_context
-
     check_prompt_form(prompt, PROMPT_FORMS, template)
     out, skipped = [], 0
     for lineno, rec in iter_jsonl(samples_path):

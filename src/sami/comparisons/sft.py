@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sami.comparisons.dpo import _completion, check_prompt_form, query_prompt
 from sami.comparisons.settings import SFTSettings
@@ -33,10 +33,9 @@ from sami.comparisons.trl_train import train_command, train_with_trl
 from sami.config import RunConfig
 from sami.errors import SamiInputError
 from sami.io import iter_jsonl
+from sami.prompts import PromptTemplate
+from sami.tokens import response_context
 from sami.trainer_fields import SFT, method_flags
-
-if TYPE_CHECKING:
-    from sami.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +52,6 @@ def sft_records(
 ) -> list[dict]:
     """The SFT examples of `samples.jsonl`: `{"id", "prompt", "completion"}` per record (see the module docstring).
     A bad record raises `SamiInputError` naming file:line."""
-    from sami.tokens import response_context
-
     check_prompt_form(prompt, PROMPT_FORMS, template)
     out = []
     for lineno, rec in iter_jsonl(samples_path):
