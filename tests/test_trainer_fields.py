@@ -158,3 +158,17 @@ def test_a_methods_own_learning_rate_is_used_over_the_training_one(method, tmp_p
     for own, expected in ({}, 1e-4), ({"learning_rate": 3e-3}, 3e-3):
         config = parse_config({**raw, "comparisons": {method: {**own, "trainer_args": {"use_cpu": True}}}})
         assert arguments(config, output_dir=tmp_path, max_steps=1).learning_rate == expected
+
+
+def test_preflight_builds_the_comparisons_configs(tmp_path):
+    """A knob TRL's config refuses fails before any work, one line naming the method (not after generation)."""
+    pytest.importorskip("trl", reason="TRL is the `compare` extra")
+    from sami.preflight import check_training
+
+    raw = {**BASE, "training": {"bf16": True}, "iterations": {"count": 1, "steps": [1]}}
+    check_training(parse_config({**raw, "comparisons": {"dpo": {}, "sft": {}}}))  # CPU bf16 as SAMI's: use_cpu
+    for method in (DPO, SFT):
+        config = parse_config({**raw, "comparisons": {method: {"trainer_args": {"fp16": True}}}})
+        with pytest.raises(SamiInputError) as e:
+            check_training(config)
+        assert str(e.value) == f"comparisons.{method}: At most one of fp16 and bf16 can be True, but not both"

@@ -38,6 +38,8 @@ def trl_config(config_cls: type, method: str, output_dir: str | os.PathLike, **f
     }
     fields = {**defaults, **fields}
     fields["save_strategy"] = checkpoint_strategy(fields["save_steps"], fields["save_strategy"])
+    if fields.get("bf16") and not accelerator_present():
+        fields.setdefault("use_cpu", True)  # as SAMIConfig: transformers allows CPU bf16 only when told it is on CPU
     known = {f.name for f in dataclasses.fields(config_cls)}
     for key in fields:
         if key not in known:
