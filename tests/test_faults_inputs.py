@@ -80,6 +80,10 @@ def case(tmp_path, tiny_model_dir):
         (lambda c: c["training"].update(learning_rate=float("nan")), ["training.learning_rate", "finite"]),
         (lambda c: c["training"].update(save_steps=3, trainer_args={"save_steps": 5}), ["trainer_args", "save_steps"]),
         (lambda c: c["training"].update(trainer_args={"max_steps": 5}), ["trainer_args", "iterations.steps"]),
+        (
+            lambda c: c.update(comparisons={"dpo": {"trainer_args": {"save_steps": 5}}}),
+            ["comparisons.dpo.trainer_args", "'save_steps' is set by training.save_steps"],
+        ),
         (lambda c: c["sampling"].update(n_constitutions=9), ["sampling.n_constitutions", "9"]),
         (lambda c: c["evaluation"]["judge"].update(kind="api", api_key_env=SECRET), ["judge.api_key_env"]),
         (lambda c: c["generation"].update(backend="openai", api_key_env=SECRET), ["generation.api_key_env"]),
@@ -91,6 +95,7 @@ def case(tmp_path, tiny_model_dir):
         "lr-nan",
         "knob-twice",
         "max-steps-in-args",
+        "dpo-knob-twice",
         "C-too-big",
         "judge-key",
         "generation-key",

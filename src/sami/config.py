@@ -6,7 +6,6 @@ Every section is a pydantic model that rejects unknown keys. Errors name the fie
 
 from __future__ import annotations
 
-import dataclasses
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -14,8 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sami.comparisons.dpo import DPOSettings
-from sami.comparisons.sft import SFTSettings
+from sami.comparisons.settings import DPOSettings, SFTSettings
 from sami.compat import transformers_version, translate_trainer_args
 from sami.data import QuerySource
 from sami.errors import SamiInputError
@@ -25,16 +23,9 @@ from sami.models import LoraSettings, check_attention
 from sami.prompts import FilterSettings, TemplateSettings
 from sami.sampling import SamplingSettings
 from sami.settings import ENV_VAR_NAME, read_yaml, validate
+from sami.trainer_fields import SAMI, TrainerKnobs, known_trainer_args, refuse_twice, section_names
 
 DEFAULT_CONFIG = "demo.yaml"
-# TrainingArguments fields a run sets from other sections (they cannot be given in training.trainer_args)
-RUN_SET_ARGS = {
-    "output_dir": "the run folder",
-    "max_steps": "iterations.steps",
-    "seed": "seed",
-    "n_constitutions": "sampling.n_constitutions",
-    "attn_implementation": "model.attn_implementation",
-}
 
 
 class _Section(BaseModel):
@@ -103,62 +94,21 @@ class DataSettings(_Section):
     eval_limit: int | None = Field(None, ge=1, description="evaluation queries per source")
 
 
-def _sami_default(name: str):
-    """The default of `SAMIConfig.<name>`, read when a config leaves the field out (so torch loads only then)."""
+class TrainingSettings(TrainerKnobs):
+    """The usual knobs, declared once in `sami.trainer_fields` (each is the `SAMIConfig` field of the same name, with
+    its default and meaning: `sami train --help`); any other `TrainingArguments` field goes in `trainer_args`."""
 
-    def default() -> Any:
-        from sami.trainer import SAMIConfig
-
-        field = SAMIConfig.__dataclass_fields__[name]
-        return field.default_factory() if field.default is dataclasses.MISSING else field.default
-
-    return default
-
-
-def _sami_field(name: str, **constraints: Any) -> Any:
-    return Field(default_factory=_sami_default(name), validate_default=True, **constraints)
-
-
-class TrainingSettings(_Section):
-    """The usual knobs; any other `TrainingArguments` field goes in `trainer_args`. Each field is the `SAMIConfig`
-    field of the same name, with its default and meaning (`sami train --help`): `sami train` and `sami run`
-    resolve the same defaults, the paper's where it has one."""
-
-    learning_rate: float = _sami_field("learning_rate", gt=0.0, allow_inf_nan=False)
-    per_device_train_batch_size: int = _sami_field("per_device_train_batch_size", ge=1)
-    gradient_accumulation_steps: int = _sami_field("gradient_accumulation_steps", ge=1)
-    optim: str = _sami_field("optim")
-    lr_scheduler_type: str = _sami_field("lr_scheduler_type")
-    warmup_steps: int = _sami_field("warmup_steps", ge=0)
-    weight_decay: float = _sami_field("weight_decay")
-    max_grad_norm: float = _sami_field("max_grad_norm")
-    bf16: bool = _sami_field("bf16")
-    logging_steps: int = _sami_field("logging_steps", ge=1)
-    logprob_normalize: Literal["mean", "sum"] = _sami_field("logprob_normalize")
-    eos: Literal["generated", "always", "never"] = _sami_field("eos")
-    include_eos: bool | None = _sami_field("include_eos")
-    beta: float = _sami_field("beta", ge=0.0)
-    logprob_chunk_size: int | None = _sami_field("logprob_chunk_size", ge=0)
-    max_prompt_length: int | None = _sami_field("max_prompt_length")
-    max_response_length: int | None = _sami_field("max_response_length")
-    truncate_prompt_left: bool = _sami_field("truncate_prompt_left")
-    report_to: list[str] = _sami_field("report_to")
-    save_steps: int = _sami_field("save_steps", ge=0)
     trainer_args: dict[str, Any] = Field(default_factory=dict, description="extra TrainingArguments fields")
 
     @field_validator("trainer_args")
     @classmethod
     def _known_trainer_args(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from sami.trainer import SAMIConfig
-
-        known = {f.name for f in dataclasses.fields(SAMIConfig)}
+        known = known_trainer_args()
         value = translate_trainer_args(value, known, where="training.trainer_args")
         for key in value:
             if key not in known:
                 raise ValueError(f"unknown TrainingArguments field {key!r} (transformers {transformers_version()})")
-            if key in cls.model_fields or key in RUN_SET_ARGS:
-                where = f"training.{key}" if key in cls.model_fields else RUN_SET_ARGS[key]
-                raise ValueError(f"{key!r} is set by {where}; give it there, not in trainer_args")
+        refuse_twice(value, method=SAMI, section="training", takes=section_names())
         return value
 
 

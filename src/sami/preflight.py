@@ -2,8 +2,8 @@
 
 `check_run(config)` runs before `sami run` writes anything:
 
-- every training stage's `TrainingArguments` are built once (learning rates, schedulers, optimizers and the other
-  knobs fail here, not at `iter-1/train` after generation ran);
+- every training stage's `TrainingArguments` are built once, and the comparisons' DPO / SFT configs (learning
+  rates, schedulers, optimizers and the other knobs fail here, not at `iter-1/train` after generation ran);
 - each model reference (policy, judge, baselines, writer): a `.gguf` must start with the GGUF magic, a folder must
   hold a `config.json`;
 - the constitutions load, and hold at least `sampling.n_constitutions` of them when a query draws that many;
@@ -18,8 +18,11 @@ import json
 import tempfile
 from pathlib import Path
 
+from sami.comparisons.dpo import dpo_arguments
+from sami.comparisons.sft import sft_arguments
 from sami.errors import SamiInputError
 from sami.io import read_text
+from sami.stage_settings import training_arguments
 
 GGUF_MAGIC = b"GGUF"
 
@@ -49,14 +52,21 @@ def check_models(config) -> None:
 
 
 def check_training(config) -> None:
-    """Build the TrainingArguments of every iteration once (a bad knob fails now, naming the field)."""
-    from sami.stage_settings import training_arguments
-
+    """Build the TrainingArguments of every iteration once, and the DPO / SFT configs of the comparisons (TRL is
+    imported then): a bad knob fails now, naming the field, not after generation ran."""
     if {"deepspeed", "fsdp", "fsdp_config"} & set(config.training.trainer_args):
         return  # these set up the launch's own state when built: checked where the stage runs
+    methods = {"dpo": dpo_arguments, "sft": sft_arguments}
+    comparisons = config.comparisons
+    methods = {m: f for m, f in methods.items() if comparisons is not None and getattr(comparisons, m) is not None}
     with tempfile.TemporaryDirectory(prefix="sami-preflight-") as tmp:
         for steps in sorted(set(config.iterations.steps[: config.iterations.count])):
             training_arguments(config, output_dir=Path(tmp) / "train", max_steps=steps)
+            for method, arguments in methods.items():
+                try:
+                    arguments(config, output_dir=Path(tmp) / method, max_steps=steps)
+                except ValueError as e:  # TrainingArguments' own checks, as SAMIConfig reports them
+                    raise SamiInputError(f"comparisons.{method}: {' '.join(str(e).split())}") from None
 
 
 def check_constitutions(config) -> None:

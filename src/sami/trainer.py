@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,6 +50,7 @@ from sami.loss import sami_loss
 from sami.models import accelerator_present
 from sami.optimizer_guard import OptimizerCheck, keep_torch_optimizer
 from sami.tokens import resolve_eos
+from sami.trainer_fields import checkpoint_strategy, sami_dataclass_fields
 
 log = logging.getLogger(__name__)
 
@@ -74,105 +75,22 @@ __all__ = [
 ]
 
 
-@dataclass
-class SAMIConfig(TrainingArguments):
-    """`TrainingArguments` plus the SAMI options. Defaults that differ from `TrainingArguments` are noted."""
+def _declared_fields(cls: type) -> type:
+    """Give `cls` (before `@dataclass`) one field per declared trainer field (`sami.trainer_fields`): SAMI's options
+    and its defaults where `TrainingArguments`' differ, each with its help (`sami train --help`)."""
+    annotations = dict(cls.__dict__.get("__annotations__", {}))
+    for name, (annotation, dc_field) in sami_dataclass_fields().items():
+        annotations[name] = annotation
+        setattr(cls, name, dc_field)
+    cls.__annotations__ = annotations
+    return cls
 
-    attn_implementation: str = field(
-        default="sdpa",
-        metadata={"help": "Attention of the trained model: sdpa, eager or flex_attention (no CPU backward)."},
-    )
-    n_constitutions: int | None = field(
-        default=None,
-        metadata={"help": "Constitutions per example (C >= 2). None accepts any C, the same within a batch."},
-    )
-    logprob_normalize: str = field(
-        default="mean",
-        metadata={"help": "'mean': log-prob per response token (the authors' code); 'sum': summed log-prob."},
-    )
-    eos: str = field(
-        default="generated",
-        metadata={
-            "help": "Which responses get an end-of-sequence token scored: 'generated' (those the model ended with "
-            "EOS, as recorded in the samples), 'always' (the authors' TL;DR code) or 'never' (their HH release code)."
-        },
-    )
-    include_eos: bool | None = field(
-        default=None, metadata={"help": "Older spelling of eos: true = 'always', false = 'never' (None: use eos)."}
-    )
-    beta: float = field(
-        default=0.0,
-        metadata={
-            "help": "Weight of a token-level KL(policy || reference) on the response positions; 0 disables it. "
-            "The reference is the model before training (the base model with adapters off under LoRA)."
-        },
-    )
-    logprob_chunk_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Response positions per chunk of the LM head + log-softmax (`sami.lm_head`): only target "
-            "log-probs (and the KL) are kept and the backward recomputes a chunk's logits. None: automatic "
-            "(chunks of about 32 MiB of float32 logits once a batch's kept logits would exceed 256 MiB; below "
-            "that unchunked, which saves one head matmul); 0: unchunked (full-vocabulary logits kept)."
-        },
-    )
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Longest prompt in tokens; longer ones are an error unless truncated."}
-    )
-    max_response_length: int | None = field(
-        default=None,
-        metadata={"help": "Longest response in tokens (EOS included); longer ones are an error, never truncated."},
-    )
-    truncate_prompt_left: bool = field(
-        default=False,
-        metadata={"help": "Cut prompts longer than max_prompt_length from the left (a warning counts them)."},
-    )
-    merge_lora_on_save: bool = field(
-        default=True,
-        metadata={
-            "help": "Under LoRA, export the final checkpoint with the adapter merged into a plain model folder "
-            "(what `sami.models.load_model` reads). False saves the adapter alone."
-        },
-    )
-    # TrainingArguments defaults changed for SAMI (`sami run`'s training section resolves to these same defaults):
-    learning_rate: float = field(
-        default=5e-7,
-        metadata={
-            "help": "Learning rate: the paper's 5e-7 (Table 1; its llama3-70b runs used 1e-6), where "
-            "TrainingArguments says 5e-5."
-        },
-    )
-    per_device_train_batch_size: int = field(
-        default=128,
-        metadata={
-            "help": "Queries per micro-batch on each process: the paper's 128 queries per optimizer step on one "
-            "process (with N processes, divide by N or use gradient_accumulation_steps). TrainingArguments says 8."
-        },
-    )
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep 'prompts'/'responses' columns."})
-    report_to: None | str | list[str] = field(
-        default_factory=lambda: ["tensorboard"],
-        metadata={"help": "Logging integrations: TensorBoard (in output_dir/runs) by default; 'none' for none."},
-    )
-    logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps (SAMI runs are short)."})
-    save_strategy: str = field(
-        default="steps",
-        metadata={
-            "help": "Resume checkpoints ('steps': every save_steps); the final model is exported by train_sami."
-        },
-    )
-    save_steps: float = field(
-        default=2,
-        metadata={
-            "help": "Checkpoint every N optimizer steps (the paper's iterations take 2-6), for resume; 0: never."
-        },
-    )
-    save_total_limit: int | None = field(default=1, metadata={"help": "Keep only the newest resume checkpoint."})
-    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer: adamw_torch, rmsprop, sgd, ..."})
-    lr_scheduler_type: str = field(
-        default="constant",
-        metadata={"help": "Learning-rate schedule. Constant: SAMI iterations take only a few optimizer steps."},
-    )
+
+@dataclass
+@_declared_fields
+class SAMIConfig(TrainingArguments):
+    """`TrainingArguments` plus the SAMI options, with SAMI's defaults: every field declared in
+    `sami.trainer_fields.TRAINER_FIELDS` (the one list shared with the run config and the comparison methods)."""
 
     def __post_init__(self):
         if self.logprob_normalize not in NORMALIZE:
@@ -193,8 +111,7 @@ class SAMIConfig(TrainingArguments):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SamiInputError(f"{name}: must be a positive number of tokens, got {value}")
-        if self.save_steps == 0 and self.save_strategy == "steps":
-            self.save_strategy = "no"
+        self.save_strategy = checkpoint_strategy(self.save_steps, self.save_strategy)
         if not accelerator_present():
             self.dataloader_pin_memory = False  # pinned memory needs an accelerator; torch warns without one
             if self.bf16:

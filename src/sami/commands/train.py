@@ -1,9 +1,28 @@
 """`sami train`: train a model with the SAMI objective on samples.jsonl (`--method dpo` / `--method sft`: DPO or SFT
-through TRL on the same samples, `sami.comparisons.dpo` / `sami.comparisons.sft`)."""
+through TRL on the same samples, `sami.comparisons.dpo` / `sami.comparisons.sft`).
+
+Its flags are `SAMIConfig`'s fields (`sami.trainer_fields` plus `TrainingArguments`), so this module imports
+transformers and torch at the top: `sami.cli` imports it only for `sami train`."""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import os
+import sys
+import typing
+
+from transformers import HfArgumentParser
+
+from sami.comparisons.dpo import train_dpo_command
+from sami.comparisons.sft import train_sft_command
+from sami.config import load_config
+from sami.errors import SamiInputError
+from sami.launch import accelerate_command, relaunch_argv, run_launched
+from sami.models import LoraSettings
+from sami.stage_settings import training_arguments
+from sami.trainer import SAMIConfig, train_sami
 
 # SAMIConfig fields `sami train` requires on its command line.
 REQUIRED_FIELDS = {"output_dir"}
@@ -26,14 +45,6 @@ class _GivenOnly:
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per `SAMIConfig` field (TrainingArguments plus SAMI's), made by `transformers.HfArgumentParser`
     as TRL's CLI does, so each flag's help is the field's own."""
-    import copy
-    import dataclasses
-    import typing
-
-    from transformers import HfArgumentParser
-
-    from sami.trainer import SAMIConfig
-
     group = _GivenOnly(parser.add_argument_group("training (SAMIConfig: transformers TrainingArguments + SAMI)"))
     hints = typing.get_type_hints(SAMIConfig)
     for f in dataclasses.fields(SAMIConfig):
@@ -103,10 +114,6 @@ LAUNCH_FLAGS = {
 
 def config_overrides(args: argparse.Namespace) -> dict:
     """The SAMIConfig fields set on the command line (--eos or --include-eos replaces both of the config's)."""
-    import dataclasses
-
-    from sami.trainer import SAMIConfig
-
     given = vars(args)
     out = {f.name: given[f.name] for f in dataclasses.fields(SAMIConfig) if f.name in given}
     if "eos" in out:
@@ -119,29 +126,16 @@ def config_overrides(args: argparse.Namespace) -> dict:
 def training_config(args: argparse.Namespace, run_config=None):
     """The `SAMIConfig` of `sami train`: the flags given, over the --config's training section (`run_config`, when
     the caller has loaded it already), else over SAMIConfig's own defaults (the same ones `sami run` resolves)."""
-    import dataclasses
-
-    from sami.trainer import SAMIConfig
-
     overrides = config_overrides(args)
     if run_config is None and args.config:
-        from sami.config import load_config
-
         run_config = load_config(args.config)
     if run_config is None:
         return SAMIConfig(**overrides)
-    from sami.stage_settings import training_arguments
-
     base = training_arguments(run_config, output_dir=args.output_dir, max_steps=overrides.get("max_steps", -1))
     return dataclasses.replace(base, **overrides)
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    import sys
-
-    from sami.errors import SamiInputError
-
     steps = getattr(args, "max_steps", None)
     if steps is not None and (steps == 0 or steps < -1):
         raise SamiInputError(
@@ -149,8 +143,6 @@ def run(args: argparse.Namespace) -> int:
         )
 
     if (args.accelerate_config or args.num_processes or args.num_machines) and "LOCAL_RANK" not in os.environ:
-        from sami.launch import accelerate_command, relaunch_argv, run_launched
-
         cmd = accelerate_command(
             relaunch_argv(sys.argv[1:], LAUNCH_FLAGS),
             num_processes=args.num_processes or args.num_machines or 1,
@@ -165,23 +157,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if args.method == "dpo":
-        from sami.comparisons.dpo import train_dpo_command
-
         print(train_dpo_command(args, config_overrides(args)))
         return 0
     if args.method == "sft":
-        from sami.comparisons.sft import train_sft_command
-
         print(train_sft_command(args, config_overrides(args)))
         return 0
 
-    from sami.models import LoraSettings
-    from sami.trainer import train_sami
-
     model, lora, run_config = args.model, None, None
     if args.config:
-        from sami.config import load_config
-
         run_config = load_config(args.config)
         model = model or run_config.model.policy
         lora = run_config.model.lora

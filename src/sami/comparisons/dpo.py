@@ -25,43 +25,21 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from sami.comparisons.trl_args import known_fields, shared_training_fields, trl_class, trl_config
+from sami.comparisons.settings import DPOSettings
+from sami.comparisons.trl_args import shared_training_fields, trl_class, trl_config
 from sami.comparisons.trl_train import train_command, train_with_trl
+from sami.config import RunConfig
 from sami.errors import SamiInputError
 from sami.io import iter_jsonl
-
-if TYPE_CHECKING:
-    from sami.config import RunConfig
-    from sami.prompts import PromptTemplate
+from sami.prompts import PromptTemplate, _fill, query_parts, render_prompt
+from sami.tokens import default_separator, response_context
+from sami.trainer_fields import DPO, method_flags
 
 log = logging.getLogger(__name__)
 
 PROMPT_FORMS = ("constitution", "query")
-
-
-class DPOSettings(BaseModel):
-    """The `comparisons.dpo` section of a run config: a DPO model trained at every iteration beside SAMI's."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    beta: float = Field(0.1, gt=0.0, description="DPO's β: how far the policy may move from the reference model")
-    learning_rate: float | None = Field(None, gt=0.0, description="None: training.learning_rate (SAMI's)")
-    prompt: Literal["constitution", "query"] = Field(
-        "constitution", description="the pair's prompt: the positive constitution's training prompt or the bare query"
-    )
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps (None: the SAMI iteration's steps)")
-    trainer_args: dict[str, Any] = Field(
-        default_factory=dict, description="more DPOConfig fields (loss_type, max_length, ...)"
-    )
-
-    @field_validator("trainer_args")
-    @classmethod
-    def _known_trainer_args(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return known_fields("DPOConfig", value)
 
 
 # ---- the dataset ---------------------------------------------------------------------------------------
@@ -81,8 +59,6 @@ def query_prompt(template: PromptTemplate, query: Any, tokenizer: Any = None) ->
     """The bare query in the template's format (RLCD's prompt): the training text from the line holding `{query}` on,
     with no constitution; chat style: the user message alone, through the chat template (after the query's own
     system text, when it has one). `query`: a string, a `Query` or a samples.jsonl record."""
-    from sami.prompts import _fill, query_parts, render_prompt
-
     query, system = query_parts(query)
     text = template.training
     if template.style == "chat":
@@ -102,8 +78,6 @@ def check_prompt_form(prompt: str, forms: tuple[str, ...], template: PromptTempl
 
 def _completion(prompt: str, response: str, separator: str | None) -> str:
     """The response with the whitespace the model wrote before it (inferred as the trainer does when unrecorded)."""
-    from sami.tokens import default_separator
-
     return (default_separator(prompt, response) if separator is None else separator) + response
 
 
@@ -116,8 +90,6 @@ def dpo_records(
 ) -> list[dict]:
     """The preference pairs of `samples.jsonl`: `{"id", "prompt", "chosen", "rejected", "rejected_index"}` per record
     that has a pair (see the module docstring). A bad record raises `SamiInputError` naming file:line."""
-    from sami.tokens import response_context
-
     check_prompt_form(prompt, PROMPT_FORMS, template)
     out, skipped = [], 0
     for lineno, rec in iter_jsonl(samples_path):
@@ -156,7 +128,7 @@ def load_dpo_dataset(samples_path: str | os.PathLike, **kwargs):
 # ---- settings --------------------------------------------------------------------------------------------
 def dpo_config(output_dir: str | os.PathLike, **fields: Any):
     """A TRL `DPOConfig` with SAMI training's defaults where TRL's differ (`sami.comparisons.trl_args.trl_config`)."""
-    return trl_config(trl_class("DPOConfig"), output_dir, **fields)
+    return trl_config(trl_class("DPOConfig"), DPO, output_dir, **fields)
 
 
 def dpo_arguments(config: RunConfig, *, output_dir: str | os.PathLike, max_steps: int):
@@ -166,8 +138,7 @@ def dpo_arguments(config: RunConfig, *, output_dir: str | os.PathLike, max_steps
     dpo = dpo or DPOSettings()
     return dpo_config(
         output_dir,
-        **shared_training_fields(config),
-        learning_rate=dpo.learning_rate or config.training.learning_rate,
+        **shared_training_fields(config, DPO, dpo),
         beta=dpo.beta,
         max_steps=max_steps,
         **dpo.trainer_args,
@@ -226,19 +197,8 @@ def train_dpo_from_config(
 
 
 # ---- `sami train --method dpo` ---------------------------------------------------------------------------
-# SAMIConfig fields of `sami train` that DPOConfig shares (the rest are SAMI's and rejected with --method dpo).
-SHARED_FLAGS = {
-    "max_steps",
-    "learning_rate",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "optim",
-    "beta",
-    "seed",
-    "report_to",
-    "bf16",
-    "save_steps",
-}
+# SAMIConfig fields of `sami train` that `--method dpo` uses (the rest are SAMI's and refused); `--beta` is DPO's β.
+DPO_FLAGS = method_flags(DPO, own=set(DPOSettings.model_fields) - {"trainer_args"})
 
 
 def train_dpo_command(args, overrides: dict[str, Any]) -> Path:
@@ -248,7 +208,7 @@ def train_dpo_command(args, overrides: dict[str, Any]) -> Path:
         args,
         overrides,
         method="dpo",
-        shared=SHARED_FLAGS,
+        shared=DPO_FLAGS,
         unused="SAMI-only option(s), not used by --method dpo",
         arguments=dpo_arguments,
         config_of=dpo_config,

@@ -24,45 +24,22 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from sami.comparisons.dpo import SHARED_FLAGS, _completion, check_prompt_form, query_prompt
-from sami.comparisons.trl_args import known_fields, shared_training_fields, trl_class, trl_config
+from sami.comparisons.dpo import _completion, check_prompt_form, query_prompt
+from sami.comparisons.settings import SFTSettings
+from sami.comparisons.trl_args import shared_training_fields, trl_class, trl_config
 from sami.comparisons.trl_train import train_command, train_with_trl
+from sami.config import RunConfig
 from sami.errors import SamiInputError
 from sami.io import iter_jsonl
-
-if TYPE_CHECKING:
-    from sami.config import RunConfig
-    from sami.prompts import PromptTemplate
+from sami.prompts import PromptTemplate
+from sami.tokens import response_context
+from sami.trainer_fields import SFT, method_flags
 
 log = logging.getLogger(__name__)
 
 PROMPT_FORMS = ("query", "constitution")
-
-
-class SFTSettings(BaseModel):
-    """The `comparisons.sft` section of a run config: an SFT model trained at every iteration beside SAMI's."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    learning_rate: float | None = Field(None, gt=0.0, description="None: training.learning_rate (SAMI's)")
-    prompt: Literal["query", "constitution"] = Field(
-        "query",
-        description="the example's prompt: the bare query (context distillation) or, as an ablation, the positive "
-        "constitution's training prompt",
-    )
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps (None: the SAMI iteration's steps)")
-    trainer_args: dict[str, Any] = Field(
-        default_factory=dict, description="more SFTConfig fields (max_length, neftune_noise_alpha, ...)"
-    )
-
-    @field_validator("trainer_args")
-    @classmethod
-    def _known_trainer_args(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return known_fields("SFTConfig", value)
 
 
 # ---- the dataset ---------------------------------------------------------------------------------------
@@ -75,8 +52,6 @@ def sft_records(
 ) -> list[dict]:
     """The SFT examples of `samples.jsonl`: `{"id", "prompt", "completion"}` per record (see the module docstring).
     A bad record raises `SamiInputError` naming file:line."""
-    from sami.tokens import response_context
-
     check_prompt_form(prompt, PROMPT_FORMS, template)
     out = []
     for lineno, rec in iter_jsonl(samples_path):
@@ -110,7 +85,7 @@ def sft_config(output_dir: str | os.PathLike, **fields: Any):
     """A TRL `SFTConfig` with SAMI training's defaults where TRL's differ (`trl_args.trl_config`); no packing and
     TRL's completion-only loss."""
     fields = {"packing": False, "completion_only_loss": True, **fields}
-    return trl_config(trl_class("SFTConfig"), output_dir, **fields)
+    return trl_config(trl_class("SFTConfig"), SFT, output_dir, **fields)
 
 
 def sft_arguments(config: RunConfig, *, output_dir: str | os.PathLike, max_steps: int):
@@ -119,8 +94,7 @@ def sft_arguments(config: RunConfig, *, output_dir: str | os.PathLike, max_steps
     sft = (config.comparisons.sft if config.comparisons is not None else None) or SFTSettings()
     return sft_config(
         output_dir,
-        **shared_training_fields(config),
-        learning_rate=sft.learning_rate or config.training.learning_rate,
+        **shared_training_fields(config, SFT, sft),
         max_steps=max_steps,
         **sft.trainer_args,
     )
@@ -174,6 +148,10 @@ def train_sft_from_config(
     )
 
 
+# SAMIConfig fields of `sami train` that `--method sft` uses (the rest, `--beta` too, are refused).
+SFT_FLAGS = method_flags(SFT, own=set(SFTSettings.model_fields) - {"trainer_args"})
+
+
 # ---- `sami train --method sft` ---------------------------------------------------------------------------
 def train_sft_command(args, overrides: dict[str, Any]) -> Path:
     """`sami train --method sft`: `overrides` are the SAMIConfig fields set on the command line; those SFTConfig
@@ -182,7 +160,7 @@ def train_sft_command(args, overrides: dict[str, Any]) -> Path:
         args,
         overrides,
         method="sft",
-        shared=SHARED_FLAGS - {"beta"},
+        shared=SFT_FLAGS,
         unused="not used by --method sft",
         arguments=sft_arguments,
         config_of=sft_config,

@@ -1,32 +1,19 @@
 """The TRL argument objects of the comparison methods (`DPOConfig`, `SFTConfig`): SAMI training's defaults and the
-run's shared training settings, so every method trains with the same batch, optimizer, schedule and seed."""
+run's shared training settings (the declared trainer fields, `sami.trainer_fields`), so every method trains with the
+same batch, optimizer, schedule and seed."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pydantic import BaseModel
+
+from sami.config import RunConfig
 from sami.errors import SamiInputError
 from sami.models import accelerator_present
-
-if TYPE_CHECKING:
-    from sami.config import RunConfig
-
-# TrainingSettings fields every comparison method takes from the run's `training` section.
-SHARED_TRAINING_FIELDS = {
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "optim",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "weight_decay",
-    "max_grad_norm",
-    "bf16",
-    "logging_steps",
-    "report_to",
-    "save_steps",
-}
+from sami.trainer_fields import checkpoint_strategy, method_defaults, method_fields
 
 
 def trl_class(name: str):
@@ -38,25 +25,21 @@ def trl_class(name: str):
     return getattr(trl, name)
 
 
-def trl_config(config_cls: type, output_dir: str | os.PathLike, **fields: Any):
-    """A TRL config (`DPOConfig`, `SFTConfig`) with SAMI training's defaults where TRL's differ (no activation
-    checkpointing, float32 unless bf16 is asked for, log every step, resume checkpoints every 2 steps keeping the
-    newest, no truncation); an unknown field is an input error naming it."""
+def trl_config(config_cls: type, method: str, output_dir: str | os.PathLike, **fields: Any):
+    """A TRL config (`DPOConfig`, `SFTConfig`) of `method` ("dpo", "sft") starting from SAMI training's defaults
+    (every declared trainer field the method takes: learning rate, batch, optimizer, schedule, logging, resume
+    checkpoints every 2 steps keeping the newest), no activation checkpointing and no truncation; an unknown field is
+    an input error naming it."""
     defaults = {
+        **method_defaults(method),  # the declared trainer fields this method takes (`sami.trainer_fields`)
         "activation_checkpointing": False,  # TRL's default is on (as the deprecated gradient_checkpointing)
-        "bf16": False,
-        "logging_steps": 1,
-        "save_strategy": "steps",
-        "save_steps": 2,
-        "save_total_limit": 1,
         "max_length": None,
-        "report_to": "none",
-        "lr_scheduler_type": "constant",
         "dataloader_pin_memory": accelerator_present(),  # as SAMIConfig: torch warns about pinning without one
     }
     fields = {**defaults, **fields}
-    if fields.get("save_steps") == 0:
-        fields["save_strategy"] = "no"
+    fields["save_strategy"] = checkpoint_strategy(fields["save_steps"], fields["save_strategy"])
+    if fields.get("bf16") and not accelerator_present():
+        fields.setdefault("use_cpu", True)  # as SAMIConfig: transformers allows CPU bf16 only when told it is on CPU
     known = {f.name for f in dataclasses.fields(config_cls)}
     for key in fields:
         if key not in known:
@@ -64,20 +47,9 @@ def trl_config(config_cls: type, output_dir: str | os.PathLike, **fields: Any):
     return config_cls(output_dir=str(output_dir), **fields)
 
 
-def shared_training_fields(config: RunConfig) -> dict[str, Any]:
-    """The run's `training` settings every comparison method shares with SAMI, plus the run's seed."""
-    return {**config.training.model_dump(include=SHARED_TRAINING_FIELDS), "seed": config.seed}
-
-
-def known_fields(config_name: str, value: dict[str, Any]) -> dict[str, Any]:
-    """Validate a `trainer_args` mapping against `trl.<config_name>`'s fields (unchecked when TRL is missing: training
-    checks again)."""
-    try:
-        import trl
-    except ImportError:
-        return value
-    known = {f.name for f in dataclasses.fields(getattr(trl, config_name))}
-    for key in value:
-        if key not in known:
-            raise ValueError(f"unknown {config_name} field {key!r}")
-    return value
+def shared_training_fields(config: RunConfig, method: str, section: BaseModel) -> dict[str, Any]:
+    """The run's `training` settings `method` shares with SAMI (`sami.trainer_fields.method_fields`) and its seed,
+    with the method's own `section` (`comparisons.<method>`) over them where it sets one (its learning_rate)."""
+    fields = {**config.training.model_dump(include=set(method_fields(method))), "seed": config.seed}
+    own = {k: v for k, v in section.model_dump(include=set(fields)).items() if v is not None}
+    return {**fields, **own}

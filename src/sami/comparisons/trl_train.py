@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from sami.comparisons.trl_args import trl_class
+from sami.config import load_config
 from sami.errors import SamiInputError
+from sami.models import LoraSettings
+from sami.prompts import TemplateSettings
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,6 @@ def train_command(
     those in `shared` override the --config's training settings (`arguments(run_config, ...)`, else
     `config_of(output_dir, ...)`), any other set one is an error ending in `unused`. The prompt form is
     `--<method>-prompt`, else the run config's `comparisons.<method>.prompt`, else `default_prompt`."""
-    from sami.models import LoraSettings
-
     overrides = {k: v for k, v in overrides.items() if k != "output_dir"}  # passed on its own below
     other = sorted(k for k, v in overrides.items() if k not in shared and v is not None)
     if other:
@@ -91,8 +92,6 @@ def train_command(
     overrides = {k: v for k, v in overrides.items() if k in shared}
     lora, model, form = None, args.model, getattr(args, f"{method}_prompt")
     if args.config:
-        from sami.config import load_config
-
         run_config = load_config(args.config)
         base = arguments(run_config, output_dir=args.output_dir, max_steps=args.max_steps or -1)
         config = dataclasses.replace(base, **overrides)
@@ -101,8 +100,6 @@ def train_command(
         section = getattr(run_config.comparisons, method) if run_config.comparisons is not None else None
         form = form or (section.prompt if section is not None else None)
     else:
-        from sami.prompts import TemplateSettings
-
         config = config_of(args.output_dir, **overrides)
         template = TemplateSettings().build()
     if args.lora:
