@@ -10,7 +10,8 @@ from sami.checks import count_sentences, count_words, parse_check, parse_check_s
 from sami.constitutions import Constitution, ConstitutionSet, Principle, load_constitutions
 from sami.errors import SamiInputError
 from sami.evaluation.adherence import AdherenceItem, adherence, score_responses, wilson_interval, with_change
-from sami.evaluation.judges import JudgeSettings, PairItem, make_judge
+from sami.evaluation.judge_settings import JudgeSettings
+from sami.evaluation.judges import PairItem, make_judge
 from sami.evaluation.winrate import check_record, summarize
 
 

@@ -10,7 +10,8 @@ import pytest
 from sami.data import load_queries
 from sami.errors import SamiInputError
 from sami.evaluation.evaluate import EvaluationSettings, judge_hash, run_evaluation
-from sami.evaluation.judges import LOCAL_JUDGE_PROMPT, JudgeSettings
+from sami.evaluation.judge_prompts import LOCAL_JUDGE_PROMPT
+from sami.evaluation.judge_settings import JudgeSettings
 from sami.io import read_jsonl
 from sami.layout import EvalLayout
 

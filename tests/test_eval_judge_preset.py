@@ -5,14 +5,9 @@ from __future__ import annotations
 import random
 
 from sami.constitutions import Constitution, load_constitutions
-from sami.evaluation.judges import (
-    PAPER_JUDGE_PROMPT,
-    PAPER_JUDGE_SYSTEM,
-    JudgeSettings,
-    PairItem,
-    judge_prompt,
-    make_judge,
-)
+from sami.evaluation.judge_prompts import PAPER_JUDGE_PROMPT, PAPER_JUDGE_SYSTEM, judge_prompt
+from sami.evaluation.judge_settings import JudgeSettings
+from sami.evaluation.judges import PairItem, make_judge
 from sami.openai_client import Reply
 
 

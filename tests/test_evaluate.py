@@ -18,7 +18,8 @@ import sami.models
 from sami.cli import main
 from sami.data import load_queries
 from sami.evaluation.evaluate import EvaluationSettings, run_evaluation
-from sami.evaluation.judges import JudgeSettings, LocalJudge
+from sami.evaluation.judge_settings import JudgeSettings
+from sami.evaluation.judges import LocalJudge
 from sami.evaluation.winrate import SUMMARY_KEYS, check_record
 from sami.io import read_jsonl
 

@@ -8,7 +8,9 @@ import pytest
 from conftest import free_port, loopback_server, send_json
 
 from sami.constitutions import Constitution, Principle, load_constitutions
-from sami.evaluation.judges import JudgeSettings, PairItem, PairwiseJudge, Verdict, make_judge, parse_verdict
+from sami.evaluation.judge_settings import JudgeSettings
+from sami.evaluation.judges import PairItem, PairwiseJudge, Verdict, make_judge
+from sami.evaluation.verdicts import parse_verdict
 from sami.evaluation.winrate import check_record
 
 RECORD_KEYS = {"id", "model", "baseline", "win", "model_length", "baseline_length", "order", "status", "judge_text"}

@@ -47,7 +47,8 @@ from sami.data import Query, QuerySource
 from sami.errors import SamiInputError
 from sami.evaluation.adherence import eval_adherence, query_subset
 from sami.evaluation.contrast import contrast_metrics
-from sami.evaluation.judges import JudgeSettings, PairItem, make_judge
+from sami.evaluation.judge_settings import JudgeSettings
+from sami.evaluation.judges import PairItem, make_judge
 from sami.evaluation.responses import (
     Progress,
     generate_mi,
