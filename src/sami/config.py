@@ -20,9 +20,10 @@ from sami.compat import transformers_version, translate_trainer_args
 from sami.data import QuerySource
 from sami.errors import SamiInputError
 from sami.evaluation.evaluate import EvaluationSettings
+from sami.filters import FilterSettings
 from sami.generation import GenerationSettings
 from sami.models import LoraSettings, check_attention
-from sami.prompts import FilterSettings, TemplateSettings
+from sami.prompts import TemplateSettings
 from sami.sampling import SamplingSettings
 from sami.settings import ENV_VAR_NAME, read_yaml, validate
 

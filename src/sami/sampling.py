@@ -37,17 +37,11 @@ from rich.table import Table
 
 from sami.constitutions import ConstitutionSet, sample_constitutions
 from sami.errors import SamiInputError
+from sami.filters import FilterSettings, check_responses, reasoning_filters
 from sami.io import JsonlStore, atomic_write_json
 from sami.layout import dropped_path, stats_path
 from sami.manifest import part_hash
-from sami.prompts import (
-    REASONING_MAX_NEW_TOKENS,
-    FilterSettings,
-    PromptTemplate,
-    check_responses,
-    reasoning_filters,
-    render_prompt,
-)
+from sami.prompts import REASONING_MAX_NEW_TOKENS, PromptTemplate, render_prompt
 
 if TYPE_CHECKING:
     from sami.config import RunConfig

@@ -55,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
     from sami.constitutions import load_constitutions
     from sami.data import BUNDLED_QUERIES, QuerySource, load_queries
+    from sami.filters import FilterSettings
     from sami.generation import GenerationSettings, make_generator
     from sami.models import load_tokenizer
-    from sami.prompts import FilterSettings, get_template
+    from sami.prompts import get_template
     from sami.sampling import SamplingSettings, generate_samples
     from sami.settings import load_settings, settings_overrides, validate
 
