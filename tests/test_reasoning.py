@@ -159,10 +159,10 @@ def test_records_keep_reasoning_in_meta_and_drop_missing_markers(tmp_path, queri
 def test_real_model_generates_with_reasoning(tmp_path, queries, default_model, default_tokenizer):
     """The real model writes the reasoning; where it never reaches the marker, a known answer follows it."""
     from sami.generation import make_generator
-    from sami.generation.base import GenerationSettings
+    from sami.generation.base import parse_generation
 
     real = make_generator(
-        GenerationSettings(backend="hf", batch_size=4), model=default_model, tokenizer=default_tokenizer
+        parse_generation(backend="hf", batch_size=4), model=default_model, tokenizer=default_tokenizer
     )
     marker = REASONING_MARKERS["dialogue"]
     cot = get_template("dialogue", "base", reasoning=True)

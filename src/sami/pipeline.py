@@ -42,6 +42,7 @@ from sami.config import RunConfig, config_to_yaml
 from sami.constitutions import ConstitutionSet, load_constitutions
 from sami.data import Query, iteration_slice, load_queries
 from sami.errors import SamiInputError
+from sami.hash_compat import legacy_shape
 from sami.ifeval import stage as benchmark_stage
 from sami.io import atomic_write_text, count_failed
 from sami.layout import EvalLayout, RunLayout
@@ -54,9 +55,10 @@ log = logging.getLogger(__name__)
 
 
 def _dump(config: RunConfig, **kwargs) -> dict:
-    """`config.model_dump(mode="json")` without the query sources' `transform` and `revision` where unset, so runs
-    written before those fields existed keep their hashes."""
-    data = config.model_dump(mode="json", **kwargs)
+    """`config.model_dump(mode="json")` without the query sources' `transform` and `revision` where unset, and the
+    generation/judge/writer sections in their flat legacy shape (`sami.hash_compat`), so runs written before those
+    changes keep their hashes."""
+    data = legacy_shape(config.model_dump(mode="json", **kwargs), exclude=kwargs.get("exclude"))
     for section in ("train", "eval"):
         for source in data["data"][section]:
             for key in ("transform", "revision"):

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     generator = make_generator(generation)
     tokenizer = getattr(generator, "tokenizer", None)
     if template.style == "chat" and tokenizer is None:
-        tokenizer = load_tokenizer(generation.model)
+        tokenizer = load_tokenizer(getattr(generation, "model", "default"))  # openai: the bundled model's
     console = Console(stderr=True)
     stats = generate_samples(
         generator, queries, cset, args.out, sampling,

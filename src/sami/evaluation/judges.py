@@ -30,7 +30,7 @@ from typing import Literal
 
 from sami.errors import SamiInputError
 from sami.evaluation.judge_prompts import judge_prompt
-from sami.evaluation.judge_settings import JudgeSettings
+from sami.evaluation.judge_settings import ApiJudgeSettings, JudgeSettings, LocalJudgeSettings
 from sami.evaluation.verdicts import parse_verdict
 from sami.models import accepts_logits_to_keep, left_pad, load_model, load_tokenizer
 from sami.openai_client import ApiError, OpenAIClient
@@ -84,7 +84,7 @@ class PairwiseJudge(ABC):
 
     @property
     def template(self) -> str:
-        """The prompt template filled for each pair (`JudgeSettings.prompt_text`)."""
+        """The prompt template filled for each pair (the settings' `prompt_text()`)."""
         return self.settings.prompt_text() or ""
 
     @abstractmethod
@@ -179,7 +179,7 @@ class PairwiseJudge(ABC):
         }
 
     def describe(self) -> dict:
-        """The `judge` object of every judgment record: `JudgeSettings.identity()`."""
+        """The `judge` object of every judgment record: the settings' `identity()`."""
         return self.settings.identity()
 
     def _describe(self, verdict: Verdict, model_first: bool) -> str:
@@ -195,19 +195,12 @@ class ApiJudge(PairwiseJudge):
     client the `openai` generation backend uses: retries with backoff and Retry-After, the key only from
     `api_key_env`, none needed on a loopback `base_url`, at most `max_concurrency` requests in flight)."""
 
-    def __init__(self, settings: JudgeSettings, client=None):
+    def __init__(self, settings: ApiJudgeSettings, client=None):
         super().__init__(settings)
         if not settings.model_name:
             raise SamiInputError("judge.model_name: the api judge needs the model name at the endpoint")
         if client is None:
-            client = OpenAIClient(
-                settings.base_url,
-                api_key_env=settings.api_key_env,
-                timeout=settings.timeout,
-                max_retries=settings.max_retries,
-                max_concurrency=settings.max_concurrency,
-                field="judge",
-            )
+            client = OpenAIClient.from_endpoint(settings, field="judge")
         self.client = client
 
     def _one(self, prompt: str) -> Verdict:
@@ -249,7 +242,7 @@ def _letter_ids(tokenizer, letter: str) -> list[int]:
 class LocalJudge(PairwiseJudge):
     """Next-token probabilities of "A" vs "B" from an HF causal LM after the judge prompt."""
 
-    def __init__(self, settings: JudgeSettings, model=None, tokenizer=None):
+    def __init__(self, settings: LocalJudgeSettings, model=None, tokenizer=None):
         super().__init__(settings)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.model)
         self.model = model if model is not None else load_model(settings.model, dtype=settings.dtype).eval()
