@@ -24,8 +24,7 @@ OWN_DEFAULTS = {(ApiJudgeSettings, "max_retries"): 2}
 
 def _all_settings_classes() -> set[type[BaseModel]]:
     for info in pkgutil.walk_packages(sami.__path__, "sami."):
-        if not info.name.startswith(("sami.ifeval.", "sami.comparisons.trl_train")):
-            importlib.import_module(info.name)
+        importlib.import_module(info.name)
     out, todo = set(), [BaseModel]
     while todo:
         for sub in todo.pop().__subclasses__():
@@ -103,3 +102,20 @@ def test_a_nested_error_names_the_section_without_the_member_tag(tmp_path):
     )
     with pytest.raises(SamiInputError, match=r"^.*run\.yaml: generation\.server_port: "):
         load_config(path)
+
+
+@pytest.mark.parametrize("name", ["tldr_llama3_70b_diverse.yaml", "hh_mistral7b.yaml", "demo.yaml"])
+def test_a_resolved_config_dumps_only_its_members_fields_and_loads_again(name, tmp_path):
+    from conftest import ROOT
+
+    from sami.config import config_to_yaml, load_config
+    from sami.pipeline import config_hash
+
+    config = load_config(ROOT / "configs" / name)
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config_to_yaml(config))
+    again = load_config(path)
+    assert again == config and config_hash(again) == config_hash(config)
+    dumped = config.model_dump()
+    assert set(dumped["generation"]) == set(type(config.generation).model_fields)
+    assert set(dumped["evaluation"]["judge"]) == set(type(config.evaluation.judge).model_fields)
