@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from sami.generation import GenerationSettings, make_generator
+from sami.generation import make_generator, parse_generation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,7 +161,7 @@ def main() -> int:
         return proc.returncode
     t = time.time()
 
-    gen = make_generator(GenerationSettings(backend="hf", model=str(run_dir / "iter-1" / "train"), dtype=None))
+    gen = make_generator(parse_generation(backend="hf", model=str(run_dir / "iter-1" / "train"), dtype=None))
     text = gen.generate(["Hello, how are you?"], max_new_tokens=8)[0].text
     timings["reload + generate"] = round(time.time() - t, 1)
     info = json.loads((run_dir / "iter-1" / "train" / "train_info.json").read_text())

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from sami.constitutions import Constitution, load_constitutions  # noqa: E402
 from sami.data import load_queries  # noqa: E402
 from sami.evaluation.adherence import wilson_interval  # noqa: E402
-from sami.generation import GenerationSettings, make_generator  # noqa: E402
+from sami.generation import make_generator, parse_generation  # noqa: E402
 from sami.prompts import get_template  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main() -> int:
         {"bundled": "hh_harmless_test", "limit": args.queries - half}
     )
     template = get_template("dialogue", "chat")
-    generator = make_generator(GenerationSettings(model=args.model, batch_size=args.batch_size))
+    generator = make_generator(parse_generation(model=args.model, batch_size=args.batch_size))
     started = time.perf_counter()
     jobs = []  # (principle, positive?, query, prompt)
     for p in cset.principles:

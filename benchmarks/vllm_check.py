@@ -81,7 +81,7 @@ def run(
     prefix_caching_off: bool = True,
 ) -> dict:
     """The round trip for each dtype; returns the results (also printed as a table by `main`)."""
-    from sami.generation import GenerationSettings, make_generator
+    from sami.generation import make_generator, parse_generation
     from sami.models import load_tokenizer, resolve_model_path
 
     path, _ = resolve_model_path(model)
@@ -91,14 +91,14 @@ def run(
     for dtype in dtypes:
         row: dict = {"dtype": dtype}
         hf = make_generator(
-            GenerationSettings(backend="hf", model=path, dtype=dtype, device=device, batch_size=batch_size)
+            parse_generation(backend="hf", model=path, dtype=dtype, device=device, batch_size=batch_size)
         )
         hf_out, row["hf_tok_s"] = timed(hf, prompts, max_new_tokens)
         del hf
         free_gpu()
         if not hf_only:
             for caching in (True, False) if prefix_caching_off else (True,):
-                settings = GenerationSettings(
+                settings = parse_generation(
                     backend="vllm",
                     model=path,
                     dtype=dtype,

@@ -10,7 +10,8 @@ from sami.checks import count_sentences, count_words, parse_check, parse_check_s
 from sami.constitutions import Constitution, ConstitutionSet, Principle, load_constitutions
 from sami.errors import SamiInputError
 from sami.evaluation.adherence import AdherenceItem, adherence, score_responses, wilson_interval, with_change
-from sami.evaluation.judges import JudgeSettings, PairItem, make_judge
+from sami.evaluation.judge_settings import parse_judge
+from sami.evaluation.judges import PairItem, make_judge
 from sami.evaluation.winrate import check_record, summarize
 
 
@@ -210,7 +211,7 @@ def test_rules_judge_verdicts_and_ties(demo_positive):
         PairItem(f"q{i}", "When does it open?", demo_positive, a, b, model_length=len(a), baseline_length=len(b))
         for i, (a, b, _) in enumerate(pairs)
     ]
-    judge = make_judge(JudgeSettings(kind="rules"))
+    judge = make_judge(parse_judge(kind="rules"))
     records = judge.judge(items, model="m", baseline="base")
     assert [r["win"] for r in records] == [w for *_, w in pairs]
     assert [r["status"] for r in records] == ["ok", "ok", "tie", "ok", "ok"]
@@ -224,7 +225,7 @@ def test_rules_judge_verdicts_and_ties(demo_positive):
 
 def test_rules_judge_needs_a_check():
     plain = Constitution(((Principle("kind", "Be kind.", "Be unkind."), True),))
-    judge = make_judge(JudgeSettings(kind="rules"))
+    judge = make_judge(parse_judge(kind="rules"))
     with pytest.raises(SamiInputError, match="no principle with a `check`"):
         judge.judge([PairItem("q", "x", plain, "a", "b")], model="m", baseline="base")
 

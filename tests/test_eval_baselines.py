@@ -9,7 +9,7 @@ import pytest
 from sami.constitutions import load_constitutions
 from sami.data import load_queries
 from sami.evaluation.evaluate import BaselineSettings, EvaluationSettings, run_evaluation, user_turn_template
-from sami.generation import GenerationSettings
+from sami.generation import parse_generation
 from sami.io import read_jsonl
 from sami.layout import EvalLayout
 from sami.prompts import render_prompt
@@ -59,7 +59,7 @@ def test_baseline_intrinsic_off_and_api_baselines_skipped(tmp_path, tiny_model, 
         tmp_path / "off", tiny_model, default_tokenizer, {"other": str(tiny_model_dir)}, baseline_intrinsic=False
     )
     assert off["baselines"] == {} and not EvalLayout(tmp_path / "off").baseline_mi_responses("other").exists()
-    api = BaselineSettings(model="x", generation=GenerationSettings(backend="openai", model_name="x"))
+    api = BaselineSettings(model="x", generation=parse_generation(backend="openai", model_name="x"))
     queries = load_queries("hh_helpful_test")[:2]
     settings = EvaluationSettings(constitutions="hh_opus", max_new_tokens=3, device="cpu", intrinsic=False)
     metrics = run_evaluation(

@@ -10,22 +10,23 @@ import pytest
 from sami.data import load_queries
 from sami.errors import SamiInputError
 from sami.evaluation.evaluate import EvaluationSettings, judge_hash, run_evaluation
-from sami.evaluation.judges import LOCAL_JUDGE_PROMPT, JudgeSettings
+from sami.evaluation.judge_prompts import LOCAL_JUDGE_PROMPT
+from sami.evaluation.judge_settings import JudgeSettings, parse_judge
 from sami.io import read_jsonl
 from sami.layout import EvalLayout
 
 
 def test_identity_names_what_decides_verdicts():
-    local = JudgeSettings(kind="local", model="m", dtype="bfloat16", seed=3)
+    local = parse_judge(kind="local", model="m", dtype="bfloat16", seed=3)
     ident = local.identity()
     assert ident == {
         "kind": "local", "preset": None, "model": "m", "dtype": "bfloat16",
         "prompt_sha256": hashlib.sha256(LOCAL_JUDGE_PROMPT.encode()).hexdigest(),
         "both_orders": False, "seed": 3, "tie_band": 1e-3,
     }  # fmt: skip
-    assert JudgeSettings(kind="local", model="m", dtype="bfloat16", seed=3, batch_size=64).identity() == ident
-    assert JudgeSettings(kind="local", model="m", dtype="bfloat16", seed=3, prompt="{query}").identity() != ident
-    api = JudgeSettings(kind="api", model_name="gpt-4-0613", base_url="http://x/v1", api_key_env="MY_KEY").identity()
+    assert parse_judge(kind="local", model="m", dtype="bfloat16", seed=3, batch_size=64).identity() == ident
+    assert parse_judge(kind="local", model="m", dtype="bfloat16", seed=3, prompt="{query}").identity() != ident
+    api = parse_judge(kind="api", model_name="gpt-4-0613", base_url="http://x/v1", api_key_env="MY_KEY").identity()
     assert api["model"] == "gpt-4-0613" and api["base_url"] == "http://x/v1" and api["temperature"] == 0.0
     assert api["max_tokens"] == 256 and "MY_KEY" not in json.dumps(api) and "api_key_env" not in api
 
@@ -41,7 +42,7 @@ def _evaluate(out, tiny_model, tokenizer, judge: JudgeSettings, **kwargs):
 
 
 def test_another_judge_is_refused_or_rejudges_keeping_the_old_verdicts(tmp_path, tiny_model, default_tokenizer):
-    first, second = JudgeSettings(kind="local", seed=0), JudgeSettings(kind="local", seed=1)
+    first, second = parse_judge(kind="local", seed=0), parse_judge(kind="local", seed=1)
     metrics = _evaluate(tmp_path, tiny_model, default_tokenizer, first)
     path = EvalLayout(tmp_path).judgments("base")
     old = path.read_bytes()
@@ -72,11 +73,11 @@ def test_another_judge_is_refused_or_rejudges_keeping_the_old_verdicts(tmp_path,
 
 
 def test_rejudge_is_a_setting_too(tmp_path, tiny_model, default_tokenizer):
-    _evaluate(tmp_path, tiny_model, default_tokenizer, JudgeSettings(kind="local", seed=0))
+    _evaluate(tmp_path, tiny_model, default_tokenizer, parse_judge(kind="local", seed=0))
     assert EvaluationSettings(rejudge=True).rejudge and not EvaluationSettings().rejudge
     queries = load_queries("hh_harmless_test")[:3]
     settings = EvaluationSettings(
-        constitutions="hh_opus", intrinsic=False, judge=JudgeSettings(kind="local", seed=5), rejudge=True
+        constitutions="hh_opus", intrinsic=False, judge=parse_judge(kind="local", seed=5), rejudge=True
     )
     metrics = run_evaluation(
         settings, "m", tmp_path, queries=queries, model=tiny_model, tokenizer=default_tokenizer,

@@ -5,14 +5,9 @@ from __future__ import annotations
 import random
 
 from sami.constitutions import Constitution, load_constitutions
-from sami.evaluation.judges import (
-    PAPER_JUDGE_PROMPT,
-    PAPER_JUDGE_SYSTEM,
-    JudgeSettings,
-    PairItem,
-    judge_prompt,
-    make_judge,
-)
+from sami.evaluation.judge_prompts import PAPER_JUDGE_PROMPT, PAPER_JUDGE_SYSTEM, judge_prompt
+from sami.evaluation.judge_settings import parse_judge
+from sami.evaluation.judges import PairItem, make_judge
 from sami.openai_client import Reply
 
 
@@ -35,18 +30,18 @@ class _Client:
 
 
 def test_paper_preset_sets_the_protocol_and_fields_beside_it_win():
-    s = JudgeSettings(preset="paper", model_name="gpt-4-0613")
+    s = parse_judge(preset="paper", model_name="gpt-4-0613")
     assert (s.kind, s.temperature, s.max_tokens, s.both_orders) == ("api", 0.0, 200, False)
     assert s.prompt == PAPER_JUDGE_PROMPT and s.system == PAPER_JUDGE_SYSTEM
-    assert JudgeSettings(preset="paper", model_name="x", max_tokens=64).max_tokens == 64
-    assert JudgeSettings.model_validate({"preset": "paper", "model_name": "x"}).identity()["preset"] == "paper"
-    assert s.identity() != JudgeSettings(preset="paper", model_name="gpt-4-0613", system="other").identity()
+    assert parse_judge(preset="paper", model_name="x", max_tokens=64).max_tokens == 64
+    assert parse_judge(**{"preset": "paper", "model_name": "x"}).identity()["preset"] == "paper"
+    assert s.identity() != parse_judge(preset="paper", model_name="gpt-4-0613", system="other").identity()
 
 
 def test_paper_preset_prompt_as_sent():
     cset = load_constitutions("hh_opus")
     positive = Constitution(tuple((p, True) for p in cset.principles))
-    settings = JudgeSettings(preset="paper", model_name="gpt-4-0613", seed=7)
+    settings = parse_judge(preset="paper", model_name="gpt-4-0613", seed=7)
     client = _Client("Comparison: B is more helpful.\n\nFinal Response: B")
     judge = make_judge(settings, client=client)
     item = PairItem("q1", "How do I bake bread?", positive, "Mine.", "Theirs.", 5, 7)
@@ -71,6 +66,6 @@ def test_paper_preset_prompt_as_sent():
 def test_paper_preset_ties_and_unparsed_count_half():
     cset = load_constitutions("hh_opus")
     positive = Constitution(tuple((p, True) for p in cset.principles))
-    judge = make_judge(JudgeSettings(preset="paper", model_name="x"), client=_Client("Comparison: both fine."))
+    judge = make_judge(parse_judge(preset="paper", model_name="x"), client=_Client("Comparison: both fine."))
     [record] = judge.judge([PairItem("q", "Hi?", positive, "a", "b")], model="m", baseline="base")
     assert record["win"] == 0.5 and record["status"] == "unparsed"

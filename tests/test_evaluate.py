@@ -18,7 +18,8 @@ import sami.models
 from sami.cli import main
 from sami.data import load_queries
 from sami.evaluation.evaluate import EvaluationSettings, run_evaluation
-from sami.evaluation.judges import JudgeSettings, LocalJudge
+from sami.evaluation.judge_settings import parse_judge
+from sami.evaluation.judges import LocalJudge
 from sami.evaluation.winrate import SUMMARY_KEYS, check_record
 from sami.io import read_jsonl
 
@@ -113,7 +114,7 @@ def test_precomputed_baseline_responses_are_used(tmp_path, tiny_model, default_t
     queries = load_queries("hh_harmless_test")[:3]
     given = {q.id: f"Baseline answer {i}." for i, q in enumerate(queries)}
     settings = EvaluationSettings(
-        constitutions="hh_opus", judge=JudgeSettings(kind="local"), max_new_tokens=3, intrinsic=False
+        constitutions="hh_opus", judge=parse_judge(kind="local"), max_new_tokens=3, intrinsic=False
     )
     metrics = run_evaluation(
         settings,

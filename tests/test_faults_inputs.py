@@ -85,8 +85,11 @@ def case(tmp_path, tiny_model_dir):
             ["comparisons.dpo.trainer_args", "'save_steps' is set by training.save_steps"],
         ),
         (lambda c: c["sampling"].update(n_constitutions=9), ["sampling.n_constitutions", "9"]),
-        (lambda c: c["evaluation"]["judge"].update(kind="api", api_key_env=SECRET), ["judge.api_key_env"]),
+        (lambda c: c["evaluation"].update(judge={"kind": "api", "api_key_env": SECRET}), ["judge.api_key_env"]),
         (lambda c: c["generation"].update(backend="openai", api_key_env=SECRET), ["generation.api_key_env"]),
+        # a field of another backend or judge kind is refused, not ignored
+        (lambda c: c["generation"].update(backend="openai", batch_size=4), ["generation.batch_size", "backend hf"]),
+        (lambda c: c["evaluation"]["judge"].update(kind="api"), ["evaluation.judge.model", "kind local only"]),
     ],
     ids=[
         "seed-1e25",
@@ -99,6 +102,8 @@ def case(tmp_path, tiny_model_dir):
         "C-too-big",
         "judge-key",
         "generation-key",
+        "generation-field-of-other-backend",
+        "judge-field-of-other-kind",
     ],
 )
 def test_bad_config_values_are_one_line_before_any_work(case, capsys, change, needles):

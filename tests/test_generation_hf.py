@@ -8,7 +8,7 @@ import pytest
 
 from sami.data import bundled_queries_path
 from sami.errors import SamiInputError
-from sami.generation import Completion, GenerationSettings, TextGenerator, make_generator
+from sami.generation import Completion, OpenAIGeneration, TextGenerator, make_generator, parse_generation
 from sami.generation.hf import HFGenerator
 
 
@@ -123,13 +123,13 @@ def test_sampling_is_reproducible_from_a_seed(gen, prompts, default_model, defau
 
 @pytest.mark.slow
 def test_make_generator_with_a_loaded_model(default_model, default_tokenizer):
-    gen = make_generator(GenerationSettings(batch_size=2), model=default_model, tokenizer=default_tokenizer)
+    gen = make_generator(parse_generation(batch_size=2), model=default_model, tokenizer=default_tokenizer)
     assert isinstance(gen, TextGenerator) and gen.model is default_model
     out = gen.generate(["Human: Hi!\n\nAssistant:"], max_new_tokens=3)
     assert isinstance(out[0], Completion) and out[0].num_tokens == 3
     assert gen.generate([], max_new_tokens=3) == []
     with pytest.raises(SamiInputError, match="tokenizer"):
-        make_generator(GenerationSettings(), model=default_model)
+        make_generator(parse_generation(), model=default_model)
 
 
 @pytest.mark.slow
@@ -146,9 +146,9 @@ def test_settings_reject_unknown_fields():
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
-        GenerationSettings(backend="hf", batchsize=4)
-    assert GenerationSettings().backend == "hf"
-    assert "description" in GenerationSettings.model_json_schema()["properties"]["api_key_env"]
+        parse_generation(backend="hf", batchsize=4)
+    assert parse_generation().backend == "hf"
+    assert "description" in OpenAIGeneration.model_json_schema()["properties"]["api_key_env"]
 
 
 # ---- vllm backend: vLLM cannot be installed here; test the missing-import message and the settings mapping.
@@ -160,7 +160,7 @@ def test_vllm_missing_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(SamiInputError, match=r"pip install 'sami\[vllm\]'"):
-        make_generator(GenerationSettings(backend="vllm", model=str(tmp_path)))
+        make_generator(parse_generation(backend="vllm", model=str(tmp_path)))
 
 
 class _FakeVLLM:
@@ -207,7 +207,7 @@ def test_vllm_maps_settings_to_its_api(monkeypatch, tmp_path):
     fake = _FakeVLLM()
     monkeypatch.setitem(sys.modules, "vllm", fake.module)
     (tmp_path / "config.json").write_text("{}")
-    settings = GenerationSettings(
+    settings = parse_generation(
         backend="vllm",
         model=str(tmp_path),
         dtype="bfloat16",
@@ -256,7 +256,7 @@ def test_vllm_prefix_caching_can_be_turned_off(monkeypatch, tmp_path):
     fake = _FakeVLLM()
     monkeypatch.setitem(sys.modules, "vllm", fake.module)
     (tmp_path / "config.json").write_text("{}")
-    make_generator(GenerationSettings(backend="vllm", model=str(tmp_path)))
+    make_generator(parse_generation(backend="vllm", model=str(tmp_path)))
     assert fake.llm_kwargs["enable_prefix_caching"] is True
-    make_generator(GenerationSettings(backend="vllm", model=str(tmp_path), engine_kwargs={"enable_prefix_caching": 0}))
+    make_generator(parse_generation(backend="vllm", model=str(tmp_path), engine_kwargs={"enable_prefix_caching": 0}))
     assert fake.llm_kwargs["enable_prefix_caching"] == 0

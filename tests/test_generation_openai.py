@@ -13,7 +13,7 @@ import pytest
 from conftest import free_port, loopback_server, send_json
 
 from sami.errors import SamiInputError
-from sami.generation import GenerationSettings, make_generator
+from sami.generation import make_generator, parse_generation
 from sami.generation.openai_backend import GenerationError, OpenAIGenerator
 
 QUESTION = "What is 2+2?"  # the bundled model answers "... is 4." and stops
@@ -64,7 +64,7 @@ def failing_proxy(upstream: str, *, fail: int = 0, status: int = 500, delay_firs
 
 @pytest.mark.slow
 def test_completions_and_chat_on_a_real_server(llama_server):
-    gen = make_generator(GenerationSettings(backend="openai", base_url=llama_server, max_concurrency=2))
+    gen = make_generator(parse_generation(backend="openai", base_url=llama_server, max_concurrency=2))
     assert isinstance(gen, OpenAIGenerator)
     prompts = [PROMPT, [{"role": "user", "content": QUESTION}]]
     text, chat = gen.generate(prompts, max_new_tokens=24, stop=["Human:"])
@@ -120,7 +120,7 @@ def test_client_errors_fail_at_once(llama_server):
 def test_dead_endpoint_fails_with_one_clear_line(monkeypatch):
     monkeypatch.setenv("SAMI_TEST_KEY", "sk-very-secret-123")
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    settings = GenerationSettings(backend="openai", base_url=url, api_key_env="SAMI_TEST_KEY", max_retries=2, **FAST)
+    settings = parse_generation(backend="openai", base_url=url, api_key_env="SAMI_TEST_KEY", max_retries=2, **FAST)
     gen = make_generator(settings)
     with pytest.raises(SamiInputError) as info:
         gen.generate(["a", "b", "c"], max_new_tokens=4)

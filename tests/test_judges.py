@@ -8,7 +8,9 @@ import pytest
 from conftest import free_port, loopback_server, send_json
 
 from sami.constitutions import Constitution, Principle, load_constitutions
-from sami.evaluation.judges import JudgeSettings, PairItem, PairwiseJudge, Verdict, make_judge, parse_verdict
+from sami.evaluation.judge_settings import parse_judge
+from sami.evaluation.judges import PairItem, PairwiseJudge, Verdict, make_judge
+from sami.evaluation.verdicts import parse_verdict
 from sami.evaluation.winrate import check_record
 
 RECORD_KEYS = {"id", "model", "baseline", "win", "model_length", "baseline_length", "order", "status", "judge_text"}
@@ -81,7 +83,7 @@ def prefers(text: str):
 
 
 def test_seeded_order_and_records(positive):
-    judge = ScriptedJudge(JudgeSettings(seed=1), prefers(GOOD))
+    judge = ScriptedJudge(parse_judge(seed=1), prefers(GOOD))
     batch = [PairItem(f"q{i}", "q?", positive, GOOD, BAD, 9, 3) for i in range(16)]
     records = judge.judge(batch, model="m", baseline="base")
     assert [set(r) for r in records] == [RECORD_KEYS] * 16
@@ -90,7 +92,7 @@ def test_seeded_order_and_records(positive):
     assert all(r["win"] == 1 and r["status"] == "ok" for r in records)  # position does not matter to this judge
     orders = [r["order"] for r in records]
     assert {"model_first", "baseline_first"} == set(orders)  # a seeded random order per item
-    again = ScriptedJudge(JudgeSettings(seed=1), prefers(GOOD)).judge(batch[5:], model="m", baseline="base")
+    again = ScriptedJudge(parse_judge(seed=1), prefers(GOOD)).judge(batch[5:], model="m", baseline="base")
     assert [r["order"] for r in again] == orders[5:]  # depends on the id only: stable when resuming
     # the principles are shuffled per item, reproducibly
     shown = {p.split("Principles:\n")[1].split("\n\n")[0] for p in judge.prompts}
@@ -98,18 +100,18 @@ def test_seeded_order_and_records(positive):
 
 
 def test_both_orders_disagreement_is_a_tie(positive):
-    always_a = ScriptedJudge(JudgeSettings(both_orders=True), lambda p: Verdict(1.0, "ok", "A"))
+    always_a = ScriptedJudge(parse_judge(both_orders=True), lambda p: Verdict(1.0, "ok", "A"))
     records = always_a.judge(items(positive), model="m", baseline="b")
     assert all(r["order"] == "both" and r["status"] == "tie" and r["win"] == 0.5 for r in records)
     assert len(always_a.prompts) == 4
-    consistent = ScriptedJudge(JudgeSettings(both_orders=True), prefers(BAD))
+    consistent = ScriptedJudge(parse_judge(both_orders=True), prefers(BAD))
     records = consistent.judge(items(positive), model="m", baseline="b")
     assert all(r["win"] == 0 and r["status"] == "ok" for r in records)
 
 
 def test_failed_and_unparsed_count_half(positive):
     verdicts = iter([Verdict(1.0, "ok", "A"), Verdict(None, "failed", "error"), Verdict(None, "unparsed", "?")] * 2)
-    judge = ScriptedJudge(JudgeSettings(both_orders=True), lambda p: next(verdicts))
+    judge = ScriptedJudge(parse_judge(both_orders=True), lambda p: next(verdicts))
     records = judge.judge(items(positive, 2), model="m", baseline="b")
     assert [r["status"] for r in records] == ["failed", "unparsed"] and all(r["win"] == 0.5 for r in records)
 
@@ -118,7 +120,7 @@ def test_failed_and_unparsed_count_half(positive):
 @pytest.mark.slow
 def test_api_judge_on_a_real_server(llama_server):
     short = Constitution(((Principle("helpful", "Be helpful.", "Be unhelpful."), True),))  # a short prompt: fast
-    settings = JudgeSettings(kind="api", base_url=llama_server, model_name="smollm2", max_tokens=32)
+    settings = parse_judge(kind="api", base_url=llama_server, model_name="smollm2", max_tokens=32)
     judge = make_judge(settings)
     batch = items(short, 2)
     records = judge.judge(batch, model="m", baseline="b")
@@ -135,7 +137,7 @@ def test_api_judge_on_a_real_server(llama_server):
 
 
 def test_api_judge_dead_port_records_failures(positive):
-    settings = JudgeSettings(
+    settings = parse_judge(
         kind="api", base_url=f"http://127.0.0.1:{free_port()}/v1", model_name="x", max_retries=0, timeout=5
     )
     records = make_judge(settings).judge(items(positive, 3), model="m", baseline="b")
@@ -152,7 +154,7 @@ def test_api_judge_server_error_records_failures(positive):
             pass
 
     with loopback_server(Failing) as url:
-        settings = JudgeSettings(kind="api", base_url=url, model_name="x", max_retries=0, both_orders=True)
+        settings = parse_judge(kind="api", base_url=url, model_name="x", max_retries=0, both_orders=True)
         records = make_judge(settings).judge(items(positive, 2), model="m", baseline="b")
     assert [r["status"] for r in records] == ["failed", "failed"]
     assert all(r["win"] == 0.5 and r["order"] == "both" for r in records)
@@ -161,7 +163,7 @@ def test_api_judge_server_error_records_failures(positive):
 # ---- local judge --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_local_judge_is_order_symmetric_with_both_orders(default_model, default_tokenizer, positive):
-    judge = make_judge(JudgeSettings(kind="local", both_orders=True), model=default_model, tokenizer=default_tokenizer)
+    judge = make_judge(parse_judge(kind="local", both_orders=True), model=default_model, tokenizer=default_tokenizer)
     seen: dict[str, Verdict] = {}
     compare = judge.compare
 

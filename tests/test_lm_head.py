@@ -204,7 +204,7 @@ def test_models_that_change_logits_after_the_head_use_the_unchunked_path(default
 
 
 def test_boolean_sdpa_mask_and_eager_equal_the_dense_mask(default_tokenizer):
-    from sami.logprobs import attention_mask_for
+    from sami.prefix_packing import attention_mask_for
 
     model = make_tiny_model(len(default_tokenizer), seed=2, tie_word_embeddings=False).train()
     packed = packed_batch(default_tokenizer, 4)
@@ -223,7 +223,7 @@ def test_flex_attention_block_mask_equals_the_dense_mask(default_tokenizer):
     its backward is GPU-only there, so gradients are compared by benchmarks/gpu_check.py on a GPU."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    from sami.logprobs import attention_mask_for
+    from sami.prefix_packing import attention_mask_for
 
     model = make_tiny_model(len(default_tokenizer), seed=2)
     packed = packed_batch(default_tokenizer, 3)

@@ -11,14 +11,9 @@ from conftest import make_tiny_model
 from sami.constitutions import bundled_constitution_path
 from sami.data import bundled_queries_path
 from sami.errors import SamiInputError
-from sami.logprobs import (
-    batched_logprob_matrices,
-    encode_examples,
-    logprob_matrix,
-    pack_prefix_shared,
-    prefix_attention_mask,
-)
+from sami.logprobs import batched_logprob_matrices, encode_examples, logprob_matrix
 from sami.loss import sami_loss
+from sami.prefix_packing import pack_prefix_shared, prefix_attention_mask
 
 PROMPTS = [
     "Follow these principles:\n1. Be concise.\n\nPOST: My landlord keeps the deposit.\n\nTL;DR:",

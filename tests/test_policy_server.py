@@ -19,7 +19,7 @@ from test_pipeline import tiny_config, write_config
 
 from sami.cli import main
 from sami.errors import SamiInputError
-from sami.generation.base import GenerationSettings
+from sami.generation.base import parse_generation
 from sami.generation.server import check_served_policy, managed_server, matching_model
 from sami.io import read_jsonl
 
@@ -105,7 +105,7 @@ def test_a_server_that_exits_at_once_is_one_line(tmp_path, tiny_model_dir, capsy
 
 @pytest.mark.parametrize("template", ["serve {model} --port {nope}"])
 def test_bad_template_is_an_input_error(tmp_path, template):
-    settings = GenerationSettings(backend="openai", server=template, server_port=free_port())
+    settings = parse_generation(backend="openai", server=template, server_port=free_port())
     with pytest.raises(SamiInputError, match="generation.server: bad command template"):
         with managed_server(settings, "/x", what="t", log_path=tmp_path / "log"):
             pass
@@ -113,6 +113,6 @@ def test_bad_template_is_an_input_error(tmp_path, template):
 
 def test_check_names_what_to_serve(tmp_path):
     with loopback_server(make_handler([{"id": "other"}], [])) as url:
-        settings = GenerationSettings(backend="openai", base_url=url)
+        settings = parse_generation(backend="openai", base_url=url)
         with pytest.raises(SamiInputError, match=r"serve it \(e.g. `vllm serve /ckpt`\)"):
             check_served_policy(settings, "/ckpt", what="iter-2/samples")

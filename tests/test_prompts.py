@@ -7,7 +7,8 @@ from pydantic import ValidationError
 
 from sami.constitutions import Constitution, Principle
 from sami.errors import SamiInputError
-from sami.prompts import FilterSettings, TemplateSettings, check_responses, get_template, render_prompt
+from sami.filters import FilterSettings, check_responses
+from sami.prompts import TemplateSettings, get_template, render_prompt
 
 CONCISE = Principle("concise", "Be brief.", "Be long-winded.")
 COMPLETE = Principle("comprehensive", "Cover every key point.", "Leave out key points.")

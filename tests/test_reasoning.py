@@ -12,16 +12,11 @@ from test_pipeline import tiny_config, write_config
 from sami.config import SamplingSettings, parse_config
 from sami.constitutions import Constitution, load_constitutions
 from sami.data import QuerySource, bundled_queries_path, load_queries
+from sami.filters import FilterSettings, reasoning_filters
 from sami.generation import Completion
 from sami.io import read_jsonl
 from sami.layout import dropped_path, stats_path
-from sami.prompts import (
-    REASONING_MARKERS,
-    FilterSettings,
-    get_template,
-    reasoning_filters,
-    render_prompt,
-)
+from sami.prompts import REASONING_MARKERS, get_template, render_prompt
 from sami.sampling import generate_samples
 
 CSET = load_constitutions("hh_opus")
@@ -164,10 +159,10 @@ def test_records_keep_reasoning_in_meta_and_drop_missing_markers(tmp_path, queri
 def test_real_model_generates_with_reasoning(tmp_path, queries, default_model, default_tokenizer):
     """The real model writes the reasoning; where it never reaches the marker, a known answer follows it."""
     from sami.generation import make_generator
-    from sami.generation.base import GenerationSettings
+    from sami.generation.base import parse_generation
 
     real = make_generator(
-        GenerationSettings(backend="hf", batch_size=4), model=default_model, tokenizer=default_tokenizer
+        parse_generation(backend="hf", batch_size=4), model=default_model, tokenizer=default_tokenizer
     )
     marker = REASONING_MARKERS["dialogue"]
     cot = get_template("dialogue", "base", reasoning=True)

@@ -10,10 +10,11 @@ import pytest
 from sami.constitutions import Constitution, load_constitutions
 from sami.data import QuerySource, bundled_queries_path, load_queries
 from sami.errors import SamiInputError
+from sami.filters import FilterSettings
 from sami.generation import Completion
 from sami.io import read_jsonl
 from sami.layout import dropped_path, stats_path
-from sami.prompts import FilterSettings, get_template
+from sami.prompts import get_template
 from sami.sampling import SamplingSettings, generate_samples
 
 

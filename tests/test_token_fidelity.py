@@ -12,10 +12,11 @@ from conftest import make_tiny_model
 
 from sami.constitutions import load_constitutions
 from sami.data import QuerySource, load_queries
+from sami.filters import FilterSettings
 from sami.generation.hf import HFGenerator
 from sami.io import read_jsonl
 from sami.logprobs import encode_examples, logprob_matrix, tokenize_responses
-from sami.prompts import FilterSettings, get_template, render_prompt
+from sami.prompts import get_template, render_prompt
 from sami.sampling import SamplingSettings, generate_samples
 from sami.tokens import encode_prompts, resolve_eos, written_separator
 from sami.trainer import SAMICollator, SAMIConfig, load_samples

@@ -164,9 +164,9 @@ def one_thread():
 
 @pytest.mark.slow
 def test_writer_on_the_default_model_writes_a_valid_file(default_model, default_tokenizer, tmp_path, one_thread):
-    from sami.generation import GenerationSettings, make_generator
+    from sami.generation import make_generator, parse_generation
 
-    generator = make_generator(GenerationSettings(seed=0), model=default_model, tokenizer=default_tokenizer)
+    generator = make_generator(parse_generation(seed=0), model=default_model, tokenizer=default_tokenizer)
     cset = write_principles(
         generator,
         "summarize Reddit posts",

@@ -16,13 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sami.comparisons.settings import DPOSettings, SFTSettings
 from sami.compat import transformers_version, translate_trainer_args
 from sami.data import QuerySource
+from sami.endpoint import EndpointSettings
 from sami.errors import SamiInputError
 from sami.evaluation.evaluate import EvaluationSettings
-from sami.generation import GenerationSettings
+from sami.filters import FilterSettings
+from sami.generation import GenerationSettings, HFGeneration
 from sami.models import LoraSettings, check_attention
-from sami.prompts import FilterSettings, TemplateSettings
+from sami.prompts import TemplateSettings
 from sami.sampling import SamplingSettings
-from sami.settings import ENV_VAR_NAME, read_yaml, validate
+from sami.settings import read_yaml, validate
 from sami.trainer_fields import SAMI, TrainerKnobs, known_trainer_args, refuse_twice, section_names
 
 DEFAULT_CONFIG = "demo.yaml"
@@ -60,8 +62,9 @@ class ModelSettings(_Section):
         return value
 
 
-class WriterSettings(_Section):
-    """Who writes the principles and antitheses (`writer` in a run config; the flags of `sami principles write`)."""
+class WriterSettings(_Section, EndpointSettings):
+    """Who writes the principles and antitheses (`writer` in a run config; the flags of `sami principles write`).
+    A server writes when `backend` is openai or `base_url` is given (the `EndpointSettings` fields)."""
 
     task: str = Field(..., description="what the aligned model does, e.g. 'summarize Reddit posts'")
     principles: list[str] = Field(
@@ -73,15 +76,6 @@ class WriterSettings(_Section):
     model: str = Field("default", description="writer model: 'default', a folder, a GGUF or a hub id")
     backend: Literal["hf", "openai"] = Field(
         "hf", description="hf: a local model; openai: a server (implied by base_url)"
-    )
-    base_url: str | None = Field(
-        None, description="use an OpenAI-compatible server at this URL instead of a local model"
-    )
-    model_name: str | None = Field(None, description="model name on the server (default: the first it lists)")
-    api_key_env: str = Field(
-        "OPENAI_API_KEY",
-        pattern=ENV_VAR_NAME,
-        description="env var holding the server's API key (its name, not the key)",
     )
     retries: int = Field(3, ge=0, description="extra attempts per principle on a bad answer")
 
@@ -186,7 +180,7 @@ class RunConfig(_Section):
     prompts: TemplateSettings = Field(default_factory=TemplateSettings)
     filters: FilterSettings | None = Field(None, description="response filters (default: the task's preset)")
     data: DataSettings
-    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    generation: GenerationSettings = Field(default_factory=HFGeneration)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     iterations: IterationSettings = Field(default_factory=IterationSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)

@@ -1,6 +1,7 @@
 """The one client for OpenAI-compatible servers (vLLM, TGI, SGLang, llama.cpp, hosted APIs).
 
-Used by the `openai` generation backend (`sami.generation.openai_backend`) and meant for the `api` judge.
+Used by the `openai` generation backend (`sami.generation.openai_backend`), the `api` judge and the principle
+writer, each built from its `sami.endpoint.EndpointSettings` (`OpenAIClient.from_endpoint`).
 `OpenAIClient` wraps the `openai` SDK (built with `max_retries=0`: the retries are ours) and adds:
 
 - retries: 408/409/429/5xx, connection errors, timeouts and malformed 200 answers (a body that is not JSON, cut
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from sami.endpoint import DEFAULT_MAX_RETRIES, EndpointSettings
 from sami.errors import SamiInputError
 from sami.settings import ENV_VAR_NAME
 
@@ -99,7 +101,7 @@ class OpenAIClient:
         *,
         api_key_env: str = "OPENAI_API_KEY",
         timeout: float = 120.0,
-        max_retries: int = 5,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         retry_backoff: float = 1.0,
         retry_max_backoff: float = 30.0,
         max_concurrency: int = 8,
@@ -131,6 +133,23 @@ class OpenAIClient:
         self.extra_body = dict(extra_body or {})
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._client = openai.OpenAI(base_url=url, api_key=key, timeout=timeout, max_retries=0)
+
+    @classmethod
+    def from_endpoint(
+        cls, settings: EndpointSettings, *, field: str, extra_body: dict[str, Any] | None = None
+    ) -> OpenAIClient:
+        """The client of an `EndpointSettings` (`field`: its settings section, for error messages)."""
+        return cls(
+            settings.base_url,
+            api_key_env=settings.api_key_env,
+            timeout=settings.timeout,
+            max_retries=settings.max_retries,
+            retry_backoff=settings.retry_backoff,
+            retry_max_backoff=settings.retry_max_backoff,
+            max_concurrency=settings.max_concurrency,
+            extra_body=extra_body,
+            field=field,
+        )
 
     def __repr__(self) -> str:
         return f"OpenAIClient(base_url={self.base_url!r})"

@@ -270,7 +270,7 @@ def _vllm(shape, devices, settings, *, wb, tp, utilization, n_prompts, p, r) -> 
 
 def _self_generation(config, shape, devices, settings, dims, n_train) -> StagePlan:
     gen, p, r = config.generation, dims["P"], config.sampling.max_new_tokens
-    wb = dtype_bytes(gen.dtype or config.model.dtype)
+    wb = dtype_bytes(getattr(gen, "dtype", None) or config.model.dtype)  # openai: no dtype of its own
     n_prompts = n_train * config.sampling.n_constitutions
     iters = config.iterations.count
     if gen.backend == "hf":
@@ -289,10 +289,19 @@ def _self_generation(config, shape, devices, settings, dims, n_train) -> StagePl
                 stage.advice.append("a smaller generation.batch_size (the KV cache grows with it)")
         return stage
     tp = gen.tensor_parallel_size if gen.backend == "vllm" else None
+    utilization = getattr(gen, "gpu_memory_utilization", 0.9)  # openai: timed as a vLLM server at its default
     if tp is None:  # openai: a server elsewhere; timed as a vLLM server over the smallest fitting tensor parallel
         tp = _min_tensor_parallel(shape.n_params * wb, devices, settings) or devices.count
     mem, secs, seqs = _vllm(
-        shape, devices, settings, wb=wb, tp=tp, utilization=gen.gpu_memory_utilization, n_prompts=n_prompts, p=p, r=r
+        shape,
+        devices,
+        settings,
+        wb=wb,
+        tp=tp,
+        utilization=utilization,
+        n_prompts=n_prompts,
+        p=p,
+        r=r,
     )
     if gen.backend == "openai":
         stage = StagePlan("self-generation", f"server at {gen.base_url}", None, [secs] * iters)
@@ -435,9 +444,9 @@ def _whole_model_advice(stage: StagePlan, devices, settings, smaller: str, batch
 def _judging(config, ev, devices, settings, dims, n_eval) -> StagePlan:
     judge, iters = ev.judge, config.iterations.count
     baselines = [len(run_b) for run_b in (_baselines(config, t) for t in range(iters + 1))]
-    per_iter = [n_eval * b * (2 if judge.both_orders else 1) for b in baselines]
     if judge.kind == "rules":
         return StagePlan("judging", "rules (the principles' checks, no model)", None, [0.0] * (iters + 1))
+    per_iter = [n_eval * b * (2 if judge.both_orders else 1) for b in baselines]
     if judge.kind == "api":
         secs = [n * settings.api_latency_s / judge.max_concurrency for n in per_iter]
         return StagePlan("judging", f"API {judge.model_name or ''} ({judge.max_concurrency} in flight)", None, secs)

@@ -37,17 +37,11 @@ from rich.table import Table
 
 from sami.constitutions import ConstitutionSet, sample_constitutions
 from sami.errors import SamiInputError
+from sami.filters import FilterSettings, check_responses, reasoning_filters
 from sami.io import JsonlStore, atomic_write_json
 from sami.layout import dropped_path, stats_path
 from sami.manifest import part_hash
-from sami.prompts import (
-    REASONING_MAX_NEW_TOKENS,
-    FilterSettings,
-    PromptTemplate,
-    check_responses,
-    reasoning_filters,
-    render_prompt,
-)
+from sami.prompts import REASONING_MAX_NEW_TOKENS, PromptTemplate, render_prompt
 
 if TYPE_CHECKING:
     from sami.config import RunConfig
@@ -367,13 +361,15 @@ def policy_generator(
     from sami.generation import make_generator
     from sami.models import load_tokenizer
 
-    settings = config.generation.model_copy(
-        update={
-            "model": str(policy),
-            "dtype": config.generation.dtype or config.model.dtype,
-            "trust_remote_code": config.generation.trust_remote_code or config.model.trust_remote_code,
-        }
-    )
+    settings = config.generation
+    if settings.backend != "openai":  # a local backend loads the policy (a server serves it: generation.server)
+        settings = settings.model_copy(
+            update={
+                "model": str(policy),
+                "dtype": settings.dtype or config.model.dtype,
+                "trust_remote_code": settings.trust_remote_code or config.model.trust_remote_code,
+            }
+        )
     generator = make_generator(settings, model=model, tokenizer=tokenizer)
     tokenizer = tokenizer if tokenizer is not None else getattr(generator, "tokenizer", None)
     if config.prompts.style == "chat" and tokenizer is None:

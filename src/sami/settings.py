@@ -15,14 +15,16 @@ Every stage takes one pydantic settings object; the CLI only builds it:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticUndefined
+from pydantic import BaseModel, Discriminator, Tag, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from sami.errors import SamiInputError
 from sami.io import read_text
@@ -47,10 +49,80 @@ _EXPECTED = {
 }
 
 
+# ---- unions of settings classes (one per backend or kind) --------------------------------------------
+_TAGS: dict[str, type[BaseModel]] = {}  # every union member by its tag (for error locations)
+
+
+def settings_union(key: str, default: str, members: dict[str, type[BaseModel]], fills: dict[str, dict] | None = None):
+    """A union of settings classes chosen by the field `key` (e.g. `backend`), as a field type: the tag is the
+    value of `key` in a mapping or an object, `default` when not given; `fills` (e.g. a judge's presets by name,
+    read from the field `preset`) may supply it. Its fields stay flat (`generation.batch_size`)."""
+
+    def tag(value: Any) -> str:  # renamed to `key` below: pydantic names it in errors
+        if isinstance(value, dict):
+            given = value.get(key)
+            if given is None and fills and value.get("preset") in fills:
+                given = fills[value["preset"]].get(key)
+            return given if given is not None else default
+        return getattr(value, key, default)
+
+    tag.__name__ = key
+    _TAGS.update(members)
+    options = tuple(Annotated[member, Tag(name)] for name, member in members.items())
+    return Annotated[Union[options], Discriminator(tag)]  # noqa: UP007 - built from a tuple
+
+
+def _strip_tags(loc: tuple) -> list[str]:
+    """An error location without the union tags pydantic puts in it (`generation.hf.batch_size` ->
+    `generation.batch_size`): a tag followed by a field of its member, or last."""
+    parts = [str(p) for p in loc]
+    return [
+        p
+        for i, p in enumerate(parts)
+        if not (p in _TAGS and (i + 1 == len(parts) or parts[i + 1] in _TAGS[p].model_fields))
+    ]
+
+
+def refuse_foreign_fields(cls: type[BaseModel], data: Any, key: str, members: dict[str, type[BaseModel]]) -> Any:
+    """`data` when every key of it is a field of `cls` (the member of a union chosen by `key`); else the first
+    other key as an error naming it: a field of another member (`batch_size` under `backend: openai`) or an
+    unknown key. A field of another member at that member's default is dropped: it changes nothing, and the
+    resolved configs written before the union (`sami config`, a run's config.yaml) hold every field."""
+    if not isinstance(data, dict):
+        return data
+    mine = cls.model_fields
+    kept = {}
+    for name, value in data.items():
+        if name in mine:
+            kept[name] = value
+            continue
+        owners = [tag for tag, member in members.items() if name in member.model_fields]
+        tag = next((t for t, m in members.items() if m is cls), "?")
+        defaults = [members[o].model_fields[name].get_default(call_default_factory=True) for o in owners]
+        if owners and all(value == d for d in defaults):
+            continue
+        if owners:
+            raise PydanticCustomError(
+                "foreign_field",
+                "{field}: a setting of {key} {owners} only, not of {key} {tag}",
+                {"field": name, "key": key, "owners": "/".join(owners), "tag": tag},
+            )
+        raise PydanticCustomError("unknown_field", "{field}: unknown key", {"field": name, "tag": tag})
+    return kept
+
+
+def shown_tag(err: dict) -> str:
+    return json.dumps(err["ctx"]["tag"], default=str)
+
+
 def describe_error(err: dict) -> str:
     """One pydantic error (an item of `ValidationError.errors()`) as `field.path: what is wrong`."""
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    parts = _strip_tags(err["loc"])
+    loc = ".".join(parts) or "(top level)"
     kind = err["type"]
+    if kind in ("foreign_field", "unknown_field"):  # raised by refuse_foreign_fields, at the member's level
+        message = err["msg"].split(": ", 1)[1]
+        return ".".join([*parts, err["ctx"]["field"]]) + f": {message}"
     got = err.get("input")
     shown = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
     if any("key" in str(part).lower() or "token" in str(part).lower() for part in err["loc"]):
@@ -59,6 +131,9 @@ def describe_error(err: dict) -> str:
         return f"{loc}: expected the name of an environment variable (letters, digits, _), got {shown}"
     if kind == "extra_forbidden":
         return f"{loc}: unknown key"
+    if kind == "union_tag_invalid":  # a settings_union's key (backend, kind) names no member
+        key = str(err["ctx"]["discriminator"]).strip("'").removesuffix("()")
+        return f"{'.'.join([*parts, key])}: expected one of {err['ctx']['expected_tags']}, got {shown_tag(err)}"
     if kind == "missing":
         return f"{loc}: required field is missing"
     expected = _EXPECTED.get(kind)
@@ -76,14 +151,18 @@ def describe_validation_error(error: ValidationError, source: str | None = None)
     return f"{source}: {line}" if source else line
 
 
-def validate(model: type[M], raw: Any, *, source: str | None = None) -> M:
-    """`model.model_validate(raw)`, raising `SamiInputError` (one line, naming `source` and the field)."""
+def validate(model: type[M] | Any, raw: Any, *, source: str | None = None) -> M:
+    """`model.model_validate(raw)` (`model` may also be a union of settings classes, e.g. `GenerationSettings`),
+    raising `SamiInputError` (one line, naming `source` and the field)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise SamiInputError(f"{source or model.__name__}: expected a mapping, got {type(raw).__name__}")
+        name = getattr(model, "__name__", "settings")
+        raise SamiInputError(f"{source or name}: expected a mapping, got {type(raw).__name__}")
     try:
-        return model.model_validate(raw)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return model.model_validate(raw)
+        return TypeAdapter(model).validate_python(raw)
     except ValidationError as e:
         raise SamiInputError(describe_validation_error(e, source)) from None
 
@@ -157,9 +236,45 @@ def load_settings(
 
 
 # ---- flags from fields -------------------------------------------------------------------------------
+def union_members(annotation: Any) -> list[type[BaseModel]] | None:
+    """The settings classes of a union of them (`GenerationSettings`, `JudgeSettings`; `Annotated` and None
+    stripped), else None."""
+    if get_origin(annotation) is Annotated:
+        return union_members(get_args(annotation)[0])
+    if get_origin(annotation) not in (Union, types.UnionType):
+        return None
+    options = [get_args(a)[0] if get_origin(a) is Annotated else a for a in get_args(annotation)]
+    options = [a for a in options if a is not type(None)]
+    if len(options) > 1 and all(isinstance(a, type) and issubclass(a, BaseModel) for a in options):
+        return options
+    return None
+
+
+def settings_fields(model: Any) -> dict[str, FieldInfo]:
+    """The fields of a settings class, or of every member of a union of them (first declaration wins; a `Literal`
+    field such as the union's `backend` gets every member's choices)."""
+    members = union_members(model)
+    if members is None:
+        return dict(model.model_fields)
+    out: dict[str, FieldInfo] = {}
+    for member in members:
+        for name, info in member.model_fields.items():
+            have = out.get(name)
+            if have is None:
+                out[name] = info
+            elif get_origin(have.annotation) is Literal and get_origin(info.annotation) is Literal:
+                choices = [*get_args(have.annotation), *get_args(info.annotation)]
+                merged = copy.copy(have)
+                merged.annotation = Literal[tuple(dict.fromkeys(choices))]  # type: ignore[valid-type]
+                out[name] = merged
+    return out
+
+
 def _flag_kind(annotation: Any) -> tuple[str, Any] | None:
-    """How a field type becomes a flag: ("model", cls), ("bool", None), ("choices", values), ("list", item
-    type), ("value", type); None when it cannot be given on a command line (mappings, ...)."""
+    """How a field type becomes a flag: ("model", cls or union), ("bool", None), ("choices", values), ("list",
+    item type), ("value", type); None when it cannot be given on a command line (mappings, ...)."""
+    if union_members(annotation) is not None:
+        return "model", annotation
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
         options = [a for a in get_args(annotation) if a is not type(None)]
@@ -203,7 +318,7 @@ def add_settings_arguments(
     field path (`{"judge.kind": ["--judge"]}`). Values land in `args` under `"{key}.{dotted path}"` and only
     when given; `settings_overrides(args, key)` collects them."""
     flags = flags or {}
-    for name, info in model.model_fields.items():
+    for name, info in settings_fields(model).items():
         dotted = f"{prefix}{name}"
         if (fields is not None and name not in fields) or name in exclude or dotted in exclude:
             continue

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sami.config import RunConfig
+from sami.hash_compat import legacy_shape
 from sami.ifeval.stage import BENCHMARK_FIELDS, drop_defaults
 from sami.run_inputs import input_groups
 
@@ -23,9 +24,10 @@ NOT_IN_SAMPLES = ("server", "server_port", "server_timeout")
 
 
 def dump_config(config: RunConfig, **kwargs: Any) -> dict:
-    """`config.model_dump(mode="json")` without the query sources' `transform` and `revision` where unset, so runs
-    written before those fields existed keep their hashes."""
-    data = config.model_dump(mode="json", **kwargs)
+    """`config.model_dump(mode="json")` without the query sources' `transform` and `revision` where unset, and the
+    generation/judge/writer sections in their flat legacy shape (`sami.hash_compat`), so runs written before those
+    changes keep their hashes."""
+    data = legacy_shape(config.model_dump(mode="json", **kwargs), exclude=kwargs.get("exclude"))
     for section in ("train", "eval"):
         for source in data["data"][section]:
             for key in ("transform", "revision"):

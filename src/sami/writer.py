@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sami.constitutions import ConstitutionSet, Principle
+from sami.endpoint import EndpointSettings
 from sami.errors import SamiInputError
 
 if TYPE_CHECKING:
@@ -268,20 +269,18 @@ def write_constitutions_from_settings(
     settings: WriterSettings, *, seed: int = 0, task_type: str | None = None
 ) -> ConstitutionSet:
     """Run the writer as `settings` says (the model or server writing, the task, the principles)."""
-    from sami.generation import GenerationSettings, make_generator
+    from sami.generation import HFGeneration, OpenAIGeneration, make_generator
 
     backend = "openai" if settings.base_url else settings.backend
-    gen_settings = GenerationSettings(
-        backend=backend,
-        model=settings.model,
-        base_url=settings.base_url,
-        model_name=settings.model_name,
-        api_key_env=settings.api_key_env,
-        seed=seed,
-    )
+    if backend == "openai":
+        endpoint = {name: getattr(settings, name) for name in EndpointSettings.model_fields}
+        gen_settings: HFGeneration | OpenAIGeneration = OpenAIGeneration(**endpoint, seed=seed)
+        label = settings.model_name or "the server's model"
+    else:
+        gen_settings = HFGeneration(model=settings.model, seed=seed)
+        label = settings.model
     check_requests(settings.task, list(settings.principles), settings.retries)
     generator = make_generator(gen_settings)
-    label = (gen_settings.model_name or "the server's model") if backend == "openai" else gen_settings.model
     if backend != "openai" and label == "default":
         from sami.models import DEFAULT_MODEL_NAME
 

@@ -80,7 +80,8 @@ def build_settings(args: argparse.Namespace):
 
     raw = read_yaml(args.config) if args.config else {}
     overrides = settings_overrides(args, "evaluation")
-    if "seed" in overrides and "seed" not in (raw.get("judge") or {}):
+    judge = {**(raw.get("judge") or {}), **(overrides.get("judge") or {})}
+    if "seed" in overrides and "seed" not in (raw.get("judge") or {}) and judge.get("kind") != "rules":
         # the judge's order shuffle follows --seed unless the file or --judge-seed says otherwise
         overrides.setdefault("judge", {}).setdefault("seed", overrides["seed"])
     settings = validate(EvaluationSettings, merge(raw, overrides), source=args.config or "command line")

@@ -55,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
     from sami.constitutions import load_constitutions
     from sami.data import BUNDLED_QUERIES, QuerySource, load_queries
+    from sami.filters import FilterSettings
     from sami.generation import GenerationSettings, make_generator
     from sami.models import load_tokenizer
-    from sami.prompts import FilterSettings, get_template
+    from sami.prompts import get_template
     from sami.sampling import SamplingSettings, generate_samples
     from sami.settings import load_settings, settings_overrides, validate
 
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     generator = make_generator(generation)
     tokenizer = getattr(generator, "tokenizer", None)
     if template.style == "chat" and tokenizer is None:
-        tokenizer = load_tokenizer(generation.model)
+        tokenizer = load_tokenizer(getattr(generation, "model", "default"))  # openai: the bundled model's
     console = Console(stderr=True)
     stats = generate_samples(
         generator, queries, cset, args.out, sampling,

@@ -47,7 +47,8 @@ from sami.data import Query, QuerySource
 from sami.errors import SamiInputError
 from sami.evaluation.adherence import eval_adherence, query_subset
 from sami.evaluation.contrast import contrast_metrics
-from sami.evaluation.judges import JudgeSettings, PairItem, make_judge
+from sami.evaluation.judge_settings import JudgeSettings, LocalJudgeSettings
+from sami.evaluation.judges import PairItem, make_judge
 from sami.evaluation.responses import (
     Progress,
     generate_mi,
@@ -58,7 +59,7 @@ from sami.evaluation.responses import (
 )
 from sami.evaluation.tables import metrics_table
 from sami.evaluation.winrate import summarize
-from sami.generation import GenerationSettings
+from sami.generation import GenerationSettings, HFGeneration
 from sami.io import JsonlStore, atomic_write_json, read_jsonl
 from sami.layout import EvalLayout
 
@@ -113,7 +114,7 @@ class EvaluationSettings(BaseModel):
         description="baselines by name -> model reference or settings; a run always adds 'base' (the base model) "
         "from iteration 1",
     )
-    judge: JudgeSettings = Field(default_factory=JudgeSettings, description="the pairwise judge")
+    judge: JudgeSettings = Field(default_factory=LocalJudgeSettings, description="the pairwise judge")
     max_new_tokens: int = Field(350, ge=1, description="response budget (greedy decoding; the paper: 350)")
     batch_size: int = Field(8, ge=1, description="hf generation: prompts per batch; also queries per MI forward")
     chunk_size: int = Field(8, ge=1, description="queries generated or judged between two writes to disk")
@@ -442,7 +443,7 @@ def responses_step(
 
     settings, queries, positive = ev.settings, ev.queries, ev.positive
     responses, mi_store, anti_store, contrast_store = _stores(ev)
-    gen_settings = GenerationSettings(backend="hf", batch_size=settings.batch_size, dtype=settings.dtype)
+    gen_settings = HFGeneration(batch_size=settings.batch_size, dtype=settings.dtype)
     _check_mi_store(ev, mi_store)
     todo = [q for q in queries if f"model:{q.id}" not in responses]
     mi_todo = [q for q in queries if q.id not in mi_store] if settings.intrinsic else []

@@ -9,10 +9,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from sami.endpoint import EndpointSettings
 from sami.errors import SamiInputError
-from sami.settings import ENV_VAR_NAME
+from sami.settings import refuse_foreign_fields, settings_union
 
 Prompt = str | list[dict]
 FINISH_REASONS = ("stop", "length", "error")
@@ -60,19 +61,39 @@ class TextGenerator(Protocol):
     ) -> list[Completion]: ...
 
 
-class GenerationSettings(BaseModel):
-    """Which backend generates text, and how. Fields a backend does not use are ignored by it."""
+class _Generation(BaseModel):
+    """What every backend reads: the default budget and sampling of a call."""
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["hf", "openai", "vllm"] = Field(
-        "hf", description="hf: transformers in this process; openai: an OpenAI-compatible server; vllm: vLLM offline"
-    )
+    max_new_tokens: int = Field(350, ge=1, description="default token budget per response")
+    temperature: float = Field(0.0, ge=0, description="default sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="default nucleus sampling mass")
+    seed: int | None = Field(0, description="seed that makes sampling reproducible (None: a fresh one per call)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_own_fields(cls, data: Any) -> Any:
+        return refuse_foreign_fields(cls, data, "backend", BACKENDS)
+
+
+class _LocalModel(BaseModel):
+    """The model a local backend (hf, vllm) loads."""
+
     model: str = Field(
         "default", description="hf/vllm: the model ('default', a local folder, a GGUF file or a cached hub id)"
     )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = Field(
         None, description="hf/vllm: weights dtype for generation (None: float32 for hf, 'auto' for vllm)"
+    )
+    trust_remote_code: bool = Field(False, description="hf/vllm: allow custom model code from the model folder")
+
+
+class HFGeneration(_Generation, _LocalModel):
+    """`backend: hf`: transformers in this process."""
+
+    backend: Literal["hf"] = Field(
+        "hf", description="hf: transformers in this process; openai: an OpenAI-compatible server; vllm: vLLM offline"
     )
     device: str | None = Field(
         None, description="hf: torch device for a model it loads (None: cuda if available, else cpu)"
@@ -88,18 +109,24 @@ class GenerationSettings(BaseModel):
         True, description="hf: compute the token prefix all prompts of a batch share (template instructions) once"
     )
     num_threads: int | None = Field(None, ge=1, description="hf: torch CPU threads (None: torch's default)")
-    trust_remote_code: bool = Field(False, description="hf/vllm: allow custom model code from the model folder")
-    base_url: str | None = Field(
-        None, description="openai: server URL, e.g. http://127.0.0.1:8000/v1 (None: $OPENAI_BASE_URL or OpenAI)"
+
+
+class VLLMGeneration(_Generation, _LocalModel):
+    """`backend: vllm`: vLLM's offline engine."""
+
+    backend: Literal["vllm"] = "vllm"
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs to shard the model over")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: fraction of GPU memory to use")
+    max_model_len: int | None = Field(None, ge=1, description="vllm: context length (None: the model's)")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vllm: extra keyword arguments for vllm.LLM(...)"
     )
-    api_key_env: str = Field(
-        "OPENAI_API_KEY",
-        pattern=ENV_VAR_NAME,
-        description="openai: name of the environment variable holding the API key (never the key)",
-    )
-    model_name: str | None = Field(
-        None, description="openai: model name on the server (None: the first model the server lists)"
-    )
+
+
+class OpenAIGeneration(_Generation, EndpointSettings):
+    """`backend: openai`: an OpenAI-compatible server (the endpoint fields are `EndpointSettings`')."""
+
+    backend: Literal["openai"] = "openai"
     server: str | None = Field(
         None,
         description="openai: a command the run starts on the policy for each self-generation stage and stops after "
@@ -110,24 +137,22 @@ class GenerationSettings(BaseModel):
     server_timeout: float = Field(
         900.0, gt=0, description="openai: seconds generation.server may take to answer /v1/models"
     )
-    max_concurrency: int = Field(8, ge=1, description="openai: requests in flight at once")
-    timeout: float = Field(120.0, gt=0, description="openai: seconds per request before it counts as failed")
-    max_retries: int = Field(5, ge=0, description="openai: retries per request on 429/5xx/connection errors/timeouts")
-    retry_backoff: float = Field(1.0, ge=0, description="openai: seconds before the first retry; doubles each retry")
-    retry_max_backoff: float = Field(30.0, ge=0, description="openai: cap on the wait between retries (seconds)")
     extra_body: dict[str, Any] = Field(
         default_factory=dict, description="openai: extra JSON fields sent with every request (e.g. {top_k: 1})"
     )
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs to shard the model over")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: fraction of GPU memory to use")
-    max_model_len: int | None = Field(None, ge=1, description="vllm: context length (None: the model's)")
-    engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="vllm: extra keyword arguments for vllm.LLM(...)"
-    )
-    max_new_tokens: int = Field(350, ge=1, description="default token budget per response")
-    temperature: float = Field(0.0, ge=0, description="default sampling temperature (0 = greedy)")
-    top_p: float = Field(1.0, gt=0, le=1, description="default nucleus sampling mass")
-    seed: int | None = Field(0, description="seed that makes sampling reproducible (None: a fresh one per call)")
+
+
+BACKENDS: dict[str, type[_Generation]] = {"hf": HFGeneration, "vllm": VLLMGeneration, "openai": OpenAIGeneration}
+
+# Which backend generates text, and how: one settings class per backend, chosen by `backend` (default hf); a field
+# of another backend is refused in one line naming it.
+GenerationSettings = settings_union("backend", "hf", BACKENDS)
+_ADAPTER: TypeAdapter = TypeAdapter(GenerationSettings)
+
+
+def parse_generation(**fields: Any) -> HFGeneration | VLLMGeneration | OpenAIGeneration:
+    """The settings of the backend `fields["backend"]` names (default hf), validated."""
+    return _ADAPTER.validate_python(fields)
 
 
 def make_generator(settings: GenerationSettings | None = None, *, model: Any = None, tokenizer: Any = None):
@@ -137,7 +162,7 @@ def make_generator(settings: GenerationSettings | None = None, *, model: Any = N
     model reference that overrides `settings.model`. vllm: `model` may be a reference (a path) overriding
     `settings.model`. openai: `model`, if a string, overrides `settings.model_name`.
     """
-    settings = settings or GenerationSettings()
+    settings = settings or HFGeneration()
     if settings.backend == "hf":
         from sami.generation.hf import HFGenerator
 

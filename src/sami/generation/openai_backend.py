@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sami.generation.base import Completion, GenerationSettings, Prompt, check_request, cut_at_stop
+from sami.endpoint import DEFAULT_MAX_RETRIES
+from sami.generation.base import Completion, OpenAIGeneration, Prompt, check_request, cut_at_stop
 from sami.openai_client import ApiError, OpenAIClient, Reply
 
 GenerationError = ApiError  # the name this backend's callers catch
@@ -29,12 +30,12 @@ class OpenAIGenerator:
         api_key_env: str = "OPENAI_API_KEY",
         max_concurrency: int = 8,
         timeout: float = 120.0,
-        max_retries: int = 5,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         retry_backoff: float = 1.0,
         retry_max_backoff: float = 30.0,
         extra_body: dict[str, Any] | None = None,
     ):
-        self.client = OpenAIClient(
+        client = OpenAIClient(
             base_url,
             api_key_env=api_key_env,
             timeout=timeout,
@@ -45,7 +46,11 @@ class OpenAIGenerator:
             extra_body=extra_body,
             field="generation",
         )
-        self.base_url = self.client.base_url
+        self._start(client, model_name)
+
+    def _start(self, client: OpenAIClient, model_name: str | None) -> None:
+        self.client = client
+        self.base_url = client.base_url
         self.model_name = model_name
         self._lock = threading.Lock()
 
@@ -53,18 +58,13 @@ class OpenAIGenerator:
         return f"OpenAIGenerator(base_url={self.base_url!r}, model_name={self.model_name!r})"
 
     @classmethod
-    def from_settings(cls, settings: GenerationSettings, *, model_name: str | None = None) -> OpenAIGenerator:
-        return cls(
-            settings.base_url,
-            model_name=model_name or settings.model_name,
-            api_key_env=settings.api_key_env,
-            max_concurrency=settings.max_concurrency,
-            timeout=settings.timeout,
-            max_retries=settings.max_retries,
-            retry_backoff=settings.retry_backoff,
-            retry_max_backoff=settings.retry_max_backoff,
-            extra_body=settings.extra_body,
+    def from_settings(cls, settings: OpenAIGeneration, *, model_name: str | None = None) -> OpenAIGenerator:
+        generator = cls.__new__(cls)
+        generator._start(
+            OpenAIClient.from_endpoint(settings, field="generation", extra_body=settings.extra_body),
+            model_name or settings.model_name,
         )
+        return generator
 
     # ---- public ----------------------------------------------------------------------------------
     def generate(

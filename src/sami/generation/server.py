@@ -28,13 +28,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from sami.errors import SamiInputError
-from sami.generation.base import GenerationSettings
+from sami.generation.base import OpenAIGeneration
 from sami.openai_client import ApiError, OpenAIClient
 
 STOP_GRACE = 30.0  # seconds a managed server gets to exit after SIGTERM
 
 
-def served_models(settings: GenerationSettings, *, timeout: float = 30.0, max_retries: int = 2) -> list[dict]:
+def served_models(settings: OpenAIGeneration, *, timeout: float = 30.0, max_retries: int = 2) -> list[dict]:
     """The server's `/v1/models` entries (`id`, and vLLM's `root` where given)."""
     client = OpenAIClient(
         settings.base_url, api_key_env=settings.api_key_env, timeout=min(settings.timeout, timeout),
@@ -63,7 +63,7 @@ def matching_model(models: list[dict], policy: str) -> str | None:
     return None
 
 
-def check_served_policy(settings: GenerationSettings, policy: str, *, what: str) -> str:
+def check_served_policy(settings: OpenAIGeneration, policy: str, *, what: str) -> str:
     """The server's id for `policy`, or a `SamiInputError` saying what to serve and how to resume."""
     models = served_models(settings)
     found = matching_model(models, policy)
@@ -104,13 +104,13 @@ def _stop(proc: subprocess.Popen) -> None:
         pass
 
 
-def managed_url(settings: GenerationSettings) -> str:
+def managed_url(settings: OpenAIGeneration) -> str:
     """The base URL of the server `generation.server` starts: `base_url`, else loopback on `server_port`."""
     return settings.base_url or f"http://127.0.0.1:{settings.server_port}/v1"
 
 
 @contextmanager
-def managed_server(settings: GenerationSettings, policy: str, *, what: str, log_path: Path) -> Iterator[str]:
+def managed_server(settings: OpenAIGeneration, policy: str, *, what: str, log_path: Path) -> Iterator[str]:
     """Start `settings.server` on `policy`, wait until it lists a model, yield that model's id; stop it after."""
     template = settings.server or ""
     base_url = managed_url(settings)
@@ -160,8 +160,8 @@ def managed_server(settings: GenerationSettings, policy: str, *, what: str, log_
 
 @contextmanager
 def policy_endpoint(
-    settings: GenerationSettings, policy: str, *, base_policy: str, what: str, log_path: Path
-) -> Iterator[GenerationSettings]:
+    settings: OpenAIGeneration, policy: str, *, base_policy: str, what: str, log_path: Path
+) -> Iterator[OpenAIGeneration]:
     """The generation settings that reach a server serving `policy` (other backends: `settings` as they are).
 
     With `generation.server` the run starts one for the stage; otherwise a trained checkpoint (`policy` other

@@ -89,10 +89,10 @@ def generate_responses(
     store = JsonlStore(out / "responses.jsonl", key="key")
     todo = [inp for inp in inputs if inp.key not in store]
     if todo and generator is None:
-        from sami.generation import GenerationSettings, make_generator
+        from sami.generation import HFGeneration, make_generator
 
         generator = make_generator(
-            GenerationSettings(model=settings.model or "default", dtype=settings.dtype, batch_size=settings.batch_size)
+            HFGeneration(model=settings.model or "default", dtype=settings.dtype, batch_size=settings.batch_size)
         )
     bar = None
     if progress and todo:
