@@ -19,7 +19,7 @@ from sami.comparisons.sft import SFTSettings
 from sami.compat import transformers_version, translate_trainer_args
 from sami.data import QuerySource
 from sami.errors import SamiInputError
-from sami.evaluation.evaluate import EvaluationSettings
+from sami.evaluation.settings import EvaluationSettings
 from sami.generation import GenerationSettings
 from sami.models import LoraSettings, check_attention
 from sami.prompts import FilterSettings, TemplateSettings

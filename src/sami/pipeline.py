@@ -369,24 +369,24 @@ class Pipeline:
         `PREFIX/metrics` of one model into `files`. `prepare()`, when given, runs before the responses step (after
         an in-place rerun cleared the folder). `baseline_evals`: baseline name -> that model's own evaluation folder
         in this run (its MI and lengths are copied from there; "base" is always iteration 0's)."""
-        from sami.evaluation.evaluate import run_evaluation
+        from sami.evaluation.evaluate import EvaluationInputs, run_evaluation
 
         config = self.config
-        common = {
-            "queries": self.eval_queries(),
-            "cset": cset,
-            "template": config.prompts.build(),
-            "model_label": model_label,
-            "baselines": baselines,
-            "baseline_responses": self.base_responses() if "base" in baselines else {},
-            # the base model's MI and lengths are iteration 0's own: taken from there, not generated again
-            "baseline_evals": {"base": self.layout.eval(0).root, **(baseline_evals or {})},
-            "trust_remote_code": config.model.trust_remote_code,
-            "attn_implementation": config.model.attn_implementation,
-            "console": self.console,
-        }
         settings = evaluation_settings(config)
-        common["contrast"] = contrast and settings.contrast
+        inputs = EvaluationInputs(
+            queries=self.eval_queries(),
+            cset=cset,
+            template=config.prompts.build(),
+            model_label=model_label,
+            baselines=baselines,
+            baseline_responses=self.base_responses() if "base" in baselines else {},
+            # the base model's MI and lengths are iteration 0's own: taken from there, not generated again
+            baseline_evals={"base": self.layout.eval(0).root, **(baseline_evals or {})},
+            trust_remote_code=config.model.trust_remote_code,
+            attn_implementation=config.model.attn_implementation,
+            contrast=contrast and settings.contrast,
+        )
+        common = {"console": self.console}
         name = f"{prefix}/responses"
         status = self._stage(name)
         if status:
@@ -395,20 +395,20 @@ class Pipeline:
             files.root.mkdir(parents=True, exist_ok=True)
             if prepare is not None:
                 prepare()
-            run_evaluation(settings, model_ref, files.root, steps=("responses",), **common)
+            run_evaluation(settings, model_ref, files.root, inputs, steps=("responses",), **common)
             written = [files.responses, files.mi_responses, files.antithesis_responses, files.contrast_responses]
             written.append(files.scores)
             self.manifest.finish(name, [p for p in written if p.exists()])
         if baselines and self._stage(f"{prefix}/judgments"):
             # rejudge: a judgments file of another judge is moved aside and judged again, never mixed
-            run_evaluation(settings, model_ref, files.root, steps=("judgments",), rejudge=True, **common)
+            run_evaluation(settings, model_ref, files.root, inputs, steps=("judgments",), rejudge=True, **common)
             judged = [files.judgments(b) for b in baselines]
             failed = count_failed(p for p in judged if p.exists())
             if failed:
                 self.console.print(f"[red]{prefix}/judgments: {failed} judge requests failed; rerun to retry[/red]")
             self.manifest.finish(f"{prefix}/judgments", [p for p in judged if p.exists()], failures=failed)
         if self._stage(f"{prefix}/metrics"):
-            run_evaluation(settings, model_ref, files.root, steps=("metrics",), **common)
+            run_evaluation(settings, model_ref, files.root, inputs, steps=("metrics",), **common)
             self.manifest.finish(f"{prefix}/metrics", [files.metrics])
 
     def report(self) -> dict:

@@ -89,12 +89,12 @@ def build_settings(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from sami.errors import SamiInputError
-    from sami.evaluation.evaluate import run_evaluation
+    from sami.evaluation.evaluate import EvaluationInputs, run_evaluation
 
     settings = build_settings(args)
     if settings.queries is None:
         raise SamiInputError("--queries: give the evaluation queries (a bundled name or a file)")
     if settings.constitutions is None:
         raise SamiInputError("--constitutions: give a constitution file or bundled name")
-    run_evaluation(settings, args.model, args.out, model_label=args.label, judge=not args.no_judge)
+    run_evaluation(settings, args.model, args.out, EvaluationInputs(model_label=args.label, judge=not args.no_judge))
     return 0
