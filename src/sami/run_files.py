@@ -11,16 +11,25 @@ adherence, `sami.evaluation.adherence`; the contrast check; the judge identity) 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
 
 from sami.errors import SamiInputError
 from sami.io import atomic_write_json
 from sami.settings import describe_validation_error
 
 Block = dict[str, Any]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+# A metric: a finite number or None (NaN and infinities read as None, as the report showed them before the models).
+Number = Annotated[float | None, AfterValidator(_finite)]
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -63,17 +72,18 @@ class Scores(_File):
 # ---- metrics.json -----------------------------------------------------------------------------------------------
 
 
-class SignLengths(_File):
-    positive: float | None = None
-    negative: float | None = None
+class SignLengths(BaseModel):
+    positive: Number = None
+    negative: Number = None
 
 
-class Lengths(_File):
-    """A `mean_length` / `mean_length_tokens` block (`sami.evaluation.metrics.length_stats`)."""
+class Lengths(BaseModel):
+    """A `mean_length` / `mean_length_tokens` block (`sami.evaluation.metrics.length_stats`); other keys are
+    dropped."""
 
-    positive: float | None = Field(None, description="mean over the all-positive constitution's responses")
-    negative: float | None = Field(None, description="mean over the other constitutions' responses")
-    by_constitution: dict[str, float | None] = Field(default_factory=dict, description="constitution label -> mean")
+    positive: Number = Field(None, description="mean over the all-positive constitution's responses")
+    negative: Number = Field(None, description="mean over the other constitutions' responses")
+    by_constitution: dict[str, Number] = Field(default_factory=dict, description="constitution label -> mean")
     by_principle: dict[str, SignLengths] = Field(default_factory=dict, description="principle -> mean by sign")
 
 
@@ -93,9 +103,9 @@ class SubsetMetrics(_File):
     """One entry of metrics.json's `subsets` (a query subset, e.g. "helpful")."""
 
     n_queries: int | None = None
-    mi: float | None = None
-    mi_sem: float | None = None
-    mi_bound: float | None = None
+    mi: Number = None
+    mi_sem: Number = None
+    mi_bound: Number = None
     mean_length: LengthsBlock = None
     mean_length_tokens: LengthsBlock = None
     win_rates: dict[str, Block] = Field(default_factory=dict, description="baseline -> win-rate summary")
@@ -105,8 +115,8 @@ class SubsetMetrics(_File):
 class BaselineMetrics(_File):
     """A baseline's MI and lengths under the MI constitutions (metrics.json's `baselines`)."""
 
-    mi: float | None = None
-    mi_sem: float | None = None
+    mi: Number = None
+    mi_sem: Number = None
     mean_length: LengthsBlock = None
     mean_length_tokens: LengthsBlock = None
 
@@ -122,11 +132,11 @@ class Metrics(_File):
     n_sign_patterns: int | list[int] | None = None
     mi_sampled: bool | None = None
     mi_eos: str | None = None
-    mi: float | None = None
-    mi_sem: float | None = None
-    mi_bound: float | None = None
-    sami_loss: float | None = None
-    accuracy: float | None = None
+    mi: Number = None
+    mi_sem: Number = None
+    mi_bound: Number = None
+    sami_loss: Number = None
+    accuracy: Number = None
     mean_length: LengthsBlock = Field(None, description="mean response lengths in characters")
     mean_length_tokens: LengthsBlock = Field(None, description="mean response lengths in tokens")
     win_rates: dict[str, Block] = Field(default_factory=dict, description="baseline -> win-rate summary")
@@ -145,11 +155,11 @@ class EvaluationSummary(_File):
 
     model: str | None = None
     n_queries: int | None = None
-    mi: float | None = None
-    mi_sem: float | None = None
-    mi_bound: float | None = None
-    sami_loss: float | None = None
-    accuracy: float | None = None
+    mi: Number = None
+    mi_sem: Number = None
+    mi_bound: Number = None
+    sami_loss: Number = None
+    accuracy: Number = None
     n_constitutions: int | list[int] | None = None
     mi_kind: str | None = None
     n_sign_patterns: int | list[int] | None = None
@@ -200,16 +210,18 @@ def parse_run_file(model: type[M], data: Any, source: str | Path) -> M:
         raise SamiInputError(describe_validation_error(e, str(source))) from None
 
 
-def read_run_file(model: type[M], path: str | Path) -> M | None:
-    """The run file at `path` as `model` (None when absent); unreadable JSON or a wrong field: `SamiInputError`."""
+def read_run_file(model: type[M], path: str | Path, name: str | None = None) -> M | None:
+    """The run file at `path` as `model` (None when absent); unreadable JSON or a wrong field: `SamiInputError`
+    naming the file (as `name`, default the path) and the field."""
     path = Path(path)
     if not path.is_file():
         return None
+    source = name or str(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise SamiInputError(f"{path}: not readable JSON ({getattr(e, 'msg', e)})") from None
-    return parse_run_file(model, data, path)
+        raise SamiInputError(f"{source}: unreadable ({getattr(e, 'msg', e)})") from None
+    return parse_run_file(model, data, source)
 
 
 def dump_run_file(value: BaseModel) -> Block:
