@@ -8,7 +8,9 @@ import pytest
 
 from sami.constitutions import load_constitutions
 from sami.data import load_queries
-from sami.evaluation.evaluate import BaselineSettings, EvaluationSettings, run_evaluation, user_turn_template
+from sami.evaluation.evaluate import EvaluationInputs, run_evaluation
+from sami.evaluation.settings import BaselineSettings, EvaluationSettings
+from sami.evaluation.templates import user_turn_template
 from sami.generation import parse_generation
 from sami.io import read_jsonl
 from sami.layout import EvalLayout
@@ -19,7 +21,7 @@ def _run(out, tiny_model, tokenizer, baselines, **settings):
     queries = load_queries("hh_helpful_test")[:2]
     s = EvaluationSettings(constitutions="hh_opus", max_new_tokens=3, device="cpu", **settings)
     return run_evaluation(
-        s, "m", out, queries=queries, model=tiny_model, tokenizer=tokenizer, baselines=baselines, judge=True,
+        s, "m", out, EvaluationInputs(queries=queries, model=tiny_model, tokenizer=tokenizer, baselines=baselines),
         steps=("responses", "metrics"),
     )  # fmt: skip
 
@@ -63,9 +65,10 @@ def test_baseline_intrinsic_off_and_api_baselines_skipped(tmp_path, tiny_model, 
     queries = load_queries("hh_helpful_test")[:2]
     settings = EvaluationSettings(constitutions="hh_opus", max_new_tokens=3, device="cpu", intrinsic=False)
     metrics = run_evaluation(
-        settings, "m", tmp_path / "api", queries=queries, model=tiny_model, tokenizer=default_tokenizer,
-        baselines={"api": api}, baseline_responses={"api": {q.id: "Hi." for q in queries}}, steps=("responses",
-        "metrics"),
+        settings, "m", tmp_path / "api",
+        EvaluationInputs(queries=queries, model=tiny_model, tokenizer=default_tokenizer, baselines={"api": api},
+                         baseline_responses={"api": {q.id: "Hi." for q in queries}}),
+        steps=("responses", "metrics"),
     )  # fmt: skip
     assert metrics["baselines"] == {}
 
@@ -73,15 +76,13 @@ def test_baseline_intrinsic_off_and_api_baselines_skipped(tmp_path, tiny_model, 
 def test_bare_instruct_baseline_is_prompted_in_the_user_turn(default_tokenizer):
     """A baseline given as a bare id whose tokenizer has a chat template: instruction, constitution and query in
     the user turn (as the authors prompted mistral-7b-instruct v0.1)."""
-    from sami.evaluation.evaluate import _prepare, baseline_template
+    from sami.evaluation.baselines import baseline_template
+    from sami.evaluation.context import prepare
 
     cset = load_constitutions("hh_opus")
     query = load_queries("hh_helpful_test")[0]
-    ev = _prepare(
-        EvaluationSettings(), "m", "/tmp/unused-eval", queries=[query], cset=cset, template=None, model=None,
-        tokenizer=None, model_label=None, baselines={"instruct": "some/instruct"}, contrast=False,
-        trust_remote_code=False,
-    )  # fmt: skip
+    inputs = EvaluationInputs(queries=[query], cset=cset, baselines={"instruct": "some/instruct"})
+    ev = prepare(EvaluationSettings(), "m", "/tmp/unused-eval", inputs)
     constitution = ev.positive[query.id]
     template = baseline_template(ev, ev.baselines["instruct"], default_tokenizer)
     assert template == user_turn_template("dialogue")

@@ -9,7 +9,7 @@ import pytest
 
 from sami.data import load_queries
 from sami.errors import SamiInputError
-from sami.evaluation.evaluate import EvaluationSettings, judge_hash, run_evaluation
+from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, judge_hash, run_evaluation
 from sami.evaluation.judge_prompts import LOCAL_JUDGE_PROMPT
 from sami.evaluation.judge_settings import JudgeSettings, parse_judge
 from sami.io import read_jsonl
@@ -36,8 +36,9 @@ def _evaluate(out, tiny_model, tokenizer, judge: JudgeSettings, **kwargs):
     settings = EvaluationSettings(constitutions="hh_opus", max_new_tokens=3, intrinsic=False, judge=judge)
     given = {q.id: f"Baseline answer {i}." for i, q in enumerate(queries)}
     return run_evaluation(
-        settings, "m", out, queries=queries, model=tiny_model, tokenizer=tokenizer, baselines={"base": "unused"},
-        baseline_responses={"base": given}, judge_model=tiny_model, judge_tokenizer=tokenizer, **kwargs,
+        settings, "m", out, EvaluationInputs(queries=queries, model=tiny_model, tokenizer=tokenizer,
+        baselines={"base": "unused"}, baseline_responses={"base": given}, judge_model=tiny_model,
+        judge_tokenizer=tokenizer), **kwargs,
     )  # fmt: skip
 
 
@@ -80,7 +81,7 @@ def test_rejudge_is_a_setting_too(tmp_path, tiny_model, default_tokenizer):
         constitutions="hh_opus", intrinsic=False, judge=parse_judge(kind="local", seed=5), rejudge=True
     )
     metrics = run_evaluation(
-        settings, "m", tmp_path, queries=queries, model=tiny_model, tokenizer=default_tokenizer,
-        baselines={"base": "unused"}, judge_model=tiny_model, judge_tokenizer=default_tokenizer,
+        settings, "m", tmp_path, EvaluationInputs(queries=queries, model=tiny_model, tokenizer=default_tokenizer,
+        baselines={"base": "unused"}, judge_model=tiny_model, judge_tokenizer=default_tokenizer),
     )  # fmt: skip
     assert metrics["judge"]["seed"] == 5

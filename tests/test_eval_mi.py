@@ -9,7 +9,7 @@ import torch
 
 from sami.constitutions import Constitution, Principle, load_constitutions
 from sami.data import load_queries
-from sami.evaluation.evaluate import EvaluationSettings, run_evaluation, sign_patterns
+from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, run_evaluation, sign_patterns
 from sami.io import read_jsonl
 from sami.layout import EvalLayout
 from sami.logprobs import tokenize_prompts, tokenize_responses
@@ -46,7 +46,10 @@ def test_mi_over_sign_patterns_equals_a_naive_computation(tmp_path, tiny_model, 
     queries = load_queries("hh_helpful_test")[:2]
     settings = EvaluationSettings(constitutions="hh_opus", max_new_tokens=4, device="cpu")
     metrics = run_evaluation(
-        settings, "m", tmp_path, queries=queries, model=tiny_model, tokenizer=default_tokenizer, baselines={}
+        settings,
+        "m",
+        tmp_path,
+        EvaluationInputs(queries=queries, model=tiny_model, tokenizer=default_tokenizer, baselines={}),
     )
     assert metrics["mi_kind"] == "sign_patterns" and metrics["n_sign_patterns"] == 4 and not metrics["mi_sampled"]
     assert metrics["n_constitutions"] == 4 and metrics["mi_eos"] == "never"
@@ -86,8 +89,8 @@ def test_two_principles_at_iteration_0_generate_nothing_extra(tmp_path, tiny_mod
     cset = load_constitutions("demo_checks")
     settings = EvaluationSettings(max_new_tokens=3, device="cpu", scheme="opposite")
     run_evaluation(
-        settings, "m", tmp_path, queries=queries, cset=cset, model=tiny_model, tokenizer=default_tokenizer,
-        baselines={}, contrast=True,
+        settings, "m", tmp_path, EvaluationInputs(queries=queries, cset=cset, model=tiny_model,
+        tokenizer=default_tokenizer, baselines={}, contrast=True),
     )  # fmt: skip
     assert _Counting.prompts == 2 * 4  # the 4 sign patterns; the antithesis and contrast responses reuse them
     files = EvalLayout(tmp_path)
@@ -105,10 +108,10 @@ def test_training_pairs_kind_and_changed_kind_refused(tmp_path, tiny_model, defa
     from sami.errors import SamiInputError
 
     queries = load_queries("hh_helpful_test")[:2]
-    common = {"queries": queries, "model": tiny_model, "tokenizer": default_tokenizer, "baselines": {}}
+    common = EvaluationInputs(queries=queries, model=tiny_model, tokenizer=default_tokenizer, baselines={})
     pairs = EvaluationSettings(constitutions="hh_opus", max_new_tokens=3, device="cpu", mi="training_pairs")
-    metrics = run_evaluation(pairs, "m", tmp_path, **common)
+    metrics = run_evaluation(pairs, "m", tmp_path, common)
     assert metrics["mi_kind"] == "training_pairs" and metrics["n_constitutions"] == 2
     assert metrics["n_sign_patterns"] is None and metrics["mi_eos"] == "generated"
     with pytest.raises(SamiInputError, match="mi_responses.jsonl: query .* other constitutions"):
-        run_evaluation(pairs.model_copy(update={"mi": "sign_patterns"}), "m", tmp_path, **common)
+        run_evaluation(pairs.model_copy(update={"mi": "sign_patterns"}), "m", tmp_path, common)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sami.data import load_queries
-from sami.evaluation.evaluate import EvaluationSettings, run_evaluation
+from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, run_evaluation
 
 
 @pytest.fixture
@@ -16,10 +16,12 @@ def evaluated(tmp_path, tiny_model, default_tokenizer):
     queries = load_queries("hh_harmless_test")[:3]
     settings = EvaluationSettings(constitutions="hh_opus", max_new_tokens=3, device="cpu")
     given = {q.id: f"Baseline answer {i}." for i, q in enumerate(queries)}
-    common = {"queries": queries, "baselines": {"base": str(tmp_path / "never-loaded")}}
+    common = EvaluationInputs(queries=queries, baselines={"base": str(tmp_path / "never-loaded")})
     run_evaluation(
-        settings, "m", tmp_path, steps=("responses",), model=tiny_model, tokenizer=default_tokenizer,
-        baseline_responses={"base": given}, **common,
+        settings, "m", tmp_path,
+        EvaluationInputs(queries=queries, baselines=common.baselines, model=tiny_model, tokenizer=default_tokenizer,
+                         baseline_responses={"base": given}),
+        steps=("responses",),
     )  # fmt: skip
     return tmp_path, settings, common
 
@@ -45,7 +47,7 @@ def test_rerun_with_all_files_loads_nothing_and_changes_no_byte(evaluated, monke
 
     monkeypatch.setattr("sami.models.load_model", no_loading)
     monkeypatch.setattr("sami.models.load_tokenizer", no_loading)
-    assert run_evaluation(settings, str(out / "missing-model"), out, steps=("responses",), **common) is None
+    assert run_evaluation(settings, str(out / "missing-model"), out, common, steps=("responses",)) is None
     assert _bytes(out) == before
 
 
@@ -58,7 +60,7 @@ def test_metrics_step_reads_files_only(evaluated, monkeypatch, tiny_model, defau
 
     monkeypatch.setattr("sami.models.load_model", no_loading)
     monkeypatch.setattr("sami.models.load_tokenizer", no_loading)
-    metrics = run_evaluation(settings, str(out / "no-such-model"), out, steps=("metrics",), **common)
+    metrics = run_evaluation(settings, str(out / "no-such-model"), out, common, steps=("metrics",))
     assert json.loads((out / "metrics.json").read_text()) == metrics
     scores = json.loads((out / "scores.json").read_text())["intrinsic"]
     mi = [v["mi"] for v in scores.values()]
@@ -85,7 +87,7 @@ def test_scores_equal_intrinsic_metrics_in_one_go(evaluated, tiny_model, default
     direct = intrinsic_metrics(
         tiny_model, default_tokenizer, records, template=get_template("dialogue", "base"), eos="never"
     )
-    metrics = run_evaluation(EvaluationSettings(constitutions="hh_opus"), "x", out, steps=("metrics",),
-                             queries=load_queries("hh_harmless_test")[:3], baselines={})  # fmt: skip
+    inputs = EvaluationInputs(queries=load_queries("hh_harmless_test")[:3], baselines={})
+    metrics = run_evaluation(EvaluationSettings(constitutions="hh_opus"), "x", out, inputs, steps=("metrics",))
     for key in ("mi", "mi_sem", "mi_bound", "sami_loss", "accuracy"):
         assert metrics[key] == pytest.approx(direct[key], rel=1e-4, abs=1e-5), key

@@ -8,7 +8,13 @@ import pytest
 
 from sami.constitutions import load_constitutions
 from sami.data import Query
-from sami.evaluation.evaluate import SUBSET_KEYS, EvaluationSettings, query_constitutions, run_evaluation
+from sami.evaluation.evaluate import (
+    SUBSET_KEYS,
+    EvaluationInputs,
+    EvaluationSettings,
+    query_constitutions,
+    run_evaluation,
+)
 from sami.io import atomic_write_json
 from sami.layout import EvalLayout
 
@@ -48,7 +54,11 @@ def folder(tmp_path):
 def test_subsets_and_pooled_equal_hand_computations(folder):
     out, queries, cset, settings = folder
     metrics = run_evaluation(
-        settings, str(out / "no-model"), out, steps=("metrics",), queries=queries, cset=cset, baselines={"base": "x"}
+        settings,
+        str(out / "no-model"),
+        out,
+        EvaluationInputs(queries=queries, cset=cset, baselines={"base": "x"}),
+        steps=("metrics",),
     )
     assert sorted(metrics["subsets"]) == ["harmless", "helpful"]
     helpful, harmless = metrics["subsets"]["helpful"], metrics["subsets"]["harmless"]
@@ -75,5 +85,7 @@ def test_subsets_and_pooled_equal_hand_computations(folder):
 
 def test_one_subset_writes_no_subsets(folder):
     out, queries, cset, settings = folder
-    metrics = run_evaluation(settings, "x", out, steps=("metrics",), queries=queries[:3], cset=cset, baselines={})
+    metrics = run_evaluation(
+        settings, "x", out, EvaluationInputs(queries=queries[:3], cset=cset, baselines={}), steps=("metrics",)
+    )
     assert metrics["subsets"] == {} and metrics["n_queries"] == 3 and metrics["mi"] == pytest.approx(2.0)

@@ -17,7 +17,7 @@ from conftest import ROOT, make_tiny_model
 import sami.models
 from sami.cli import main
 from sami.data import load_queries
-from sami.evaluation.evaluate import EvaluationSettings, run_evaluation
+from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, run_evaluation
 from sami.evaluation.judge_settings import parse_judge
 from sami.evaluation.judges import LocalJudge
 from sami.evaluation.winrate import SUMMARY_KEYS, check_record
@@ -120,14 +120,16 @@ def test_precomputed_baseline_responses_are_used(tmp_path, tiny_model, default_t
         settings,
         "iter-1-checkpoint",
         tmp_path,
-        queries=queries,
-        model=tiny_model,
-        tokenizer=default_tokenizer,
-        model_label="iter-1",
-        baselines={"base": str(tmp_path / "never-loaded")},
-        baseline_responses={"base": given},
-        judge_model=tiny_model,
-        judge_tokenizer=default_tokenizer,
+        EvaluationInputs(
+            queries=queries,
+            model=tiny_model,
+            tokenizer=default_tokenizer,
+            model_label="iter-1",
+            baselines={"base": str(tmp_path / "never-loaded")},
+            baseline_responses={"base": given},
+            judge_model=tiny_model,
+            judge_tokenizer=default_tokenizer,
+        ),
     )
     base = [r for r in read_jsonl(tmp_path / "responses.jsonl") if r["side"] == "base"]
     assert {r["query_id"]: r["response"] for r in base} == given
@@ -165,8 +167,8 @@ def test_run_evaluation_settings_reuse_iteration_0_base_responses_and_mi(tmp_pat
     it0, it1 = tmp_path / "iter-0" / "eval", tmp_path / "iter-1" / "eval"
     baselines0 = evaluation_baselines(config, against_base=False)
     m0 = run_evaluation(
-        settings, str(tiny_model_dir), it0, model_label="iter-0", baselines=baselines0, judge=bool(baselines0),
-        **common,
+        settings, str(tiny_model_dir), it0,
+        EvaluationInputs(model_label="iter-0", baselines=baselines0, judge=bool(baselines0), **common),
     )  # fmt: skip
     assert m0["win_rates"] == {} and not list(it0.glob("judgments-*"))
     loads = []
@@ -178,10 +180,10 @@ def test_run_evaluation_settings_reuse_iteration_0_base_responses_and_mi(tmp_pat
 
     with mock.patch("sami.models.load_model", load_model):
         m1 = run_evaluation(
-            settings, str(other_model_dir), it1, model_label="iter-1",
-            baselines=evaluation_baselines(config, against_base=True),
-            baseline_responses={"base": load_side_responses(it0 / "responses.jsonl")},
-            baseline_evals={"base": it0}, **common,
+            settings, str(other_model_dir), it1,
+            EvaluationInputs(model_label="iter-1", baselines=evaluation_baselines(config, against_base=True),
+                             baseline_responses={"base": load_side_responses(it0 / "responses.jsonl")},
+                             baseline_evals={"base": it0}, **common),
         )  # fmt: skip
     assert m1["model"] == "iter-1" and m1["win_rates"]["base"]["n"] == 3
     assert str(tiny_model_dir) not in loads  # the base model: responses and MI from iteration 0

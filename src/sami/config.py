@@ -18,7 +18,7 @@ from sami.compat import transformers_version, translate_trainer_args
 from sami.data import QuerySource
 from sami.endpoint import EndpointSettings
 from sami.errors import SamiInputError
-from sami.evaluation.evaluate import EvaluationSettings
+from sami.evaluation.settings import EvaluationSettings
 from sami.filters import FilterSettings
 from sami.generation import GenerationSettings, HFGeneration
 from sami.models import LoraSettings, check_attention

@@ -20,7 +20,10 @@ from sami.config import RunConfig
 from sami.constitutions import ConstitutionSet, load_constitutions
 from sami.data import Query, iteration_slice, load_queries
 from sami.errors import SamiInputError
-from sami.evaluation.evaluate import BaselineSettings, load_side_responses, run_evaluation
+from sami.evaluation.baselines import load_side_responses
+from sami.evaluation.context import EvaluationInputs
+from sami.evaluation.evaluate import run_evaluation
+from sami.evaluation.settings import BaselineSettings
 from sami.generation.base import closing
 from sami.generation.server import policy_endpoint
 from sami.io import count_failed
@@ -217,11 +220,7 @@ def _run(ctx: StageContext, target: EvalTarget, step: str, **kwargs) -> None:
     settings = evaluation_settings(c)
     baselines = _baselines(ctx, target)
     base = layout.eval(0).responses
-    run_evaluation(
-        settings,
-        target.model(ctx),
-        target.files(layout).root,
-        steps=(step,),
+    inputs = EvaluationInputs(
         queries=eval_queries(c),
         cset=ConstitutionSet.load(layout.constitutions),
         template=c.prompts.build(),
@@ -233,9 +232,10 @@ def _run(ctx: StageContext, target: EvalTarget, step: str, **kwargs) -> None:
         baseline_evals={"base": layout.eval(0).root, **target.baseline_evals(layout)},
         trust_remote_code=c.model.trust_remote_code,
         attn_implementation=c.model.attn_implementation,
-        console=ctx.console,
         contrast=target.contrast and settings.contrast,
-        **kwargs,
+    )
+    run_evaluation(
+        settings, target.model(ctx), target.files(layout).root, inputs, steps=(step,), console=ctx.console, **kwargs
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sami.config import RunConfig
-from sami.evaluation.evaluate import BaselineSettings, EvaluationSettings
+from sami.evaluation.settings import BaselineSettings, EvaluationSettings
 
 
 def evaluation_settings(config: RunConfig) -> EvaluationSettings:

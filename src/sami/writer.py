@@ -319,7 +319,7 @@ def contrast_check(
     import tempfile
 
     from sami.data import QuerySource, load_queries
-    from sami.evaluation.evaluate import EvaluationSettings, run_evaluation
+    from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, run_evaluation
 
     if queries is None:
         queries = "tldr_validation" if cset.task == "summarization" else "hh_helpful_test"
@@ -331,7 +331,7 @@ def contrast_check(
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sami-contrast-") as tmp:
         metrics = run_evaluation(
-            settings, model, out_dir or tmp, queries=loaded, cset=cset, judge=False, baselines={}, contrast=True,
-            console=console,
+            settings, model, out_dir or tmp,
+            EvaluationInputs(queries=loaded, cset=cset, judge=False, baselines={}, contrast=True), console=console,
         )  # fmt: skip
     return metrics["contrast"]

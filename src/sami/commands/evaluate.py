@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from sami.errors import SamiInputError
+from sami.evaluation.settings import BaselineSettings, EvaluationSettings
+from sami.settings import add_settings_arguments, merge, read_yaml, settings_overrides, validate
+
 # other spellings of generated flags, kept from the hand-written parser
 FLAGS = {"judge.kind": ["--judge", "--judge-kind"], "judge.both_orders": ["--both-orders", "--judge-both-orders"]}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sami.evaluation.evaluate import EvaluationSettings
-    from sami.settings import add_settings_arguments
 
     parser.add_argument("--model", required=True, help="the model to evaluate: a checkpoint folder, 'default', ...")
     parser.add_argument(
@@ -41,7 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
-    from sami.errors import SamiInputError
 
     out: dict[str, str] = {}
     for value in values:
@@ -57,8 +58,6 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 def _with_baselines(settings, args: argparse.Namespace):
     """`--baseline NAME=MODEL` replaces the file's baselines (none anywhere: base=default); `--baseline-style
     NAME=STYLE` sets one baseline's prompt style."""
-    from sami.errors import SamiInputError
-    from sami.evaluation.evaluate import BaselineSettings
 
     baselines = dict(settings.baselines)
     given = _pairs(args.baseline, "--baseline")
@@ -75,8 +74,6 @@ def _with_baselines(settings, args: argparse.Namespace):
 
 def build_settings(args: argparse.Namespace):
     """The `EvaluationSettings` of a `sami evaluate` command line: `--config FILE`, the flags on top."""
-    from sami.evaluation.evaluate import EvaluationSettings
-    from sami.settings import merge, read_yaml, settings_overrides, validate
 
     raw = read_yaml(args.config) if args.config else {}
     overrides = settings_overrides(args, "evaluation")
@@ -89,13 +86,12 @@ def build_settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sami.errors import SamiInputError
-    from sami.evaluation.evaluate import run_evaluation
+    from sami.evaluation.evaluate import EvaluationInputs, run_evaluation  # loads torch: only when evaluating
 
     settings = build_settings(args)
     if settings.queries is None:
         raise SamiInputError("--queries: give the evaluation queries (a bundled name or a file)")
     if settings.constitutions is None:
         raise SamiInputError("--constitutions: give a constitution file or bundled name")
-    run_evaluation(settings, args.model, args.out, model_label=args.label, judge=not args.no_judge)
+    run_evaluation(settings, args.model, args.out, EvaluationInputs(model_label=args.label, judge=not args.no_judge))
     return 0

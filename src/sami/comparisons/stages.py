@@ -19,7 +19,7 @@ from __future__ import annotations
 from sami.comparisons.dpo import train_dpo_from_config
 from sami.comparisons.sft import train_sft_from_config
 from sami.config import RunConfig
-from sami.evaluation.evaluate import BaselineSettings
+from sami.evaluation.settings import BaselineSettings
 from sami.io import JsonlStore, read_jsonl
 from sami.layout import RunLayout
 from sami.stage import Stage, StageContext

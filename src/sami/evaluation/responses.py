@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+
+from sami.constitutions import Constitution
 from sami.data import Query
+from sami.evaluation.settings import EvaluationSettings
 from sami.io import JsonlStore
-
-if TYPE_CHECKING:
-    from sami.evaluation.evaluate import EvaluationSettings
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +21,7 @@ class Progress:
     """A rich progress bar (quiet when not a terminal)."""
 
     def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
+        self.progress = RichProgress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -91,7 +90,6 @@ def known_responses(*stores) -> dict[tuple[str, str], tuple]:
     greedy responses already
     written (responses.jsonl's model side, mi_responses.jsonl, antithesis_responses.jsonl). Same label = the same
     principles in the same forms; only the order in the prompt may differ."""
-    from sami.constitutions import Constitution
 
     known: dict[tuple[str, str], tuple] = {}
     for store in (s for s in stores if s is not None):

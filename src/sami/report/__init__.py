@@ -18,6 +18,7 @@ from sami.report.html import render_html
 from sami.report.plots import make_plots
 from sami.report.render import render_markdown, summary_table
 from sami.report.summary import build_summary, is_run_dir, loss_curve, scrub_secrets
+from sami.run_files import Summary, parse_run_file
 
 __all__ = [
     "build_summary",
@@ -51,6 +52,7 @@ def write_report(run_dir: str | os.PathLike, *, incomplete: dict[str, str] | Non
     for name, data in plots.items():
         if data is not None:
             atomic_write_bytes(out / f"{name}.png", data)
+    parse_run_file(Summary, summary, out / "summary.json")  # what is written fits the model its readers use
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", render_markdown(summary))
     atomic_write_text(out / "index.html", render_html(summary, plots, collect_examples(run_dir)))

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from sami.errors import SamiInputError
 from sami.evaluation.adherence import with_change
 from sami.evaluation.winrate import summarize
 from sami.io import read_jsonl
 from sami.layout import EvalLayout, RunLayout
+from sami.run_files import Lengths, Metrics, SubsetMetrics, read_run_file
 
 SECRET_KEY = re.compile(r"api_?key|secret|passw(or)?d|(^|_)(auth|access|hf|bearer)_?token$", re.IGNORECASE)
 URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+:[^/@\s]+@")
@@ -152,20 +154,12 @@ def sample_counts(stats: dict) -> dict:
     }
 
 
-def lengths(value: Any) -> dict:
-    """A `mean_length` / `mean_length_tokens` block in its full shape ({} when absent)."""
-    if not isinstance(value, dict):
+def lengths(block: BaseModel, name: str) -> dict:
+    """The `mean_length` / `mean_length_tokens` block `name` of a metrics block in its full shape ({} when the file
+    does not hold it)."""
+    if name not in block.model_fields_set:
         return {}
-    return {
-        "positive": number(value.get("positive")),
-        "negative": number(value.get("negative")),
-        "by_constitution": {str(k): number(v) for k, v in _dict(value.get("by_constitution")).items()},
-        "by_principle": {
-            str(name): {"positive": number(v.get("positive")), "negative": number(v.get("negative"))}
-            for name, v in _dict(value.get("by_principle")).items()
-            if isinstance(v, dict)
-        },
-    }
+    return (getattr(block, name) or Lengths()).model_dump()
 
 
 def lengths_from_mi_responses(records: list[dict]) -> tuple[dict, dict]:
@@ -187,43 +181,52 @@ def lengths_from_mi_responses(records: list[dict]) -> tuple[dict, dict]:
     return block(chars), block(tokens)
 
 
-def subset_entry(value: Any) -> dict:
+def subset_entry(sub: SubsetMetrics) -> dict:
     """One subset of metrics.json's `subsets` with the summary's keys."""
-    value = _dict(value)
     return {
-        "n_queries": _int(value.get("n_queries")),
-        "mi": number(value.get("mi")),
-        "mi_sem": number(value.get("mi_sem")),
-        "mi_bound": number(value.get("mi_bound")),
-        "mean_length": lengths(value.get("mean_length")),
-        "mean_length_tokens": lengths(value.get("mean_length_tokens")),
-        "win_rates": {str(k): v for k, v in _dict(value.get("win_rates")).items() if isinstance(v, dict)},
-        "adherence": value.get("adherence") if isinstance(value.get("adherence"), dict) else None,
+        "n_queries": sub.n_queries,
+        "mi": sub.mi,
+        "mi_sem": sub.mi_sem,
+        "mi_bound": sub.mi_bound,
+        "mean_length": lengths(sub, "mean_length"),
+        "mean_length_tokens": lengths(sub, "mean_length_tokens"),
+        "win_rates": dict(sub.win_rates),
+        "adherence": sub.adherence,
     }
+
+
+def read_metrics(reader: Reader, path: Path) -> Metrics | None:
+    """An evaluation folder's metrics.json (None when absent; a file that does not fit becomes a problem line
+    naming the file and the field)."""
+    try:
+        return read_run_file(Metrics, path, reader.rel(path))
+    except SamiInputError as e:
+        reader.problems.append(str(e))
+        return None
 
 
 def evaluation_entry(reader: Reader, ev: EvalLayout, where: str) -> dict:
     """The keys of an iteration read from one evaluation folder (metrics.json, judgments, mi_responses); `where`
     names the folder in `missing` (e.g. "eval", relative to the iteration folder)."""
-    metrics = reader.json(ev.metrics)
-    metrics = metrics if isinstance(metrics, dict) else {}
-    entry: dict[str, Any] = {"model": metrics.get("model"), "n_queries": _int(metrics.get("n_queries"))}
+    read = read_metrics(reader, ev.metrics)
+    metrics = read or Metrics()
+    entry: dict[str, Any] = {"model": metrics.model, "n_queries": metrics.n_queries}
     for key in ("mi", "mi_sem", "mi_bound", "sami_loss", "accuracy"):
-        entry[key] = number(metrics.get(key))
-    entry["n_constitutions"] = _int(metrics.get("n_constitutions"))
-    entry["mi_kind"] = metrics.get("mi_kind") if isinstance(metrics.get("mi_kind"), str) else None
-    entry["n_sign_patterns"] = _int(metrics.get("n_sign_patterns"))
-    entry["mi_sampled"] = metrics.get("mi_sampled") if isinstance(metrics.get("mi_sampled"), bool) else None
+        entry[key] = getattr(metrics, key)
+    entry["n_constitutions"] = metrics.n_constitutions if isinstance(metrics.n_constitutions, int) else None
+    entry["mi_kind"] = metrics.mi_kind
+    entry["n_sign_patterns"] = metrics.n_sign_patterns if isinstance(metrics.n_sign_patterns, int) else None
+    entry["mi_sampled"] = metrics.mi_sampled
     notes: list[str] = []
-    if "mean_length" in metrics:
-        entry["mean_length"] = lengths(metrics.get("mean_length"))
-        entry["mean_length_tokens"] = lengths(metrics.get("mean_length_tokens"))
+    if "mean_length" in metrics.model_fields_set:
+        entry["mean_length"] = lengths(metrics, "mean_length")
+        entry["mean_length_tokens"] = lengths(metrics, "mean_length_tokens")
     else:
         entry["mean_length"], entry["mean_length_tokens"] = lengths_from_mi_responses(reader.jsonl(ev.mi_responses))
         if entry["mean_length"]:
             notes.append(f"mean lengths computed from {ev.mi_responses.name}")
 
-    win_rates = {str(k): v for k, v in _dict(metrics.get("win_rates")).items() if isinstance(v, dict)}
+    win_rates = dict(metrics.win_rates)
     if ev.root.is_dir():
         for path in ev.judgment_files():
             baseline = path.stem.removeprefix("judgments-")
@@ -237,13 +240,13 @@ def evaluation_entry(reader: Reader, ev: EvalLayout, where: str) -> dict:
                 continue
             notes.append(f"win rate vs {baseline} computed from {path.name} (metrics.json does not hold it)")
     entry["win_rates"] = win_rates
-    entry["adherence"] = metrics.get("adherence") if isinstance(metrics.get("adherence"), dict) else None
-    entry["contrast"] = metrics.get("contrast") if isinstance(metrics.get("contrast"), dict) else None
+    entry["adherence"] = metrics.adherence
+    entry["contrast"] = metrics.contrast
     ifeval = reader.json(ev.root / "ifeval" / "results.json") if (ev.root / "ifeval").is_dir() else None
     if isinstance(ifeval, dict):  # `evaluation.benchmarks: [ifeval]`
         entry["benchmarks"] = {"ifeval": ifeval}
-    entry["subsets"] = {str(k): subset_entry(v) for k, v in sorted(_dict(metrics.get("subsets")).items())}
-    entry["missing"] = [] if metrics else [f"{where}/{ev.metrics.name}"]
+    entry["subsets"] = {name: subset_entry(sub) for name, sub in sorted(metrics.subsets.items())}
+    entry["missing"] = [] if read is not None and read.model_fields_set else [f"{where}/{ev.metrics.name}"]
     entry["notes"] = notes
     return entry
 

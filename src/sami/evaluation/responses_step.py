@@ -1,0 +1,76 @@
+"""The responses step: every generation and every forward pass of an evaluation. The evaluated model's responses
+(positive, under the MI constitutions, antithesis, contrast) and their scores (`scores.json`), then the baselines'
+responses (`sami.evaluation.baselines`, one baseline model loaded at a time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sami import generation  # generation.make_generator, looked up at call time (tests patch it)
+from sami.evaluation.baselines import baseline_responses
+from sami.evaluation.context import Evaluation, check_mi_store
+from sami.evaluation.responses import (
+    Progress,
+    generate_mi,
+    generate_patterns,
+    generate_side,
+    generate_under,
+    known_responses,
+)
+from sami.evaluation.scores import score_evaluated
+from sami.generation import HFGeneration
+
+
+def responses_step(
+    ev: Evaluation,
+    given: dict[str, dict[str, str]],
+    progress: Progress,
+    *,
+    baseline_evals: dict[str, str | Path] | None = None,
+) -> None:
+    """Resumable: what is on disk is kept, and with every file complete nothing is loaded or rewritten. `given`:
+    baseline name -> {query_id: response} already generated; `baseline_evals`: baseline name -> its own evaluation
+    folder (its MI responses and scores are copied from there)."""
+    settings, queries, positive = ev.settings, ev.queries, ev.positive
+    responses, mi_store, anti_store, contrast_store = ev.stores()
+    gen_settings = HFGeneration(batch_size=settings.batch_size, dtype=settings.dtype)
+    check_mi_store(ev, mi_store)
+    todo = [q for q in queries if f"model:{q.id}" not in responses]
+    mi_todo = [q for q in queries if q.id not in mi_store] if settings.intrinsic else []
+    patterns = settings.mi == "sign_patterns"
+    anti_todo = [q for q in queries if q.id not in anti_store] if anti_store is not None else []
+    contrast_todo = [
+        (name, q)
+        for name in ev.principles
+        for q in ev.contrast_queries
+        if name in positive[q.id].signs() and f"{name}:{q.id}" not in contrast_store
+    ]
+    if todo or mi_todo or anti_todo or contrast_todo:
+        generator = generation.make_generator(gen_settings, model=ev.get_model(), tokenizer=ev.get_tokenizer())
+        if todo or mi_todo:
+            advance = progress.task(f"responses of {ev.label}", len(todo))
+            generate_side(
+                responses, generator, ev.template, todo, positive, side="model", label=ev.label, settings=settings,
+                advance=advance,
+            )  # fmt: skip
+        if mi_todo and not patterns:
+            generate_mi(mi_store, responses, generator, ev.template, mi_todo, ev.constitutions, settings, progress)
+        if mi_todo and patterns:  # the antithesis and one-flipped responses below are then taken from these
+            known = known_responses(responses, anti_store, contrast_store)
+            generate_patterns(mi_store, generator, ev.template, mi_todo, ev.mi_constitutions, settings, progress,
+                               known=known)  # fmt: skip
+        if anti_todo:
+            jobs = [(q.id, q, positive[q.id].flipped(), {}) for q in anti_todo]
+            known = known_responses(responses, mi_store)
+            generate_under(anti_store, generator, ev.template, jobs, settings, progress,
+                            "responses under the antithesis", known=known)  # fmt: skip
+        if contrast_todo:
+            jobs = [(f"{n}:{q.id}", q, positive[q.id].flipped({n}), {"principle": n}) for n, q in contrast_todo]
+            known = known_responses(responses, mi_store, anti_store)
+            generate_under(contrast_store, generator, ev.template, jobs, settings, progress,
+                            "responses with one principle flipped", known=known)  # fmt: skip
+        generator = None
+    responses.flush()
+    score_evaluated(ev, mi_store, responses, contrast_store)
+    ev.release()
+    baseline_responses(ev, responses, given, gen_settings, progress, baseline_evals or {})
