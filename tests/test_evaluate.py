@@ -213,6 +213,8 @@ def test_killed_evaluate_resumes_with_api_judge(tmp_path, tiny_model_dir, other_
     cmd += ["--limit", "3"]
     cmd[cmd.index("hh_opus")] = str(tmp_path / "short.json")
     cmd[cmd.index("local")] = "api"
+    at = cmd.index("--judge-model")
+    del cmd[at : at + 2]  # an api judge names its model with --judge-model-name (a local judge's field is refused)
     cmd += ["--judge-base-url", llama_server, "--judge-model-name", "smollm2", "--no-intrinsic"]
     cmd += ["--config", str(tmp_path / "eval.yaml")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
