@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from sami.cli import main
-from sami.config import load_config
 from sami.io import read_jsonl
+from sami.run_config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_sami_check_scores_evaluation_files(demo_run, capsys, tmp_path):
 def test_contrast_check_flags_a_pair_that_changes_nothing(tiny_model_dir, tmp_path):
     """A principle whose antithesis reads the same to the model: MI and adherence change within noise -> weak."""
     from sami.constitutions import ConstitutionSet
-    from sami.writer import contrast_check
+    from sami.principle_writer import contrast_check
 
     cset = ConstitutionSet.from_dict(
         {
@@ -148,7 +148,7 @@ def test_contrast_metrics_rules(mi, mi_sem, kept_brief, weak):
 def test_principles_write_reports_weak_pairs(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """`sami principles write` runs the contrast check on what it wrote (the writer itself is stubbed here: the
     bundled model writing principles is tested in test_writer.py)."""
-    import sami.writer
+    import sami.principle_writer
     from sami.constitutions import ConstitutionSet
 
     written = ConstitutionSet.from_dict(
@@ -157,8 +157,8 @@ def test_principles_write_reports_weak_pairs(tiny_model_dir, tmp_path, monkeypat
             "principles": [{"name": "polite", "principle": "Be polite.", "antithesis": "Be polite!"}],
         }
     )
-    monkeypatch.setattr(sami.writer, "write_constitutions_from_settings", lambda *a, **k: written)
-    monkeypatch.setattr(sami.writer, "contrast_check", _tiny_contrast(sami.writer.contrast_check))
+    monkeypatch.setattr(sami.principle_writer, "write_constitutions_from_settings", lambda *a, **k: written)
+    monkeypatch.setattr(sami.principle_writer, "contrast_check", _tiny_contrast(sami.principle_writer.contrast_check))
     out = tmp_path / "p.yaml"
     argv = ["principles", "write", "--task", "chat", "--principle", "polite", "--out", str(out)]
     assert main([*argv, "--contrast-model", str(tiny_model_dir), "--contrast-n", "2"]) == 0

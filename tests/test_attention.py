@@ -12,11 +12,11 @@ from test_pipeline import tiny_config, write_config
 
 import sami.models
 from sami.cli import main
-from sami.config import parse_config
 from sami.errors import SamiInputError
 from sami.logprobs import packed_logprobs
 from sami.models import load_model
 from sami.pipeline import Pipeline
+from sami.run_config import parse_config
 from sami.stage_settings import training_arguments
 from sami.trainer import SAMIConfig, train_sami
 

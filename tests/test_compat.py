@@ -12,8 +12,8 @@ from test_pipeline import tiny_config, write_config
 
 from sami.cli import main
 from sami.compat import translate_trainer_args
-from sami.config import parse_config
 from sami.errors import SamiInputError
+from sami.run_config import parse_config
 from sami.trainer import SAMIConfig
 
 OLD_ONLY = {"gradient_checkpointing", "gradient_checkpointing_kwargs", "learning_rate"}  # transformers 5.20

@@ -11,12 +11,12 @@ import yaml
 pytest.importorskip("trl", reason="TRL is the `compare` extra (make test installs it)")
 
 from sami.comparisons.dpo import dpo_config, dpo_records, query_prompt, rejected_index, train_dpo  # noqa: E402
-from sami.config import parse_config  # noqa: E402
 from sami.constitutions import Constitution, load_constitutions  # noqa: E402
 from sami.errors import SamiInputError  # noqa: E402
 from sami.io import read_jsonl, write_jsonl  # noqa: E402
 from sami.models import load_model  # noqa: E402
 from sami.prompts import get_template  # noqa: E402
+from sami.run_config import parse_config  # noqa: E402
 
 CSET = load_constitutions("demo_checks")  # principles brief, no_commas
 POSITIVE = Constitution(tuple((p, True) for p in CSET.principles))

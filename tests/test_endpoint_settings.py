@@ -10,12 +10,12 @@ import pytest
 from pydantic import BaseModel
 
 import sami
-from sami.config import WriterSettings
+from sami.cli_settings import validate
 from sami.endpoint import DEFAULT_MAX_RETRIES, EndpointSettings
 from sami.errors import SamiInputError
 from sami.evaluation.judge_settings import ApiJudgeSettings, JudgeSettings, LocalJudgeSettings, RulesJudgeSettings
 from sami.generation import GenerationSettings, HFGeneration, OpenAIGeneration, VLLMGeneration
-from sami.settings import validate
+from sami.run_config import WriterSettings
 
 SERVER_CALLERS = (OpenAIGeneration, ApiJudgeSettings, WriterSettings)
 # where a server caller keeps another default than the endpoint's, with the reason in the field's description
@@ -93,7 +93,7 @@ def test_members_hold_only_their_fields_and_defaults_of_others_pass():
 
 
 def test_a_nested_error_names_the_section_without_the_member_tag(tmp_path):
-    from sami.config import load_config
+    from sami.run_config import load_config
 
     path = tmp_path / "run.yaml"
     path.write_text(
@@ -108,8 +108,8 @@ def test_a_nested_error_names_the_section_without_the_member_tag(tmp_path):
 def test_a_resolved_config_dumps_only_its_members_fields_and_loads_again(name, tmp_path):
     from conftest import ROOT
 
-    from sami.config import config_to_yaml, load_config
     from sami.pipeline import config_hash
+    from sami.run_config import config_to_yaml, load_config
 
     config = load_config(ROOT / "configs" / name)
     path = tmp_path / "resolved.yaml"

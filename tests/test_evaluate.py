@@ -148,9 +148,9 @@ def test_run_evaluation_settings_reuse_iteration_0_base_responses_and_mi(tmp_pat
     and its folder as `baseline_evals`, so the base model is neither generated again nor loaded for its MI."""
     from unittest import mock
 
-    from sami.config import parse_config
     from sami.constitutions import load_constitutions
     from sami.evaluation.evaluate import load_side_responses
+    from sami.run_config import parse_config
     from sami.stage_settings import evaluation_baselines, evaluation_settings
 
     config = parse_config(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import yaml
 from conftest import ROOT
 
-from sami.config import parse_config
 from sami.constitutions import load_constitutions, sample_constitutions
+from sami.run_config import parse_config
 from sami.stages import stage_keys
 
 

@@ -8,7 +8,7 @@ import yaml
 from test_pipeline import tiny_config, write_config
 
 from sami.cli import main
-from sami.config import parse_config
+from sami.run_config import parse_config
 from sami.stage_parts import config_hash
 from sami.stages import stage_keys
 

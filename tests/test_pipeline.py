@@ -223,7 +223,7 @@ def test_changed_config_in_the_same_folder_reruns_what_it_changes(tmp_path, tiny
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_recipes_are_valid_configs(recipe):
-    from sami.config import parse_config
+    from sami.run_config import parse_config
 
     config = parse_config(yaml.safe_load(recipe.read_text()), source=str(recipe))
     assert len(config.iterations.steps) >= config.iterations.count
@@ -240,6 +240,6 @@ def test_recipes_are_valid_configs(recipe):
 
 
 def test_bundled_demo_is_the_configs_demo():
-    from sami.config import default_config_path
+    from sami.run_config import default_config_path
 
     assert (ROOT / "configs" / "demo.yaml").read_text() == default_config_path().read_text()

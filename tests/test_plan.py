@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 from sami.cli import main
-from sami.config import parse_config
+from sami.cli_settings import read_yaml
 from sami.errors import SamiInputError
 from sami.model_shapes import BUNDLED, ModelShape, model_shape
 from sami.plan import (
@@ -25,7 +25,7 @@ from sami.plan import (
     training_memory,
 )
 from sami.plan_run import plan_run
-from sami.settings import read_yaml
+from sami.run_config import parse_config
 
 TINY = ModelShape("tiny", vocab_size=10, hidden_size=4, intermediate_size=8, num_layers=2, num_heads=2,
                   num_kv_heads=1, head_dim=2, tied_embeddings=False)  # fmt: skip

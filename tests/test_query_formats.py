@@ -12,10 +12,10 @@ import yaml
 from conftest import ROOT
 
 from sami.cli import main
-from sami.config import load_config
 from sami.data import Query, QuerySource, load_queries
 from sami.errors import SamiInputError
 from sami.prompts import get_template, render_prompt
+from sami.run_config import load_config
 
 # Anthropic/hh-rlhf (helpful-base/train.jsonl.gz): {"chosen", "rejected"}, whole transcripts.
 HH = [

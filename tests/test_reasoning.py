@@ -9,7 +9,6 @@ import yaml
 from conftest import ROOT
 from test_pipeline import tiny_config, write_config
 
-from sami.config import SamplingSettings, parse_config
 from sami.constitutions import Constitution, load_constitutions
 from sami.data import QuerySource, bundled_queries_path, load_queries
 from sami.filters import FilterSettings, reasoning_filters
@@ -17,6 +16,7 @@ from sami.generation import Completion
 from sami.io import read_jsonl
 from sami.layout import dropped_path, stats_path
 from sami.prompts import REASONING_MARKERS, get_template, render_prompt
+from sami.run_config import SamplingSettings, parse_config
 from sami.sampling import generate_samples
 
 CSET = load_constitutions("hh_opus")

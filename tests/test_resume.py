@@ -217,8 +217,8 @@ def test_pipeline_train_stage_resumes_in_its_partial_folder(tmp_path, tiny_model
     """`sami run` keeps an interrupted `train.partial/` and trains into it with resume on (the resume itself is
     the Trainer's, tested above); the renamed `train/` is what the stage records."""
     import sami.trainer
-    from sami.config import parse_config
     from sami.pipeline import Pipeline
+    from sami.run_config import parse_config
     from sami.stage_parts import config_hash
     from sami.stage_settings import training_arguments
 

@@ -15,9 +15,9 @@ from test_distributed import _samples
 from test_pipeline import tiny_config, write_config
 
 from sami.cli import main
-from sami.config import parse_config
 from sami.errors import SamiInputError
 from sami.launch import accelerate_command, accelerate_config_path, launch_env, launcher_command, uses_deepspeed
+from sami.run_config import parse_config
 
 
 def test_launcher_accepts_accelerates_multi_machine_options(tiny_model_dir):

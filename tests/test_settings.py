@@ -1,4 +1,4 @@
-"""sami.settings: settings objects from YAML plus flags generated from the fields, one error line."""
+"""sami.cli_settings: settings objects from YAML plus flags generated from the fields, one error line."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
+from sami.cli_settings import add_settings_arguments, load_settings, merge, settings_overrides
 from sami.errors import SamiInputError
-from sami.settings import add_settings_arguments, load_settings, merge, settings_overrides
 
 
 class Inner(BaseModel):

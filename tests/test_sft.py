@@ -12,11 +12,11 @@ pytest.importorskip("trl", reason="TRL is the `compare` extra (make test install
 from test_dpo import POSITIVE, QUERIES, TEMPLATE, opposite_samples, record, run_with_comparison  # noqa: E402
 
 from sami.comparisons.sft import sft_config, sft_records, train_sft  # noqa: E402
-from sami.config import parse_config  # noqa: E402
 from sami.errors import SamiInputError  # noqa: E402
 from sami.io import read_jsonl, write_jsonl  # noqa: E402
 from sami.models import load_model, load_tokenizer  # noqa: E402
 from sami.prompts import get_template  # noqa: E402
+from sami.run_config import parse_config  # noqa: E402
 
 
 def test_examples_are_the_bare_query_and_the_positive_response(tmp_path):

@@ -17,8 +17,8 @@ from test_pipeline import STAGES, tiny_config, write_config
 
 import sami.manifest
 from sami.cli import main
-from sami.config import parse_config
 from sami.pipeline import plan_stages
+from sami.run_config import parse_config
 from sami.stage_parts import config_hash
 from sami.stages import stage_keys
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sami.config import load_config
+from sami.run_config import load_config
 from sami.stage_parts import config_hash
 from sami.stages import stage_keys
 

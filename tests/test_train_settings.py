@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sami.commands import train as train_command
-from sami.config import TrainingSettings, default_config_path, load_config
+from sami.run_config import TrainingSettings, default_config_path, load_config
 from sami.stage_settings import training_arguments
 from sami.trainer import SAMIConfig, train_sami
 

@@ -12,8 +12,8 @@ import pytest
 from transformers import TrainingArguments
 
 from sami.commands import train as train_command
-from sami.config import TrainingSettings, load_config, parse_config
 from sami.errors import SamiInputError
+from sami.run_config import TrainingSettings, load_config, parse_config
 from sami.stage_settings import training_arguments
 from sami.trainer import SAMIConfig
 from sami.trainer_fields import DPO, SFT, TRAINER_FIELDS, TrainerField, section_names

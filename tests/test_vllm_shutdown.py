@@ -10,9 +10,9 @@ import yaml
 from test_pipeline import tiny_config
 
 import sami.generation.vllm_backend as vllm_backend
-from sami.config import parse_config
 from sami.generation.vllm_backend import VLLMGenerator
 from sami.pipeline import Pipeline
+from sami.run_config import parse_config
 
 
 class FakeLLM:

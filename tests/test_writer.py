@@ -10,7 +10,7 @@ import pytest
 from sami.cli import main
 from sami.constitutions import ConstitutionSet, load_constitutions
 from sami.errors import SamiInputError
-from sami.writer import (
+from sami.principle_writer import (
     PrincipleRequest,
     WriterParseError,
     infer_task_type,

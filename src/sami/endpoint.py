@@ -3,7 +3,7 @@
 Every settings class that calls a server inherits these fields, so they stay flat in YAML and on the command line
 (`generation.base_url`, `evaluation.judge.timeout`, `writer.model_name`): the `openai` generation backend
 (`sami.generation.base.OpenAIGeneration`), the `api` judge (`sami.evaluation.judge_settings.ApiJudgeSettings`) and
-the principle writer (`sami.config.WriterSettings`). `sami.openai_client.OpenAIClient.from_endpoint` builds the
+the principle writer (`sami.run_config.WriterSettings`). `sami.openai_client.OpenAIClient.from_endpoint` builds the
 client from them.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sami.settings import ENV_VAR_NAME
+from sami.cli_settings import ENV_VAR_NAME
 
 DEFAULT_MAX_RETRIES = 5
 

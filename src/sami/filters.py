@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sami.cli_settings import describe_validation_error
 from sami.errors import SamiInputError
-from sami.settings import describe_validation_error
 
 if TYPE_CHECKING:
     from sami.constitutions import Constitution

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from sami.cli_settings import ENV_VAR_NAME
 from sami.endpoint import DEFAULT_MAX_RETRIES, EndpointSettings
 from sami.errors import SamiInputError
-from sami.settings import ENV_VAR_NAME
 
 log = logging.getLogger(__name__)
 

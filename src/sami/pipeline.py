@@ -31,13 +31,13 @@ from pathlib import Path
 from rich.console import Console
 
 from sami import stages  # the module, so that a test can add a stage to its table in one place
-from sami.config import RunConfig, config_to_yaml
 from sami.io import atomic_write_text, read_text
 from sami.launch import run_launched, run_stage
 from sami.layout import RunLayout
 from sami.manifest import Manifest, StageKey, StageStatus
 from sami.models import check_attention
 from sami.report import summary_table
+from sami.run_config import RunConfig, config_to_yaml
 from sami.stage import Stage, StageContext, Where
 from sami.stage_parts import config_hash
 

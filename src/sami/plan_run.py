@@ -15,7 +15,6 @@ from pathlib import Path
 
 import yaml
 
-from sami.config import RunConfig
 from sami.errors import SamiInputError
 from sami.model_shapes import ModelShape, model_shape
 from sami.plan import (
@@ -33,6 +32,7 @@ from sami.plan import (
     training_flops,
     training_memory,
 )
+from sami.run_config import RunConfig
 
 DEFAULT_PROMPT_TOKENS = {"dialogue": 200, "summarization": 450}
 

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sami.cli_settings import describe_validation_error
 from sami.errors import SamiInputError
 from sami.generation.base import cut_at_stop
-from sami.settings import describe_validation_error
 
 if TYPE_CHECKING:
     from sami.constitutions import Constitution

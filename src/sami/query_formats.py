@@ -8,7 +8,7 @@ raises `ValueError` with what is wrong (the loader prefixes the file and line or
 - `hh_context`: the same records, the conversation up to and including the last human turn, as HH's own text
   ("first human turn\\n\\nAssistant: ...\\n\\nHuman: last human turn"). Inside the base-style dialogue template
   ("Human: {query}\\n\\nAssistant:") this is the HH transcript itself; chat-style templates are refused
-  (`sami.config`), since a transcript in one user message is not a multi-turn chat.
+  (`sami.run_config`), since a transcript in one user message is not a multi-turn chat.
 - `tldr`: OpenAI summarize-from-feedback (`openai/summarize_from_feedback`: `{"info": {"id", "post", "title",
   "subreddit", "site", "article"}, "summaries", "choice", ...}`): the Reddit post, id `info.id`. The dataset
   repeats a post once per comparison, so later rows of an id already read are skipped; rows without a post but

@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
 
+from sami.cli_settings import describe_validation_error
 from sami.errors import SamiInputError
 from sami.io import atomic_write_json
-from sami.settings import describe_validation_error
 
 Block = dict[str, Any]
 

@@ -44,9 +44,9 @@ from sami.manifest import part_hash
 from sami.prompts import REASONING_MAX_NEW_TOKENS, PromptTemplate, render_prompt
 
 if TYPE_CHECKING:
-    from sami.config import RunConfig
     from sami.data import Query
     from sami.generation import TextGenerator
+    from sami.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 

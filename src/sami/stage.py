@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from sami.config import RunConfig
 from sami.layout import RunLayout
 from sami.manifest import Manifest
+from sami.run_config import RunConfig
 
 Where = Literal["driver", "process", "accelerate"]
 

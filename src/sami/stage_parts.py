@@ -11,9 +11,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from sami.config import RunConfig
 from sami.hash_compat import legacy_shape
 from sami.ifeval.stage import BENCHMARK_FIELDS, drop_defaults
+from sami.run_config import RunConfig
 from sami.run_inputs import input_groups
 
 # Evaluation fields that do not change the evaluated responses: the judge (its own stage), whether a foreign judge's

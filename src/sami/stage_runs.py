@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sami.config import RunConfig
 from sami.constitutions import ConstitutionSet, load_constitutions
 from sami.data import Query, iteration_slice, load_queries
 from sami.errors import SamiInputError
@@ -28,12 +27,13 @@ from sami.generation.base import closing
 from sami.generation.server import policy_endpoint
 from sami.io import count_failed
 from sami.layout import EvalLayout, RunLayout
+from sami.principle_writer import write_constitutions_from_settings
 from sami.report import write_report
+from sami.run_config import RunConfig
 from sami.sampling import generate_samples, policy_generator
 from sami.stage import Stage, StageContext, Where
 from sami.stage_parts import StageParts
 from sami.stage_settings import evaluation_baselines, evaluation_settings, training_arguments
-from sami.writer import write_constitutions_from_settings
 
 
 # ---- what several stages read ------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The run config's adapters: one home for every `RunConfig` -> stage-settings function.
 
 A stage is a function over its inputs and one settings object; these functions build that object from a run's
-config (`sami.config.RunConfig`), filling what a stage's settings leave open (dtype, task, sampling scheme, C)
-from the run's. They sit above `sami.config` and the stages' own settings modules, so neither imports the other.
+config (`sami.run_config.RunConfig`), filling what a stage's settings leave open (dtype, task, sampling scheme, C)
+from the run's. They sit above `sami.run_config` and the stages' own settings modules, so neither imports the other.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sami.config import RunConfig
 from sami.evaluation.settings import BaselineSettings, EvaluationSettings
+from sami.run_config import RunConfig
 
 
 def evaluation_settings(config: RunConfig) -> EvaluationSettings:

@@ -23,10 +23,10 @@ From this table come the manifest's keys (`stage_keys`), `sami run --dry-run`, t
 from __future__ import annotations
 
 from sami.comparisons.stages import comparison_methods, comparison_stages
-from sami.config import RunConfig
 from sami.errors import SamiInputError
 from sami.ifeval.stage import benchmark_stage
 from sami.manifest import StageKey
+from sami.run_config import RunConfig
 from sami.stage import Stage
 from sami.stage_parts import StageParts, config_hash
 from sami.stage_runs import (

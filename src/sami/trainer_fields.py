@@ -2,7 +2,7 @@
 
 Derived from `TRAINER_FIELDS` (a newcomer adding a knob adds one `TrainerField` here):
 
-- `TrainerKnobs`, the pydantic base of the run config's `training` section (`sami.config.TrainingSettings`): one
+- `TrainerKnobs`, the pydantic base of the run config's `training` section (`sami.run_config.TrainingSettings`): one
   field per entry with `section=True`, in this order, with its constraints and description;
 - `sami.trainer.SAMIConfig` (`TrainingArguments` + SAMI's options): one dataclass field per entry, overriding
   `TrainingArguments`' default and help where SAMI changes them (`sami_dataclass_fields`), hence also

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sami.config import config_to_yaml, load_config
+    from sami.run_config import config_to_yaml, load_config
 
     print(config_to_yaml(load_config(args.config)), end="")
     return 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from sami.cli_settings import add_settings_arguments, merge, read_yaml, settings_overrides, validate
 from sami.errors import SamiInputError
 from sami.evaluation.settings import BaselineSettings, EvaluationSettings
-from sami.settings import add_settings_arguments, merge, read_yaml, settings_overrides, validate
 
 # other spellings of generated flags, kept from the hand-written parser
 FLAGS = {"judge.kind": ["--judge", "--judge-kind"], "judge.both_orders": ["--both-orders", "--judge-both-orders"]}

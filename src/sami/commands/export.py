@@ -7,8 +7,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sami.cli_settings import add_settings_arguments
     from sami.export import ExportSettings
-    from sami.settings import add_settings_arguments
 
     parser.add_argument("run_dir", metavar="RUN", help="a run folder written by `sami run` (e.g. runs/NAME)")
     parser.add_argument("out", metavar="OUT", help="the folder to write (refused if it exists, unless --overwrite)")
@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from sami.cli_settings import settings_overrides, validate
     from sami.export import ExportSettings, export_run, upload_command
-    from sami.settings import settings_overrides, validate
 
     settings = validate(ExportSettings, settings_overrides(args, "export"), source="flags")
     out = export_run(args.run_dir, args.out, settings)

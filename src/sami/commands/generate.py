@@ -1,7 +1,7 @@
 """`sami generate`: self-generate SAMI training samples (samples.jsonl) with a policy model.
 
 The sampling flags are generated from `SamplingSettings` and the backend flags from `GenerationSettings`
-(`sami.settings`); `--config FILE` is a YAML file of `SamplingSettings` fields that the flags override.
+(`sami.cli_settings`); `--config FILE` is a YAML file of `SamplingSettings` fields that the flags override.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ BACKEND_FIELDS = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sami.cli_settings import add_settings_arguments
     from sami.generation import GenerationSettings
     from sami.sampling import SamplingSettings
-    from sami.settings import add_settings_arguments
 
     parser.add_argument(
         "--queries",
@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from sami.cli_settings import load_settings, settings_overrides, validate
     from sami.constitutions import load_constitutions
     from sami.data import BUNDLED_QUERIES, QuerySource, load_queries
     from sami.filters import FilterSettings
@@ -60,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     from sami.models import load_tokenizer
     from sami.prompts import get_template
     from sami.sampling import SamplingSettings, generate_samples
-    from sami.settings import load_settings, settings_overrides, validate
 
     if args.limit is not None and args.limit < 1:
         raise SamiInputError(f"--limit: must be >= 1, got {args.limit}")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sami.cli_settings import add_settings_arguments, load_settings, settings_overrides
 from sami.plan import PlanSettings
-from sami.settings import add_settings_arguments, load_settings, settings_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,10 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sami.config import default_config_path, parse_config
+    from sami.cli_settings import read_yaml
     from sami.plan_report import format_plan, unfit_lines
     from sami.plan_run import plan_run
-    from sami.settings import read_yaml
+    from sami.run_config import default_config_path, parse_config
 
     path = args.config or str(default_config_path())
     config = parse_config(read_yaml(path), source=path)  # no data-file checks: planning needs none

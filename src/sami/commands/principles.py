@@ -7,8 +7,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sami.config import WriterSettings
-    from sami.settings import add_settings_arguments
+    from sami.cli_settings import add_settings_arguments
+    from sami.run_config import WriterSettings
 
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     w = sub.add_parser("write", help="an instruction-tuned model writes each principle and its antithesis")
@@ -78,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
         print_table(cset, f"{args.constitutions} (task: {cset.task}; writer: {cset.writer})")
         return 0
 
-    from sami.config import WriterSettings
-    from sami.settings import load_settings, settings_overrides
-    from sami.writer import write_constitutions_from_settings
+    from sami.cli_settings import load_settings, settings_overrides
+    from sami.principle_writer import write_constitutions_from_settings
+    from sami.run_config import WriterSettings
 
     settings = load_settings(WriterSettings, args.config, settings_overrides(args, "writer"), source="command line")
     check_out(Path(args.out))  # before the model works, not after
@@ -97,7 +97,7 @@ def report_contrast(cset, args: argparse.Namespace) -> dict:
     from rich.console import Console
 
     from sami.errors import SamiInputError
-    from sami.writer import contrast_check
+    from sami.principle_writer import contrast_check
 
     if args.contrast_n < 1:
         raise SamiInputError(f"--contrast-n must be >= 1, got {args.contrast_n}")

@@ -94,9 +94,9 @@ def print_resource_plan(config, devices: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sami.config import load_config
     from sami.pipeline import Pipeline
     from sami.preflight import check_run
+    from sami.run_config import load_config
 
     config = load_config(args.config)
     run_dir = Path(args.output_dir) if args.output_dir else config.resolved_output_dir()

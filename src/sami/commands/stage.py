@@ -22,9 +22,9 @@ from pathlib import Path
 from rich.console import Console
 
 from sami import stages
-from sami.config import load_config
 from sami.errors import SamiInputError
 from sami.layout import RunLayout
+from sami.run_config import load_config
 from sami.runlock import run_lock
 from sami.stage import StageContext
 

@@ -17,10 +17,10 @@ from transformers import HfArgumentParser
 
 from sami.comparisons.dpo import train_dpo_command
 from sami.comparisons.sft import train_sft_command
-from sami.config import load_config
 from sami.errors import SamiInputError
 from sami.launch import accelerate_command, relaunch_argv, run_launched
 from sami.models import LoraSettings
+from sami.run_config import load_config
 from sami.stage_settings import training_arguments
 from sami.trainer import SAMIConfig, train_sami
 

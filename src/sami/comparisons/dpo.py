@@ -30,10 +30,10 @@ from typing import Any
 from sami.comparisons.settings import DPOSettings
 from sami.comparisons.trl_args import shared_training_fields, trl_class, trl_config
 from sami.comparisons.trl_train import train_command, train_with_trl
-from sami.config import RunConfig
 from sami.errors import SamiInputError
 from sami.io import iter_jsonl
 from sami.prompts import PromptTemplate, _fill, query_parts, render_prompt
+from sami.run_config import RunConfig
 from sami.tokens import default_separator, response_context
 from sami.trainer_fields import DPO, method_flags
 

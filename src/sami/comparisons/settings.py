@@ -1,6 +1,6 @@
 """The run config's `comparisons.dpo` and `comparisons.sft` sections (`DPOSettings`, `SFTSettings`).
 
-Their own module, below `sami.config` and free of `sami.config`, so the config imports the schema without the
+Their own module, below `sami.run_config` and free of `sami.run_config`, so the config imports the schema without the
 methods' training code (which reads the run config: `sami.comparisons.dpo` / `sft`). A `trainer_args` key is checked
 against TRL's config class (when TRL is installed) and against the one rule for a knob given twice
 (`sami.trainer_fields.refuse_twice`).

@@ -30,10 +30,10 @@ from sami.comparisons.dpo import _completion, check_prompt_form, query_prompt
 from sami.comparisons.settings import SFTSettings
 from sami.comparisons.trl_args import shared_training_fields, trl_class, trl_config
 from sami.comparisons.trl_train import train_command, train_with_trl
-from sami.config import RunConfig
 from sami.errors import SamiInputError
 from sami.io import iter_jsonl
 from sami.prompts import PromptTemplate
+from sami.run_config import RunConfig
 from sami.tokens import response_context
 from sami.trainer_fields import SFT, method_flags
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from sami.comparisons.dpo import train_dpo_from_config
 from sami.comparisons.sft import train_sft_from_config
-from sami.config import RunConfig
 from sami.evaluation.settings import BaselineSettings
 from sami.io import JsonlStore, read_jsonl
 from sami.layout import RunLayout
+from sami.run_config import RunConfig
 from sami.stage import Stage, StageContext
 from sami.stage_parts import StageParts
 from sami.stage_runs import EvalTarget, checkpoint_stage, evaluation_stages, start_model

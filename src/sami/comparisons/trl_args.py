@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sami.config import RunConfig
 from sami.errors import SamiInputError
 from sami.models import accelerator_present
+from sami.run_config import RunConfig
 from sami.trainer_fields import checkpoint_strategy, method_defaults, method_fields
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from sami.comparisons.trl_args import trl_class
-from sami.config import load_config
 from sami.errors import SamiInputError
 from sami.models import LoraSettings
 from sami.prompts import TemplateSettings
+from sami.run_config import load_config
 
 log = logging.getLogger(__name__)
 

@@ -46,6 +46,7 @@ from rich.console import Console
 
 from sami.errors import SamiInputError
 from sami.evaluation.baselines import baseline_template, load_side_responses
+from sami.evaluation.console_tables import metrics_table
 from sami.evaluation.context import Evaluation, EvaluationInputs, prepare, query_constitutions, sign_patterns
 from sami.evaluation.contrast import contrast_metrics
 from sami.evaluation.judgments import judge_hash, judgments_step
@@ -53,7 +54,6 @@ from sami.evaluation.metrics_step import SUBSET_KEYS, metrics_step
 from sami.evaluation.responses import Progress
 from sami.evaluation.responses_step import responses_step
 from sami.evaluation.settings import BaselineSettings, EvaluationSettings
-from sami.evaluation.tables import metrics_table
 from sami.evaluation.templates import user_turn_template
 
 __all__ = [

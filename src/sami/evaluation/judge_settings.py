@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from sami.cli_settings import refuse_foreign_fields, settings_union
 from sami.endpoint import EndpointSettings
 from sami.evaluation.judge_prompts import JUDGE_PROMPT, LOCAL_JUDGE_PROMPT, PRESETS
-from sami.settings import refuse_foreign_fields, settings_union
 
 KIND_DESCRIPTION = (
     "'api': an OpenAI-compatible chat endpoint; 'local': an HF model's next-token odds; 'rules': the principles' "

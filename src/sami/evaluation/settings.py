@@ -1,5 +1,5 @@
 """The evaluation's settings: `EvaluationSettings` (how a model is evaluated) and `BaselineSettings` (a model it
-is compared against). `sami.config` embeds `EvaluationSettings` in a run's config; `sami.stage_settings` fills a
+is compared against). `sami.run_config` embeds `EvaluationSettings` in a run's config; `sami.stage_settings` fills a
 run's open fields."""
 
 from __future__ import annotations

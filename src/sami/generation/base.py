@@ -11,9 +11,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from sami.cli_settings import refuse_foreign_fields, settings_union
 from sami.endpoint import EndpointSettings
 from sami.errors import SamiInputError
-from sami.settings import refuse_foreign_fields, settings_union
 
 Prompt = str | list[dict]
 FINISH_REASONS = ("stop", "length", "error")

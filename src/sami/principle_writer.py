@@ -33,7 +33,7 @@ from sami.endpoint import EndpointSettings
 from sami.errors import SamiInputError
 
 if TYPE_CHECKING:
-    from sami.config import WriterSettings
+    from sami.run_config import WriterSettings
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sami.cli_settings import read_yaml, validate
 from sami.comparisons.settings import DPOSettings, SFTSettings
 from sami.compat import transformers_version, translate_trainer_args
 from sami.data import QuerySource
@@ -24,7 +25,6 @@ from sami.generation import GenerationSettings, HFGeneration
 from sami.models import LoraSettings, check_attention
 from sami.prompts import TemplateSettings
 from sami.sampling import SamplingSettings
-from sami.settings import read_yaml, validate
 from sami.trainer_fields import SAMI, TrainerKnobs, known_trainer_args, refuse_twice, section_names
 
 DEFAULT_CONFIG = "demo.yaml"
