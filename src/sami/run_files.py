@@ -6,8 +6,8 @@ one line naming the file and the field (`read_run_file`, `SamiInputError`). Writ
 which writes exactly the keys that were set (`exclude_unset`), so a file holds the same keys and values as the dict
 it was built from. In metrics.json the blocks owned by other modules (win-rate summaries, `sami.evaluation.winrate`;
 adherence, `sami.evaluation.adherence`; the contrast check; the judge identity) stay mappings, written as their
-modules build them; summary.json types the ones the report reads (`WinRate`, `Adherence`, `Contrast`, ...), so the
-report's renderers read typed values and check none by hand.
+modules build them; the ones the report reads are checked against the models summary.json types them with
+(`WinRate`, `Adherence`, `Contrast`), so the report's renderers read typed values and check none by hand.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+from pydantic_core import PydanticCustomError
 
-from sami.cli_settings import describe_validation_error
+from sami.cli_settings import describe_error, describe_validation_error
 from sami.errors import SamiInputError
 from sami.io import atomic_write_json
 
@@ -71,85 +72,7 @@ class Scores(_File):
     )
 
 
-# ---- metrics.json -----------------------------------------------------------------------------------------------
-
-
-class SignLengths(BaseModel):
-    positive: Number = None
-    negative: Number = None
-
-
-class Lengths(BaseModel):
-    """A `mean_length` / `mean_length_tokens` block (`sami.evaluation.metrics.length_stats`); other keys are
-    dropped."""
-
-    positive: Number = Field(None, description="mean over the all-positive constitution's responses")
-    negative: Number = Field(None, description="mean over the other constitutions' responses")
-    by_constitution: dict[str, Number] = Field(default_factory=dict, description="constitution label -> mean")
-    by_principle: dict[str, SignLengths] = Field(default_factory=dict, description="principle -> mean by sign")
-
-
-def _empty_is_none(value: Any) -> Any:
-    return None if value == {} else value
-
-
-def _none_is_empty(value: Lengths | None) -> Block:
-    return value.model_dump(exclude_unset=True) if value is not None else {}
-
-
-# A `mean_length` / `mean_length_tokens` field: `{}` (nothing measured) reads as None and is written back as `{}`.
-LengthsBlock = Annotated[Lengths | None, BeforeValidator(_empty_is_none), PlainSerializer(_none_is_empty)]
-
-
-class SubsetMetrics(_File):
-    """One entry of metrics.json's `subsets` (a query subset, e.g. "helpful")."""
-
-    n_queries: int | None = None
-    mi: Number = None
-    mi_sem: Number = None
-    mi_bound: Number = None
-    mean_length: LengthsBlock = None
-    mean_length_tokens: LengthsBlock = None
-    win_rates: dict[str, Block] = Field(default_factory=dict, description="baseline -> win-rate summary")
-    adherence: Block | None = None
-
-
-class BaselineMetrics(_File):
-    """A baseline's MI and lengths under the MI constitutions (metrics.json's `baselines`)."""
-
-    mi: Number = None
-    mi_sem: Number = None
-    mean_length: LengthsBlock = None
-    mean_length_tokens: LengthsBlock = None
-
-
-class Metrics(_File):
-    """`metrics.json` of an evaluation folder (`sami.evaluation.metrics_step`)."""
-
-    model: str | None = Field(None, description="the evaluated model's label")
-    model_ref: str | None = Field(None, description="the evaluated model's reference")
-    n_queries: int | None = None
-    n_constitutions: int | list[int] | None = Field(None, description="constitutions per query of the MI")
-    mi_kind: str | None = Field(None, description="sign_patterns or training_pairs")
-    n_sign_patterns: int | list[int] | None = None
-    mi_sampled: bool | None = None
-    mi_eos: str | None = None
-    mi: Number = None
-    mi_sem: Number = None
-    mi_bound: Number = None
-    sami_loss: Number = None
-    accuracy: Number = None
-    mean_length: LengthsBlock = Field(None, description="mean response lengths in characters")
-    mean_length_tokens: LengthsBlock = Field(None, description="mean response lengths in tokens")
-    win_rates: dict[str, Block] = Field(default_factory=dict, description="baseline -> win-rate summary")
-    judge: Block | None = Field(None, description="the judge identity of every judgment")
-    adherence: Block | None = None
-    contrast: Block | None = None
-    baselines: dict[str, BaselineMetrics] = Field(default_factory=dict)
-    subsets: dict[str, SubsetMetrics] = Field(default_factory=dict, description="subset name -> its metrics")
-
-
-# ---- report/summary.json ----------------------------------------------------------------------------------------
+# ---- blocks of metrics.json and summary.json ------------------------------------------------------------
 
 
 def _empty_block(value: Any) -> Any:
@@ -214,6 +137,110 @@ class ContrastPrinciple(_File):
 class Contrast(_File):
     by_principle: dict[str, ContrastPrinciple] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
+
+
+BLOCK_ERROR = "run_file_block"
+
+
+def _checked(model: type[BaseModel]) -> AfterValidator:
+    """A metrics.json block kept as written (its dict) but checked against `model`, the shape summary.json types
+    it with: a wrong field is refused when the file is read, naming the field inside the block."""
+
+    def check(value: Any) -> Any:
+        if value is not None:
+            try:
+                model.model_validate(value)
+            except ValidationError as e:  # shown by `parse_run_file` as `<block's path>.<field>: what is wrong`
+                raise PydanticCustomError(BLOCK_ERROR, "{line}", {"line": describe_error(e.errors()[0])}) from None
+        return value
+
+    return AfterValidator(check)
+
+
+WinRateBlock = Annotated[Block, _checked(WinRate)]
+AdherenceDict = Annotated[Block | None, _checked(Adherence)]
+ContrastDict = Annotated[Block | None, _checked(Contrast)]
+
+
+# ---- metrics.json -----------------------------------------------------------------------------------------------
+
+
+class SignLengths(BaseModel):
+    positive: Number = None
+    negative: Number = None
+
+
+class Lengths(BaseModel):
+    """A `mean_length` / `mean_length_tokens` block (`sami.evaluation.metrics.length_stats`); other keys are
+    dropped."""
+
+    positive: Number = Field(None, description="mean over the all-positive constitution's responses")
+    negative: Number = Field(None, description="mean over the other constitutions' responses")
+    by_constitution: dict[str, Number] = Field(default_factory=dict, description="constitution label -> mean")
+    by_principle: dict[str, SignLengths] = Field(default_factory=dict, description="principle -> mean by sign")
+
+
+def _empty_is_none(value: Any) -> Any:
+    return None if value == {} else value
+
+
+def _none_is_empty(value: Lengths | None) -> Block:
+    return value.model_dump(exclude_unset=True) if value is not None else {}
+
+
+# A `mean_length` / `mean_length_tokens` field: `{}` (nothing measured) reads as None and is written back as `{}`.
+LengthsBlock = Annotated[Lengths | None, BeforeValidator(_empty_is_none), PlainSerializer(_none_is_empty)]
+
+
+class SubsetMetrics(_File):
+    """One entry of metrics.json's `subsets` (a query subset, e.g. "helpful")."""
+
+    n_queries: int | None = None
+    mi: Number = None
+    mi_sem: Number = None
+    mi_bound: Number = None
+    mean_length: LengthsBlock = None
+    mean_length_tokens: LengthsBlock = None
+    win_rates: dict[str, WinRateBlock] = Field(default_factory=dict, description="baseline -> win-rate summary")
+    adherence: AdherenceDict = None
+
+
+class BaselineMetrics(_File):
+    """A baseline's MI and lengths under the MI constitutions (metrics.json's `baselines`)."""
+
+    mi: Number = None
+    mi_sem: Number = None
+    mean_length: LengthsBlock = None
+    mean_length_tokens: LengthsBlock = None
+
+
+class Metrics(_File):
+    """`metrics.json` of an evaluation folder (`sami.evaluation.metrics_step`)."""
+
+    model: str | None = Field(None, description="the evaluated model's label")
+    model_ref: str | None = Field(None, description="the evaluated model's reference")
+    n_queries: int | None = None
+    n_constitutions: int | list[int] | None = Field(None, description="constitutions per query of the MI")
+    mi_kind: str | None = Field(None, description="sign_patterns or training_pairs")
+    n_sign_patterns: int | list[int] | None = None
+    mi_sampled: bool | None = None
+    mi_eos: str | None = None
+    mi: Number = None
+    mi_sem: Number = None
+    mi_bound: Number = None
+    sami_loss: Number = None
+    accuracy: Number = None
+    mean_length: LengthsBlock = Field(None, description="mean response lengths in characters")
+    mean_length_tokens: LengthsBlock = Field(None, description="mean response lengths in tokens")
+    win_rates: dict[str, WinRateBlock] = Field(default_factory=dict, description="baseline -> win-rate summary")
+    judge: Block | None = Field(None, description="the judge identity of every judgment")
+    adherence: AdherenceDict = None
+    contrast: ContrastDict = None
+    baselines: dict[str, BaselineMetrics] = Field(default_factory=dict)
+    subsets: dict[str, SubsetMetrics] = Field(default_factory=dict, description="subset name -> its metrics")
+
+
+# ---- report/summary.json ----------------------------------------------------------------------------------------
 
 
 class TrainSummary(_File):
@@ -358,6 +385,9 @@ def parse_run_file(model: type[M], data: Any, source: str | Path) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
+        first = e.errors()[0]
+        if first["type"] == BLOCK_ERROR:  # a field inside a block checked by `_checked`
+            raise SamiInputError(f"{source}: {'.'.join(map(str, first['loc']))}.{first['ctx']['line']}") from None
         raise SamiInputError(describe_validation_error(e, str(source))) from None
 
 
