@@ -13,7 +13,8 @@ from sami.errors import SamiInputError
 from sami.layout import RunLayout
 from sami.model_card import card_text
 from sami.report import build_summary, render_html, render_markdown, write_report
-from sami.report.tables import DASH, all_tables
+from sami.report.cells import DASH
+from sami.report.tables import all_tables
 
 # Keys the summary gained after its first version (per iteration entry, and at the top level).
 LATER_ENTRY_KEYS = ("mi_kind", "n_sign_patterns", "mi_sampled", "mean_length_tokens", "adherence", "contrast",

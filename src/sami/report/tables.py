@@ -1,11 +1,12 @@
 """The report's tables as one model (`Table`), built from the summary; `render` turns them into Markdown, rich and
 HTML. The tables read the typed summary (`sami.run_files.Summary`: a missing, NaN or infinite number is None
-there); every number goes through `fmt` / `fmt_interval`, so a missing value is always `DASH`."""
+there); every cell is written by `sami.report.cells`, so a missing value is always `DASH`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sami.report.cells import DASH, count, fmt, fraction_ci, length, rate_ci, signed_length
 from sami.run_files import (
     Adherence,
     AdherenceRate,
@@ -19,26 +20,9 @@ from sami.run_files import (
     as_summary,
 )
 
-DASH = "—"
 POOLED = "all"
 BASE = "base"
 SIGNS = ("positive", "negative")
-
-
-def fmt(value: float | None, digits: int = 3, *, percent: bool = False, signed: bool = False) -> str:
-    """A number with `digits` decimals (as a percentage of 1 with `percent`), or `DASH` when missing."""
-    if value is None:
-        return DASH
-    sign = "+" if signed else ""
-    return f"{100 * value:{sign}.{digits}f}%" if percent else f"{value:{sign}.{digits}f}"
-
-
-def fmt_interval(ci: tuple[float | None, float | None] | None, digits: int = 1, *, percent: bool = True) -> str:
-    """A `[low, high]` interval ("[52.0, 72.0]" for rates in percent), or "" when there is none."""
-    if ci is None:
-        return ""
-    scale = 100 if percent else 1
-    return f"[{fmt(scale * ci[0], digits)}, {fmt(scale * ci[1], digits)}]"
 
 
 @dataclass(frozen=True)
@@ -60,20 +44,7 @@ class Table:
     console: bool = True  # shown by `summary_table`
 
 
-# ---- cells ---------------------------------------------------------------------------------------------------
-
-
-def rate_ci(summary: WinRate | None) -> str:
-    """A win rate with its 95% interval: "62.5% [52.0, 72.0]"."""
-    s = summary or WinRate()
-    rate, ci = fmt(s.win_rate, 1, percent=True), fmt_interval(s.ci95)
-    return f"{rate} {ci}" if ci and rate != DASH else rate
-
-
-def fraction_ci(value: float | None, ci: tuple[float | None, float | None] | None) -> str:
-    """An adherence fraction with its interval: "0.62 [0.50, 0.72]"."""
-    text, interval = fmt(value, 2), fmt_interval(ci, 2, percent=False)
-    return f"{text} {interval}" if interval and text != DASH else text
+# ---- cells of one entry -------------------------------------------------------------------------------------
 
 
 def length_heading(summary: Summary) -> str:
@@ -81,24 +52,9 @@ def length_heading(summary: Summary) -> str:
     return "chars (tokens)" if summary.length_unit == "characters" else "tokens"
 
 
-def length(value: float | None, tokens: float | None) -> str:
-    """A mean length (in the summary's `length_unit`) with the tokens beside when known: "412.0 (98.5 tok)"."""
-    text = fmt(value, 1)
-    return text if tokens is None else f"{text} ({fmt(tokens, 1)} tok)"
-
-
-def _signed_length(chars: Lengths | None, tokens: Lengths | None, key: str) -> str:
-    """The mean length under the positive (`key` "positive") or the other constitutions ("negative")."""
-    return length(getattr(chars, key, None), getattr(tokens, key, None))
-
-
-def _count(value: int | None) -> str:
-    return fmt(value, 0)
-
-
 def _samples(it: IterationSummary) -> str:
     s = it.samples
-    return f"{_count(s.kept)} / {_count(s.dropped)}" if s is not None else DASH
+    return f"{count(s.kept)} / {count(s.dropped)}" if s is not None else DASH
 
 
 def _loss(train: TrainSummary | None) -> str:
@@ -179,9 +135,9 @@ def metrics_table(summary: Summary | dict) -> Table:
                 _sem(it.mi_sem),
                 _mi_kind(it),
                 fmt(it.accuracy, 1, percent=True),
-                _signed_length(chars, tokens, "positive"),
-                _signed_length(chars, tokens, "negative"),
-                _count(it.n_queries),
+                signed_length(chars, tokens, "positive"),
+                signed_length(chars, tokens, "negative"),
+                count(it.n_queries),
                 _samples(it),
                 _loss(it.train),
             ]
@@ -225,7 +181,7 @@ def lengths_tables(summary: Summary | dict) -> list[Table]:
         )
         for it in its:
             chars, tokens = _by(it.mean_length, "by_principle"), _by(it.mean_length_tokens, "by_principle")
-            cells = [_signed_length(chars.get(n), tokens.get(n), key) for n in names for key in SIGNS]
+            cells = [signed_length(chars.get(n), tokens.get(n), key) for n in names for key in SIGNS]
             table.rows.append([str(it.iteration), *cells])
         out.append(table)
     return out
@@ -262,12 +218,12 @@ def subsets_table(summary: Summary | dict) -> Table | None:
                 [
                     str(it.iteration),
                     name,
-                    _count(m.n_queries),
+                    count(m.n_queries),
                     fmt(m.mi),
                     _sem(m.mi_sem),
                     fmt(m.mi_bound),
-                    _signed_length(chars, tokens, "positive"),
-                    _signed_length(chars, tokens, "negative"),
+                    signed_length(chars, tokens, "positive"),
+                    signed_length(chars, tokens, "negative"),
                     fraction_ci(a.positive, a.positive_ci95),
                     fraction_ci(a.antithesis, a.antithesis_ci95),
                 ]
@@ -308,10 +264,10 @@ def win_rates_table(summary: Summary | dict) -> Table:
                         rate_ci(s),
                         fmt(s.length_balanced_win_rate, 1, percent=True),
                         fmt(s.length_controlled_win_rate, 1, percent=True),
-                        _count(s.n),
-                        _count(s.ties),
-                        _count(s.unparsed),
-                        _count(s.failed),
+                        count(s.n),
+                        count(s.ties),
+                        count(s.unparsed),
+                        count(s.failed),
                     ]
                 )
     return table
@@ -363,7 +319,7 @@ def adherence_table(summary: Summary | dict) -> Table | None:
                     fmt(a.change_positive, 2, signed=True),
                     fraction_ci(a.antithesis, a.antithesis_ci95),
                     fmt(a.change_antithesis, 2, signed=True),
-                    _count(a.n),
+                    count(a.n),
                 ]
             )
     return table if table.rows else None
