@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sami.report.render import table_markdown
 from sami.report.tables import adherence_table, comparison_table, metrics_table, win_rates_table
+from sami.run_files import EvaluationSummary, Summary, as_summary
 
 DEFAULT_BASE = ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")
 # Bundled query sets -> the hub dataset they are slices of (sami/assets/ATTRIBUTION.md).
@@ -57,7 +58,7 @@ def _eval_dataset(config: dict) -> tuple[str, str]:
     return (hubs[0] if len(hubs) == 1 else "sami-eval-queries"), label
 
 
-def eval_results(entry: dict, config: dict) -> list:
+def eval_results(entry: EvaluationSummary, config: dict) -> list:
     """`huggingface_hub.EvalResult`s of one evaluated model (an iteration entry of the summary)."""
     from huggingface_hub import EvalResult
 
@@ -65,21 +66,26 @@ def eval_results(entry: dict, config: dict) -> list:
     common = {"task_type": "text-generation", "task_name": "Constitution following", "dataset_type": dataset_type}
     common |= {"dataset_name": dataset_name, "dataset_split": "test"}
     results = []
-    for baseline, wr in sorted((entry.get("win_rates") or {}).items()):
-        if isinstance(wr.get("win_rate"), int | float):
-            name = f"win rate vs {baseline} ({wr.get('n', '?')} queries, judge: {_judge(config)})"
-            results.append(EvalResult(metric_type="win_rate", metric_value=round(100 * wr["win_rate"], 2),
+    for baseline, wr in sorted(entry.win_rates.items()):
+        if wr.win_rate is not None:
+            name = f"win rate vs {baseline} ({_or_unknown(wr.n)} queries, judge: {_judge(config)})"
+            results.append(EvalResult(metric_type="win_rate", metric_value=round(100 * wr.win_rate, 2),
                                       metric_name=name, **common))  # fmt: skip
-    adherence = entry.get("adherence") or {}
+    adherence = entry.adherence
     for key, label in (("positive", "under the principles"), ("antithesis", "under the antitheses")):
-        if isinstance(adherence.get(key), int | float):
-            name = f"adherence {label} (all checkable principles, {adherence.get('n', '?')} responses)"
-            results.append(EvalResult(metric_type="adherence", metric_value=round(adherence[key], 4),
+        value = getattr(adherence, key, None)
+        if value is not None:
+            name = f"adherence {label} (all checkable principles, {_or_unknown(adherence.n)} responses)"
+            results.append(EvalResult(metric_type="adherence", metric_value=round(value, 4),
                                       metric_name=name, **common))  # fmt: skip
-    if isinstance(entry.get("mi"), int | float):
-        results.append(EvalResult(metric_type="mutual_information", metric_value=round(entry["mi"], 3),
+    if entry.mi is not None:
+        results.append(EvalResult(metric_type="mutual_information", metric_value=round(entry.mi, 3),
                                   metric_name="MI (the paper's estimate, summed log-probs)", **common))  # fmt: skip
     return results
+
+
+def _or_unknown(n: int | None) -> int | str:
+    return "?" if n is None else n
 
 
 def _judge(config: dict) -> str:
@@ -87,10 +93,10 @@ def _judge(config: dict) -> str:
     return str(judge.get("model_name") or judge.get("kind") or "?")
 
 
-def _principles(summary: dict) -> list[str]:
+def _principles(summary: Summary) -> list[str]:
     lines = ["| principle | text | antithesis |", "|---|---|---|"]
-    for p in summary["run"]["constitutions"]["principles"]:
-        cells = [p["name"], p["principle"], p["antithesis"]]
+    for p in summary.run.constitutions.principles:
+        cells = [p.name, p.principle, p.antithesis]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return lines
 
@@ -118,12 +124,15 @@ def _settings(config: dict, t: int, method: str) -> list[str]:
     return ["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
 
-def card_metadata(summary: dict, t: int, *, method: str = "sami", license: str | None = None, model_name: str):
+def card_metadata(
+    summary: Summary | dict, t: int, *, method: str = "sami", license: str | None = None, model_name: str
+):
     """The card's `ModelCardData`."""
     from huggingface_hub import ModelCardData
 
-    config = summary.get("config") or {}
-    base, known_license = base_model(summary["run"].get("model"))
+    summary = as_summary(summary)
+    config = summary.config
+    base, known_license = base_model(summary.run.model)
     entry = _entry(summary, t, method)
     tags = ["sami", "alignment", "constitutional-ai", "mutual-information", "self-supervised"]
     if method != "sami":
@@ -140,20 +149,23 @@ def card_metadata(summary: dict, t: int, *, method: str = "sami", license: str |
     )
 
 
-def _entry(summary: dict, t: int, method: str) -> dict:
-    it = next(i for i in summary["iterations"] if i["iteration"] == t)
-    return it if method == "sami" else it["comparisons"][method]
+def _entry(summary: Summary, t: int, method: str) -> EvaluationSummary:
+    it = next(i for i in summary.iterations if i.iteration == t)
+    return it if method == "sami" else it.comparisons[method]
 
 
-def card_text(summary: dict, t: int, *, method: str = "sami", license: str | None = None, model_name: str) -> str:
+def card_text(
+    summary: Summary | dict, t: int, *, method: str = "sami", license: str | None = None, model_name: str
+) -> str:
     """The whole `README.md`: the metadata block and the body."""
     from huggingface_hub import ModelCard
 
+    summary = as_summary(summary)
     data = card_metadata(summary, t, method=method, license=license, model_name=model_name)
-    config, run = summary.get("config") or {}, summary["run"]
-    upto = {**summary, "iterations": [i for i in summary["iterations"] if i["iteration"] <= t]}
+    config, run = summary.config, summary.run
+    upto = summary.model_copy(update={"iterations": [i for i in summary.iterations if i.iteration <= t]})
     who = METHOD_NAMES[method]
-    base = data.base_model or Path(str(run.get("model"))).name  # a local folder: its name, not the whole path
+    base = data.base_model or Path(str(run.model)).name  # a local folder: its name, not the whole path
     lines = [
         f"# {model_name}",
         "",
@@ -169,7 +181,7 @@ def card_text(summary: dict, t: int, *, method: str = "sami", license: str | Non
             f"samples as SAMI's iteration {t}, from the same starting model, for the same steps."
         ),
         "",
-        f"Made with `sami` (the run `{run.get('name')}`, iteration {t}).",
+        f"Made with `sami` (the run `{run.name}`, iteration {t}).",
         "",
         "## Constitution",
         "",

@@ -4,8 +4,10 @@
 Every model accepts the files older runs wrote (later keys are optional); a file that does not fit is refused in
 one line naming the file and the field (`read_run_file`, `SamiInputError`). Writing goes through `dump_run_file`,
 which writes exactly the keys that were set (`exclude_unset`), so a file holds the same keys and values as the dict
-it was built from. The shapes of blocks owned by other modules (win-rate summaries, `sami.evaluation.winrate`;
-adherence, `sami.evaluation.adherence`; the contrast check; the judge identity) stay mappings here.
+it was built from. In metrics.json the blocks owned by other modules (win-rate summaries, `sami.evaluation.winrate`;
+adherence, `sami.evaluation.adherence`; the contrast check; the judge identity) stay mappings, written as their
+modules build them; the ones the report reads are checked against the models summary.json types them with
+(`WinRate`, `Adherence`, `Contrast`), so the report's renderers read typed values and check none by hand.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+from pydantic_core import PydanticCustomError
 
-from sami.cli_settings import describe_validation_error
+from sami.cli_settings import describe_error, describe_validation_error
 from sami.errors import SamiInputError
 from sami.io import atomic_write_json
 
@@ -69,6 +72,96 @@ class Scores(_File):
     )
 
 
+# ---- blocks of metrics.json and summary.json ------------------------------------------------------------
+
+
+def _empty_block(value: Any) -> Any:
+    return None if value == {} else value
+
+
+def _interval(value: Any) -> Any:
+    return None if value is None or None in value else value
+
+
+# A 95% interval `[low, high]`; one with a missing end reads as None.
+Interval = Annotated[tuple[Number, Number] | None, AfterValidator(_interval)]
+
+
+class WinRate(_File):
+    """A win-rate summary (`sami.evaluation.winrate.summarize`), pooled or of one subset."""
+
+    win_rate: Number = None
+    length_balanced_win_rate: Number = None
+    length_controlled_win_rate: Number = None
+    ci95: Interval = None
+    n: int | None = None
+    ties: int | None = None
+    unparsed: int | None = None
+    failed: int | None = None
+    subsets: dict[str, WinRate] = Field(default_factory=dict, description="subset name -> its summary")
+
+
+class AdherenceRate(_File):
+    """Adherence of one scope (`sami.evaluation.adherence`): the fractions under + and −, their 95% Wilson
+    intervals, and the change from iteration 0."""
+
+    positive: Number = None
+    positive_ci95: Interval = None
+    antithesis: Number = None
+    antithesis_ci95: Interval = None
+    n: int | None = None
+    change_positive: Number = None
+    change_antithesis: Number = None
+
+
+class Adherence(AdherenceRate):
+    """An evaluation's adherence: all checkable principles, then per principle and per subset."""
+
+    by_principle: dict[str, AdherenceRate] = Field(default_factory=dict)
+    by_subset: dict[str, AdherenceRate] = Field(default_factory=dict)
+
+
+class ContrastPrinciple(_File):
+    """The contrast check of one principle (`sami.evaluation.contrast`)."""
+
+    n: int | None = None
+    mi: Number = None
+    mi_sem: Number = None
+    adherence_positive: Number = None
+    adherence_flipped: Number = None
+    weak: bool = False
+    reasons: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class Contrast(_File):
+    by_principle: dict[str, ContrastPrinciple] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+
+
+BLOCK_ERROR = "run_file_block"
+
+
+def _checked(model: type[BaseModel]) -> AfterValidator:
+    """A metrics.json block kept as written (its dict) but checked against `model`, the shape summary.json types
+    it with: a wrong field is refused when the file is read, naming the field inside the block."""
+
+    def check(value: Any) -> Any:
+        if value is not None:
+            try:
+                model.model_validate(value)
+            except ValidationError as e:  # shown by `parse_run_file` as `<block's path>.<field>: what is wrong`
+                raise PydanticCustomError(BLOCK_ERROR, "{line}", {"line": describe_error(e.errors()[0])}) from None
+        return value
+
+    return AfterValidator(check)
+
+
+WinRateBlock = Annotated[Block, _checked(WinRate)]
+AdherenceDict = Annotated[Block | None, _checked(Adherence)]
+ContrastDict = Annotated[Block | None, _checked(Contrast)]
+
+
 # ---- metrics.json -----------------------------------------------------------------------------------------------
 
 
@@ -108,8 +201,8 @@ class SubsetMetrics(_File):
     mi_bound: Number = None
     mean_length: LengthsBlock = None
     mean_length_tokens: LengthsBlock = None
-    win_rates: dict[str, Block] = Field(default_factory=dict, description="baseline -> win-rate summary")
-    adherence: Block | None = None
+    win_rates: dict[str, WinRateBlock] = Field(default_factory=dict, description="baseline -> win-rate summary")
+    adherence: AdherenceDict = None
 
 
 class BaselineMetrics(_File):
@@ -139,15 +232,94 @@ class Metrics(_File):
     accuracy: Number = None
     mean_length: LengthsBlock = Field(None, description="mean response lengths in characters")
     mean_length_tokens: LengthsBlock = Field(None, description="mean response lengths in tokens")
-    win_rates: dict[str, Block] = Field(default_factory=dict, description="baseline -> win-rate summary")
+    win_rates: dict[str, WinRateBlock] = Field(default_factory=dict, description="baseline -> win-rate summary")
     judge: Block | None = Field(None, description="the judge identity of every judgment")
-    adherence: Block | None = None
-    contrast: Block | None = None
+    adherence: AdherenceDict = None
+    contrast: ContrastDict = None
     baselines: dict[str, BaselineMetrics] = Field(default_factory=dict)
     subsets: dict[str, SubsetMetrics] = Field(default_factory=dict, description="subset name -> its metrics")
 
 
 # ---- report/summary.json ----------------------------------------------------------------------------------------
+
+
+class TrainSummary(_File):
+    """An iteration's training (`sami.report.summary.train_summary`)."""
+
+    steps: int | None = None
+    first_loss: Number = None
+    final_loss: Number = None
+
+
+class SampleCounts(_File):
+    """Kept and dropped samples of an iteration (`sami.report.summary.sample_counts`)."""
+
+    kept: int | None = None
+    dropped: int | None = None
+    drop_reasons: dict[str, int] = Field(default_factory=dict, description="reason -> samples dropped for it")
+
+
+class IfevalResult(_File):
+    """IFEval's accuracies and their standard errors (`iter-T/eval/ifeval/results.json`)."""
+
+    prompt_level_strict_acc: Number = None
+    prompt_level_strict_acc_stderr: Number = None
+    inst_level_strict_acc: Number = None
+    inst_level_strict_acc_stderr: Number = None
+    prompt_level_loose_acc: Number = None
+    prompt_level_loose_acc_stderr: Number = None
+    inst_level_loose_acc: Number = None
+    inst_level_loose_acc_stderr: Number = None
+    num_prompts: int | None = None
+
+
+class Benchmarks(_File):
+    ifeval: Annotated[IfevalResult | None, BeforeValidator(_empty_block)] = None
+
+
+class Principle(_File):
+    name: str = ""
+    principle: str = ""
+    antithesis: str = ""
+
+
+class RunConstitutions(_File):
+    source: str | None = None
+    task: str | None = None
+    principles: list[Principle] = Field(default_factory=list)
+    scheme: str | None = None
+    n_constitutions: int | str | None = None
+
+
+class RunInfo(_File):
+    """summary.json's `run`: name, model, principles and progress (`sami.report.summary.run_info`)."""
+
+    name: str | None = None
+    model: str | None = None
+    constitutions: Annotated[RunConstitutions, BeforeValidator(lambda v: v or {})] = Field(
+        default_factory=RunConstitutions
+    )
+    planned_iterations: int | None = None
+    steps: list[int] | None = None
+    started: str | None = None
+    finished: str | None = None
+
+
+# A block that may be absent, null or `{}` (all read as None).
+AdherenceBlock = Annotated[Adherence | None, BeforeValidator(_empty_block)]
+
+
+class SubsetSummary(_File):
+    """One subset of an evaluation in summary.json."""
+
+    n_queries: int | None = None
+    mi: Number = None
+    mi_sem: Number = None
+    mi_bound: Number = None
+    mean_length: LengthsBlock = None
+    mean_length_tokens: LengthsBlock = None
+    win_rates: dict[str, WinRate] = Field(default_factory=dict, description="baseline -> win-rate summary")
+    adherence: AdherenceBlock = None
 
 
 class EvaluationSummary(_File):
@@ -166,35 +338,41 @@ class EvaluationSummary(_File):
     mi_sampled: bool | None = None
     mean_length: LengthsBlock = None
     mean_length_tokens: LengthsBlock = None
-    win_rates: dict[str, Block] = Field(default_factory=dict)
-    adherence: Block | None = None
-    contrast: Block | None = None
-    subsets: dict[str, SubsetMetrics] = Field(default_factory=dict)
-    train: Block | None = None
+    win_rates: dict[str, WinRate] = Field(default_factory=dict, description="baseline -> win-rate summary")
+    adherence: AdherenceBlock = None
+    contrast: Annotated[Contrast | None, BeforeValidator(_empty_block)] = None
+    benchmarks: Benchmarks = Field(default_factory=Benchmarks)
+    subsets: dict[str, SubsetSummary] = Field(default_factory=dict)
+    train: Annotated[TrainSummary | None, BeforeValidator(_empty_block)] = None
     missing: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
 
 
 class ComparisonSummary(EvaluationSummary):
     iteration: int
-    vs_sami: Block | None = None
+    vs_sami: Annotated[WinRate | None, BeforeValidator(_empty_block)] = None
 
 
 class IterationSummary(EvaluationSummary):
     iteration: int
-    samples: Block | None = None
+    samples: Annotated[SampleCounts | None, BeforeValidator(_empty_block)] = None
     comparisons: dict[str, ComparisonSummary] = Field(default_factory=dict)
 
 
 class Summary(_File):
     """`report/summary.json` (`sami.report.summary.build_summary`)."""
 
-    run: Block = Field(default_factory=dict, description="name, model, principles and progress of the run")
+    run: RunInfo = Field(default_factory=RunInfo, description="name, model, principles and progress of the run")
     iterations: list[IterationSummary] = Field(default_factory=list)
     length_unit: Literal["characters", "tokens"] = "tokens"
     config: Block = Field(default_factory=dict, description="the run config without secrets")
     problems: list[str] = Field(default_factory=list)
     incomplete: dict[str, str] = Field(default_factory=dict, description="stage -> what failed in it")
+
+
+def as_summary(summary: Summary | dict, source: str | Path = "report/summary.json") -> Summary:
+    """`summary` as the `Summary` model (a dict is validated: `SamiInputError` naming `source` and the field)."""
+    return summary if isinstance(summary, Summary) else parse_run_file(Summary, summary, source)
 
 
 # ---- reading and writing ----------------------------------------------------------------------------------------
@@ -207,6 +385,9 @@ def parse_run_file(model: type[M], data: Any, source: str | Path) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
+        first = e.errors()[0]
+        if first["type"] == BLOCK_ERROR:  # a field inside a block checked by `_checked`
+            raise SamiInputError(f"{source}: {'.'.join(map(str, first['loc']))}.{first['ctx']['line']}") from None
         raise SamiInputError(describe_validation_error(e, str(source))) from None
 
 

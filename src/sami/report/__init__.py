@@ -45,15 +45,15 @@ def write_report(run_dir: str | os.PathLike, *, incomplete: dict[str, str] | Non
         notes = [f"{stage}: {what} (counted as ties; rerun to retry them)" for stage, what in incomplete.items()]
         summary["problems"] = [*summary.get("problems", []), *notes]
     out = RunLayout(run_dir).report
-    plots = make_plots(run_dir, summary)
+    typed = parse_run_file(Summary, summary, out / "summary.json")  # what is written fits the model its readers use
+    plots = make_plots(run_dir, typed)
     for stale in out.glob("*.png"):  # nothing to plot (any more): no stale picture from an earlier report
         if plots.get(stale.stem) is None:
             stale.unlink()
     for name, data in plots.items():
         if data is not None:
             atomic_write_bytes(out / f"{name}.png", data)
-    parse_run_file(Summary, summary, out / "summary.json")  # what is written fits the model its readers use
     atomic_write_json(out / "summary.json", summary)
-    atomic_write_text(out / "summary.md", render_markdown(summary))
-    atomic_write_text(out / "index.html", render_html(summary, plots, collect_examples(run_dir)))
+    atomic_write_text(out / "summary.md", render_markdown(typed))
+    atomic_write_text(out / "index.html", render_html(typed, plots, collect_examples(run_dir)))
     return summary

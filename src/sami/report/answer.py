@@ -8,27 +8,31 @@ sample pair. The detailed tables follow on the page (`sami.report.html`).
 
 from __future__ import annotations
 
-from typing import Any
-
 from sami.report.render import escape
-from sami.report.summary import number
+from sami.run_files import AdherenceRate, IterationSummary, Summary, as_summary
 
 IFEVAL_KEYS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
 
 
-def _rate(value: Any, ci: Any) -> str:
-    v = number(value)
-    if v is None:
+Interval = tuple[float, float] | None
+
+
+def _rate(value: float | None, ci: Interval) -> str:
+    if value is None:
         return "—"
-    if isinstance(ci, list | tuple) and len(ci) == 2 and None not in ci:
-        return f"{v:.2f} [{ci[0]:.2f}–{ci[1]:.2f}]"
-    return f"{v:.2f}"
+    if ci is not None:
+        return f"{value:.2f} [{ci[0]:.2f}–{ci[1]:.2f}]"
+    return f"{value:.2f}"
 
 
-def change_word(first: dict | None, last: dict | None, key: str) -> str:
+def _interval(rate: AdherenceRate | None, key: str) -> Interval:
+    return getattr(rate, f"{key}_ci95", None)
+
+
+def change_word(first: AdherenceRate | None, last: AdherenceRate | None, key: str) -> str:
     """ "rose" / "fell" when the last 95% interval lies wholly above / below the first one, else "no clear change"."""
-    a, b = (first or {}).get(f"{key}_ci95"), (last or {}).get(f"{key}_ci95")
-    if not (isinstance(a, list | tuple) and isinstance(b, list | tuple) and len(a) == 2 and len(b) == 2):
+    a, b = _interval(first, key), _interval(last, key)
+    if a is None or b is None:
         return "—"
     if b[0] > a[1]:
         return "rose"
@@ -37,70 +41,71 @@ def change_word(first: dict | None, last: dict | None, key: str) -> str:
     return "no clear change"
 
 
-def evaluated(summary: dict, key: str) -> tuple[dict | None, dict | None]:
+def evaluated(summary: Summary, key: str) -> tuple[IterationSummary | None, IterationSummary | None]:
     """(iteration 0's entry, the last entry) among the iterations whose `key` is present."""
-    rows = [it for it in summary.get("iterations", []) if it.get(key)]
+    rows = [it for it in summary.iterations if getattr(it, key)]
     if not rows:
         return None, None
     return rows[0], rows[-1] if len(rows) > 1 else None
 
 
-def verdict_rows(summary: dict) -> list[dict]:
+def verdict_rows(summary: Summary | dict) -> list[dict]:
     """Per principle (then "all principles"): base → last adherence under the principle and the antithesis."""
+    summary = as_summary(summary)
     first, last = evaluated(summary, "adherence")
-    if first is None:
+    if first is None or first.adherence is None:
         return []
-    a0, a1 = first["adherence"], (last or {}).get("adherence") or {}
-    names = sorted(a0.get("by_principle") or {})
-    groups = [(n, (a0.get("by_principle") or {}).get(n), (a1.get("by_principle") or {}).get(n)) for n in names]
+    a0, a1 = first.adherence, last.adherence if last is not None else None
+    names = sorted(a0.by_principle)
+    groups = [(n, a0.by_principle.get(n), a1.by_principle.get(n) if a1 else None) for n in names]
     if len(names) > 1:
-        groups.append(("all principles", a0, a1 or None))
+        groups.append(("all principles", a0, a1))
     rows = []
     for name, x, y in groups:
-        row = {"name": name, "from": first["iteration"], "to": last["iteration"] if last else None}
+        row = {"name": name, "from": first.iteration, "to": last.iteration if last else None}
         for key in ("positive", "antithesis"):
-            row[key] = (_rate((x or {}).get(key), (x or {}).get(f"{key}_ci95")),
-                        _rate((y or {}).get(key), (y or {}).get(f"{key}_ci95")) if y else "—",
+            row[key] = (_rate(getattr(x, key, None), _interval(x, key)),
+                        _rate(getattr(y, key), _interval(y, key)) if y else "—",
                         change_word(x, y, key) if y else "not trained yet")  # fmt: skip
         rows.append(row)
     return rows
 
 
-def _win_rate(summary: dict) -> str:
+def _win_rate(summary: Summary) -> str:
     _, last = evaluated(summary, "win_rates")
     first, _ = evaluated(summary, "iteration")
-    w = ((last or first or {}).get("win_rates") or {}).get("base")
-    if not w or number(w.get("win_rate")) is None:
+    entry = last or first
+    w = entry.win_rates.get("base") if entry is not None else None
+    if w is None or w.win_rate is None:
         return "<p class='muted'>no win rate against the base model yet</p>"
-    ci = w.get("ci95") or [None, None]
-    lc = number(w.get("length_controlled_win_rate"))
-    ci_text = f" [{ci[0]:.1%}–{ci[1]:.1%}]" if None not in ci else ""
+    ci_text = f" [{w.ci95[0]:.1%}–{w.ci95[1]:.1%}]" if w.ci95 is not None else ""
+    lc = w.length_controlled_win_rate
     extra = f"<div class='muted'>length-controlled {lc:.1%}</div>" if lc is not None else ""
-    it = (last or first)["iteration"]
-    return (f"<div class='big'>{number(w['win_rate']):.1%}<span class='muted'>{escape(ci_text)}</span></div>"
-            f"<div class='muted'>iteration {it} vs the base model, {w.get('n')} queries</div>{extra}")  # fmt: skip
+    t = entry.iteration
+    return (f"<div class='big'>{w.win_rate:.1%}<span class='muted'>{escape(ci_text)}</span></div>"
+            f"<div class='muted'>iteration {t} vs the base model, {w.n} queries</div>{extra}")  # fmt: skip
 
 
-def _ifeval(summary: dict) -> str:
-    rows = [it for it in summary.get("iterations", []) if (it.get("benchmarks") or {}).get("ifeval")]
+def _ifeval(summary: Summary) -> str:
+    rows = [(it.iteration, it.benchmarks.ifeval) for it in summary.iterations if it.benchmarks.ifeval is not None]
     if not rows:
         return "<p class='muted'>not measured (add <code>evaluation.benchmarks: [ifeval]</code>)</p>"
+    ends = (rows[0], rows[-1]) if len(rows) > 1 else (rows[0],)
     cells = []
     for key in IFEVAL_KEYS:
         values = []
-        for it in (rows[0], rows[-1]) if len(rows) > 1 else (rows[0],):
-            r = it["benchmarks"]["ifeval"]
-            v, se = number(r.get(key)), number(r.get(f"{key}_stderr"))
+        for _, r in ends:
+            v, se = getattr(r, key), getattr(r, f"{key}_stderr")
             values.append("—" if v is None else f"{v:.3f}" + (f" ± {se:.3f}" if se is not None else ""))
         label = key.removesuffix("_acc").replace("_level_", "-level ").replace("inst", "instruction")
         cells.append(f"<tr><td class=l>{escape(label)}</td><td>{' → '.join(values)}</td></tr>")
-    n = rows[-1]["benchmarks"]["ifeval"].get("num_prompts")
-    its = " → ".join(str(it["iteration"]) for it in ((rows[0], rows[-1]) if len(rows) > 1 else rows))
+    n = rows[-1][1].num_prompts
+    its = " → ".join(str(t) for t, _ in ends)
     return (f"<table class='narrow'><tbody>{''.join(cells)}</tbody></table>"
             f"<div class='muted'>iteration {its}; {n} IFEval prompts, accuracy ± standard error</div>")  # fmt: skip
 
 
-def _verdicts(summary: dict) -> str:
+def _verdicts(summary: Summary) -> str:
     rows = verdict_rows(summary)
     if not rows:
         return "<p class='muted'>no principle carries a check: see the win rate and the tables below</p>"
@@ -137,8 +142,9 @@ def _sample(examples: dict) -> str:
             f"<pre>{escape(pair['model'].get('response'))}</pre></div></div>")  # fmt: skip
 
 
-def render_answer(summary: dict, lead_plot: tuple[str, str, str] | None, examples: dict) -> str:
+def render_answer(summary: Summary | dict, lead_plot: tuple[str, str, str] | None, examples: dict) -> str:
     """The answer section; `lead_plot` is (name, data URI, caption) of the plot shown beside the numbers."""
+    summary = as_summary(summary)
     figure = ""
     if lead_plot is not None:
         name, uri, caption = lead_plot

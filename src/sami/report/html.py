@@ -14,6 +14,7 @@ from sami.report.answer import render_answer
 from sami.report.render import escape, gaps, table_html
 from sami.report.summary import number
 from sami.report.tables import all_tables
+from sami.run_files import Summary, as_summary
 
 # Marks each <img> with whether it decoded (a headless browser test reads the DOM).
 SCRIPT = """
@@ -66,30 +67,30 @@ def _caption(name: str) -> str:
     return PLOTS[name]
 
 
-def _header(summary: dict) -> str:
-    run = summary.get("run", {})
-    cons = run.get("constitutions") or {}
-    principles = ", ".join(p["name"] for p in cons.get("principles", []))
+def _header(summary: Summary) -> str:
+    run = summary.run
+    cons = run.constitutions
+    principles = ", ".join(p.name for p in cons.principles)
     parts = (
-        cons.get("source"),
-        cons.get("task") and f"task: {cons['task']}",
+        cons.source,
+        cons.task and f"task: {cons.task}",
         principles and f"principles: {principles}",
-        cons.get("scheme") and f"scheme: {cons['scheme']}",
-        cons.get("n_constitutions") and f"C = {cons['n_constitutions']}",
+        cons.scheme and f"scheme: {cons.scheme}",
+        cons.n_constitutions and f"C = {cons.n_constitutions}",
     )
-    done = [it["iteration"] for it in summary["iterations"] if it["mi"] is not None or it["win_rates"]]
-    planned = run.get("planned_iterations")
+    done = [it.iteration for it in summary.iterations if it.mi is not None or it.win_rates]
+    planned = run.planned_iterations
     progress = f"{len(done)} evaluated" + (f" of {planned + 1} (iterations 0..{planned})" if planned else "")
     rows = [
-        ("model", run.get("model") or "unknown"),
+        ("model", run.model or "unknown"),
         ("constitutions", " · ".join(x for x in parts if x) or "unknown"),
-        ("iterations", progress + (f"; steps {run['steps']}" if run.get("steps") else "")),
-        ("started", run.get("started") or "unknown"),
-        ("last stage finished", run.get("finished") or "—"),
+        ("iterations", progress + (f"; steps {run.steps}" if run.steps else "")),
+        ("started", run.started or "unknown"),
+        ("last stage finished", run.finished or "—"),
         ("report written", time.strftime("%Y-%m-%d %H:%M:%S")),
     ]
     dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows)
-    return f'<header><div class="inner"><h1>SAMI run: {escape(run.get("name"))}</h1><dl>{dl}</dl></div></header>'
+    return f'<header><div class="inner"><h1>SAMI run: {escape(run.name)}</h1><dl>{dl}</dl></div></header>'
 
 
 def _uri(data: bytes) -> str:
@@ -172,13 +173,13 @@ def _examples(examples: dict) -> str:
     return "".join(parts)
 
 
-def _principles(summary: dict) -> str:
-    principles = (summary.get("run", {}).get("constitutions") or {}).get("principles") or []
+def _principles(summary: Summary) -> str:
+    principles = summary.run.constitutions.principles
     if not principles:
         return ""
     rows = "".join(
-        f"<tr><td class=l><b>{escape(p['name'])}</b></td><td class=l>{escape(p['principle'])}</td>"
-        f"<td class=l>{escape(p['antithesis'])}</td></tr>"
+        f"<tr><td class=l><b>{escape(p.name)}</b></td><td class=l>{escape(p.principle)}</td>"
+        f"<td class=l>{escape(p.antithesis)}</td></tr>"
         for p in principles
     )
     return (
@@ -187,8 +188,9 @@ def _principles(summary: dict) -> str:
     )
 
 
-def render_html(summary: dict, plots: dict[str, bytes | None], examples: dict) -> str:
+def render_html(summary: Summary | dict, plots: dict[str, bytes | None], examples: dict) -> str:
     """The whole report page."""
+    summary = as_summary(summary)
     missing = gaps(summary)
     warn = ""
     if missing:
@@ -197,7 +199,7 @@ def render_html(summary: dict, plots: dict[str, bytes | None], examples: dict) -
             "<div class='warn'><b>This run is incomplete or has unreadable files.</b> The report shows what exists."
             f"<ul>{items}</ul></div>"
         )
-    config_yaml = yaml.safe_dump(summary.get("config") or {}, sort_keys=False, allow_unicode=True)
+    config_yaml = yaml.safe_dump(summary.config, sort_keys=False, allow_unicode=True)
     lead = lead_plot(plots)
     body = (
         _header(summary)
@@ -216,6 +218,6 @@ def render_html(summary: dict, plots: dict[str, bytes | None], examples: dict) -
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-        f"<title>SAMI run: {escape(summary.get('run', {}).get('name'))}</title><style>{stylesheet()}</style></head>"
+        f"<title>SAMI run: {escape(summary.run.name)}</title><style>{stylesheet()}</style></head>"
         f"<body>{body}<script>{SCRIPT}</script></body></html>\n"
     )

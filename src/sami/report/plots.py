@@ -9,8 +9,11 @@ import os
 from pathlib import Path
 
 from sami.layout import RunLayout
-from sami.report.summary import Reader, loss_curve, number
+from sami.report.summary import Reader, loss_curve
 from sami.report.tables import BASE
+from sami.run_files import IterationSummary, Summary, as_summary
+
+Interval = tuple[float, float] | None
 
 POSITIVE_COLOR, NEGATIVE_COLOR = "#2a9d5c", "#d1495b"
 COLORS = ["#3a6ea5", "#e07a1f", "#7b4fa0", "#2a9d8f", "#b5651d", "#c2185b"]
@@ -40,9 +43,9 @@ def _xticks(ax, xs: list[int]) -> None:
     ax.set_xlabel("iteration")
 
 
-def _errors(value: float, ci) -> tuple[float, float]:
+def _errors(value: float, ci: Interval) -> tuple[float, float]:
     """Error bar lengths below and above `value` of a [low, high] interval (0 without one)."""
-    if isinstance(ci, list | tuple) and len(ci) == 2 and all(number(x) is not None for x in ci):
+    if ci is not None:
         return max(0.0, value - ci[0]), max(0.0, ci[1] - value)
     return 0.0, 0.0
 
@@ -75,23 +78,23 @@ def _rate_axes(ax, xs: list[int], title: str, ylabel: str) -> None:
         ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
 
 
-def plot_mi(iterations: list[dict]) -> bytes | None:
-    rows = [it for it in iterations if it["mi"] is not None or it["mi_bound"] is not None]
+def plot_mi(iterations: list[IterationSummary]) -> bytes | None:
+    rows = [it for it in iterations if it.mi is not None or it.mi_bound is not None]
     if not rows:
         return None
     fig, (left, right) = _figure(ncols=2)
     for ax, key, title in ((left, "mi", "paper MI (± s.e.)"), (right, "mi_bound", "InfoNCE bound")):
-        pts = [(it["iteration"], it[key]) for it in rows if it[key] is not None]
+        pts = [(it.iteration, getattr(it, key)) for it in rows if getattr(it, key) is not None]
         if pts:
-            sems = [it.get("mi_sem") if key == "mi" else None for it in rows if it[key] is not None]
+            sems = [it.mi_sem if key == "mi" else None for it in rows if getattr(it, key) is not None]
             yerr = [x or 0.0 for x in sems] if any(x is not None for x in sems) else None
             ax.errorbar(*zip(*pts, strict=True), yerr=yerr, marker="o", color=COLORS[0], linewidth=2, capsize=4)
             for x, y in pts:
                 ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(7, -3), ha="left", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.margins(x=0.15, y=0.18)
-        _xticks(ax, [it["iteration"] for it in rows])
-    cs = {it["n_constitutions"] for it in rows if isinstance(it.get("n_constitutions"), int)}
+        _xticks(ax, [it.iteration for it in rows])
+    cs = {it.n_constitutions for it in rows if isinstance(it.n_constitutions, int)}  # one C (not one per source)
     if len(cs) == 1:
         log_c = math.log(cs.pop())
         right.axhline(log_c, color="#888", linestyle=":", linewidth=1)
@@ -107,9 +110,9 @@ def plot_mi(iterations: list[dict]) -> bytes | None:
     return _png(fig)
 
 
-def plot_win_rates(iterations: list[dict]) -> bytes | None:
+def plot_win_rates(iterations: list[IterationSummary]) -> bytes | None:
     """Raw (solid) and length-balanced (dashed) win rate vs each baseline, 95% CI on the raw rate."""
-    baselines = sorted({b for it in iterations for b in it["win_rates"]})
+    baselines = sorted({b for it in iterations for b in it.win_rates})
     if not baselines:
         return None
     fig, ax = _figure()
@@ -119,12 +122,12 @@ def plot_win_rates(iterations: list[dict]) -> bytes | None:
         for key, dashed in (("win_rate", False), ("length_balanced_win_rate", True)):
             pts = []
             for it in iterations:
-                s = it["win_rates"].get(baseline) or {}
-                rate = number(s.get(key))
+                s = it.win_rates.get(baseline)
+                rate = getattr(s, key, None)
                 if rate is not None:
-                    errors = _errors(rate, s.get("ci95")) if not dashed else (0.0, 0.0)
-                    pts.append((it["iteration"] + (0.04 if dashed else -0.04), rate, errors))
-                    xs.append(it["iteration"])
+                    errors = _errors(rate, s.ci95) if not dashed else (0.0, 0.0)
+                    pts.append((it.iteration + (0.04 if dashed else -0.04), rate, errors))
+                    xs.append(it.iteration)
             label = f"vs {baseline} ({'length-balanced' if dashed else 'raw'})"
             _rate_line(ax, pts, label=label, **_paired_style(i, dashed))
     _rate_axes(ax, xs, "win rate vs baselines (95% CI)", "win rate")
@@ -132,8 +135,8 @@ def plot_win_rates(iterations: list[dict]) -> bytes | None:
     return _png(fig)
 
 
-def plot_lengths(iterations: list[dict], unit: str = "tokens") -> bytes | None:
-    rows = [it for it in iterations if it["mean_length"]]
+def plot_lengths(iterations: list[IterationSummary], unit: str = "tokens") -> bytes | None:
+    rows = [it for it in iterations if it.mean_length is not None]
     if not rows:
         return None
     fig, ax = _figure()
@@ -141,64 +144,59 @@ def plot_lengths(iterations: list[dict], unit: str = "tokens") -> bytes | None:
         ("positive", POSITIVE_COLOR, "positive constitution"),
         ("negative", NEGATIVE_COLOR, "negative constitutions"),
     ):
-        pts = [(it["iteration"], it["mean_length"].get(key)) for it in rows if it["mean_length"].get(key) is not None]
+        pts = [(it.iteration, getattr(it.mean_length, key)) for it in rows if getattr(it.mean_length, key) is not None]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", color=color, linewidth=2, label=label)
     ax.set_ylabel(f"mean response length ({unit})")
     ax.set_ylim(bottom=0)
     ax.set_title("response length by constitution sign", fontsize=10)
-    _xticks(ax, [it["iteration"] for it in rows])
+    _xticks(ax, [it.iteration for it in rows])
     ax.legend(fontsize=8, frameon=False)
     return _png(fig)
 
 
-def plot_adherence(iterations: list[dict]) -> bytes | None:
+def plot_adherence(iterations: list[IterationSummary]) -> bytes | None:
     """Adherence per iteration under the positive constitution (solid) and the antithesis (dashed), one colour per
     principle, with 95% intervals."""
-    rows = [it for it in iterations if it.get("adherence")]
+    rows = [(it.iteration, it.adherence) for it in iterations if it.adherence is not None]
     if not rows:
         return None
-    names = sorted({n for it in rows for n in (it["adherence"].get("by_principle") or {})})
+    names = sorted({n for _, a in rows for n in a.by_principle})
     fig, ax = _figure()
     for i, name in enumerate(names):
         for key, dashed in (("positive", False), ("antithesis", True)):
             pts = []
-            for it in rows:
-                a = (it["adherence"].get("by_principle") or {}).get(name) or {}
-                value = number(a.get(key))
+            for t, adherence in rows:
+                a = adherence.by_principle.get(name)
+                value = getattr(a, key, None)
                 if value is not None:
-                    pts.append(
-                        (it["iteration"] + (0.04 if dashed else -0.04), value, _errors(value, a.get(f"{key}_ci95")))
-                    )
+                    pts.append((t + (0.04 if dashed else -0.04), value, _errors(value, getattr(a, f"{key}_ci95"))))
             label = f"{name} ({'under the antithesis' if dashed else 'under the principle'})"
             _rate_line(ax, pts, label=label, **_paired_style(i, dashed))
-    _rate_axes(
-        ax, [it["iteration"] for it in rows], "adherence per principle (95% Wilson CI)", "fraction following it"
-    )
+    _rate_axes(ax, [t for t, _ in rows], "adherence per principle (95% Wilson CI)", "fraction following it")
     ax.legend(fontsize=7, frameon=False)
     return _png(fig)
 
 
-def plot_ifeval(iterations: list[dict]) -> bytes | None:
+def plot_ifeval(iterations: list[IterationSummary]) -> bytes | None:
     """IFEval accuracy per iteration: prompt-level (solid) and instruction-level (dashed), strict and loose, with
     ±1.96 standard errors (`evaluation.benchmarks: [ifeval]`)."""
-    rows = [it for it in iterations if (it.get("benchmarks") or {}).get("ifeval")]
+    rows = [(it.iteration, it.benchmarks.ifeval) for it in iterations if it.benchmarks.ifeval is not None]
     if not rows:
         return None
     fig, ax = _figure()
     for i, level in enumerate(("strict", "loose")):
         for kind, dashed in (("prompt", False), ("inst", True)):
             key, pts = f"{kind}_level_{level}_acc", []
-            for it in rows:
-                r = it["benchmarks"]["ifeval"]
-                value, se = number(r.get(key)), number(r.get(f"{key}_stderr"))
+            for t, r in rows:
+                value, se = getattr(r, key), getattr(r, f"{key}_stderr")
                 if value is not None:
                     err = (1.96 * se, 1.96 * se) if se is not None else (0.0, 0.0)
-                    pts.append((it["iteration"] + (0.04 if dashed else -0.04), value, err))
+                    pts.append((t + (0.04 if dashed else -0.04), value, err))
             label = f"{'prompt' if kind == 'prompt' else 'instruction'}-level {level}"
             _rate_line(ax, pts, label=label, **_paired_style(i, dashed))
-    n = rows[-1]["benchmarks"]["ifeval"].get("num_prompts")
-    _rate_axes(ax, [it["iteration"] for it in rows], f"IFEval accuracy ({n} prompts, ±1.96 se)", "accuracy")
+    n = rows[-1][1].num_prompts
+    _rate_axes(ax, [t for t, _ in rows], f"IFEval accuracy ({n} prompts, ±1.96 se)", "accuracy")
     ax.legend(fontsize=7, frameon=False)
     return _png(fig)
 
@@ -229,47 +227,42 @@ def plot_loss(curves: dict[int, list[tuple[int, float]]]) -> bytes | None:
     return _png(fig)
 
 
-def plot_comparison(iterations: list[dict], method: str) -> bytes | None:
+def plot_comparison(iterations: list[IterationSummary], method: str) -> bytes | None:
     """SAMI (solid) and the comparison model (dashed) per iteration: win rate vs base with the head-to-head rate
     (left), adherence under the positive constitution (right)."""
-    rows = [(it, it["comparisons"][method]) for it in iterations if method in it.get("comparisons", {})]
+    rows = [(it, it.comparisons[method]) for it in iterations if method in it.comparisons]
     if not rows:
         return None
     label = method.upper()
     fig, (left, right) = _figure(width=8.4, ncols=2)
     left.axhline(0.5, color="#888", linestyle=":", linewidth=1)
     series = (
-        ("SAMI", lambda it, other: (it["win_rates"].get(BASE), it.get("adherence")), COLORS[0], "-", -0.04),
-        (label, lambda it, other: (other["win_rates"].get(BASE), other.get("adherence")), COLORS[1], "--", 0.04),
+        ("SAMI", lambda it, other: it, COLORS[0], "-", -0.04),
+        (label, lambda it, other: other, COLORS[1], "--", 0.04),
     )
     for name, pick, color, style, shift in series:
         wins, adherence = [], []
         for it, other in rows:
-            s, a = pick(it, other)
-            if s and number(s.get("win_rate")) is not None:
-                wins.append((it["iteration"] + shift, s["win_rate"], _errors(s["win_rate"], s.get("ci95"))))
-            if a and number(a.get("positive")) is not None:
-                adherence.append(
-                    (it["iteration"] + shift, a["positive"], _errors(a["positive"], a.get("positive_ci95")))
-                )
+            entry = pick(it, other)
+            s, a = entry.win_rates.get(BASE), entry.adherence
+            if s is not None and s.win_rate is not None:
+                wins.append((it.iteration + shift, s.win_rate, _errors(s.win_rate, s.ci95)))
+            if a is not None and a.positive is not None:
+                adherence.append((it.iteration + shift, a.positive, _errors(a.positive, a.positive_ci95)))
         common = {"color": color, "linestyle": style, "marker": "o", "linewidth": 2}
         _rate_line(left, wins, label=f"{name} vs {BASE}", **common)
         _rate_line(right, adherence, label=name, **common)
-    head = [
-        (it["iteration"], o["vs_sami"])
-        for it, o in rows
-        if number((o.get("vs_sami") or {}).get("win_rate")) is not None
-    ]
+    head = [(it.iteration, o.vs_sami) for it, o in rows if o.vs_sami is not None and o.vs_sami.win_rate is not None]
     _rate_line(
         left,
-        [(t, s["win_rate"], _errors(s["win_rate"], s.get("ci95"))) for t, s in head],
+        [(t, s.win_rate, _errors(s.win_rate, s.ci95)) for t, s in head],
         color=COLORS[2],
         linestyle=":",
         marker="D",
         linewidth=1.5,
         label=f"{label} vs SAMI",
     )
-    xs = [it["iteration"] for it, _ in rows]
+    xs = [it.iteration for it, _ in rows]
     _rate_axes(left, xs, f"win rate: SAMI vs {label} (95% CI)", "win rate")
     _rate_axes(right, xs, "adherence under the positive constitution", "fraction following every principle")
     for ax in (left, right):
@@ -278,7 +271,7 @@ def plot_comparison(iterations: list[dict], method: str) -> bytes | None:
     return _png(fig)
 
 
-def make_plots(run_dir: str | os.PathLike, summary: dict) -> dict[str, bytes | None]:
+def make_plots(run_dir: str | os.PathLike, summary: Summary | dict) -> dict[str, bytes | None]:
     """PNG bytes of each plot (None where there is nothing to plot yet); `comparison-<method>` only for the
     comparison methods the run has."""
     layout = RunLayout(Path(run_dir))
@@ -288,16 +281,17 @@ def make_plots(run_dir: str | os.PathLike, summary: dict) -> dict[str, bytes | N
         history = reader.log_history(layout.train(t)) if t > 0 else None
         if history:
             curves[t] = loss_curve(history)
-    its = summary["iterations"]
+    summary = as_summary(summary)
+    its = summary.iterations
     plots = {
         "mi": plot_mi(its),
         "win_rate": plot_win_rates(its),
-        "length": plot_lengths(its, summary.get("length_unit", "tokens")),
+        "length": plot_lengths(its, summary.length_unit),
         "loss": plot_loss(curves),
         "adherence": plot_adherence(its),
     }
-    if any((it.get("benchmarks") or {}).get("ifeval") for it in its):
+    if any(it.benchmarks.ifeval is not None for it in its):
         plots["ifeval"] = plot_ifeval(its)
-    for method in sorted({m for it in its for m in it.get("comparisons", {})}):
+    for method in sorted({m for it in its for m in it.comparisons}):
         plots[f"comparison-{method}"] = plot_comparison(its, method)
     return plots

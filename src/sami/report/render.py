@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 
 from sami.report.tables import Table, all_tables
+from sami.run_files import Summary, as_summary
 
 
 def escape(value: object) -> str:
@@ -13,15 +14,16 @@ def escape(value: object) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def gaps(summary: dict) -> list[str]:
+def gaps(summary: Summary | dict) -> list[str]:
     """What is missing or unreadable in the run folder, one line each."""
-    out = list(summary.get("problems", []))
-    for it in summary["iterations"]:
-        t = it["iteration"]
-        entries = [(it, f"iter-{t}"), *((c, f"iter-{t} {m}") for m, c in it.get("comparisons", {}).items())]
+    summary = as_summary(summary)
+    out = list(summary.problems)
+    for it in summary.iterations:
+        t = it.iteration
+        entries = [(it, f"iter-{t}"), *((c, f"iter-{t} {m}") for m, c in it.comparisons.items())]
         for entry, who in entries:
-            out += [f"iter-{t}/{m}: missing" for m in entry.get("missing", [])]  # paths relative to iter-T/
-            out += [f"{who}: {n}" for n in entry.get("notes", [])]
+            out += [f"iter-{t}/{m}: missing" for m in entry.missing]  # paths relative to iter-T/
+            out += [f"{who}: {n}" for n in entry.notes]
     return out
 
 
@@ -77,12 +79,13 @@ def table_html(table: Table) -> str:
 # ---- the summary -----------------------------------------------------------------------------------------------
 
 
-def render_markdown(summary: dict) -> str:
+def render_markdown(summary: Summary | dict) -> str:
     """The report's tables as Markdown (`summary.md`)."""
-    run = summary.get("run", {})
-    lines = [f"# SAMI run: {run.get('name', '')}"]
-    if run.get("model"):
-        lines += ["", f"Model: `{run['model']}`"]
+    summary = as_summary(summary)
+    run = summary.run
+    lines = [f"# SAMI run: {run.name or ''}"]
+    if run.model:
+        lines += ["", f"Model: `{run.model}`"]
     for table in all_tables(summary):
         lines += table_markdown(table)
     missing = gaps(summary)
@@ -91,10 +94,11 @@ def render_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary_table(summary: dict):
+def summary_table(summary: Summary | dict):
     """The report's main tables for the console: a `rich` renderable (print it with a `rich.console.Console`)."""
     from rich.console import Group
     from rich.text import Text
 
+    summary = as_summary(summary)
     tables = [table_rich(t) for t in all_tables(summary) if t.console and t.rows]
-    return Group(Text(f"SAMI run: {summary.get('run', {}).get('name', '')}", style="bold"), *tables)
+    return Group(Text(f"SAMI run: {summary.run.name or ''}", style="bold"), *tables)

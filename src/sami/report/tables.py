@@ -1,33 +1,28 @@
 """The report's tables as one model (`Table`), built from the summary; `render` turns them into Markdown, rich and
-HTML. Every number goes through `fmt` / `fmt_interval`, so a missing value is always `DASH`."""
+HTML. The tables read the typed summary (`sami.run_files.Summary`: a missing, NaN or infinite number is None
+there); every cell is written by `sami.report.cells`, so a missing value is always `DASH`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from sami.report.summary import number
+from sami.report.cells import DASH, count, fmt, fraction_ci, length, rate_ci, signed_length
+from sami.run_files import (
+    Adherence,
+    AdherenceRate,
+    EvaluationSummary,
+    IterationSummary,
+    Lengths,
+    SubsetSummary,
+    Summary,
+    TrainSummary,
+    WinRate,
+    as_summary,
+)
 
-DASH = "—"
 POOLED = "all"
 BASE = "base"
-
-
-def fmt(value: Any, digits: int = 3, *, percent: bool = False, signed: bool = False) -> str:
-    """A number with `digits` decimals (as a percentage of 1 with `percent`), or `DASH` when missing."""
-    value = number(value)
-    if value is None:
-        return DASH
-    sign = "+" if signed else ""
-    return f"{100 * value:{sign}.{digits}f}%" if percent else f"{value:{sign}.{digits}f}"
-
-
-def fmt_interval(ci: Any, digits: int = 1, *, percent: bool = True) -> str:
-    """A `[low, high]` interval ("[52.0, 72.0]" for rates in percent), or "" when there is none."""
-    if not (isinstance(ci, list | tuple) and len(ci) == 2 and all(number(x) is not None for x in ci)):
-        return ""
-    scale = 100 if percent else 1
-    return f"[{fmt(scale * ci[0], digits)}, {fmt(scale * ci[1], digits)}]"
+SIGNS = ("positive", "negative")
 
 
 @dataclass(frozen=True)
@@ -49,89 +44,67 @@ class Table:
     console: bool = True  # shown by `summary_table`
 
 
-# ---- cells ---------------------------------------------------------------------------------------------------
+# ---- cells of one entry -------------------------------------------------------------------------------------
 
 
-def rate_ci(summary: dict | None) -> str:
-    """A win rate with its 95% interval: "62.5% [52.0, 72.0]"."""
-    s = summary or {}
-    rate, ci = fmt(s.get("win_rate"), 1, percent=True), fmt_interval(s.get("ci95"))
-    return f"{rate} {ci}" if ci and rate != DASH else rate
-
-
-def fraction_ci(value: Any, ci: Any) -> str:
-    """An adherence fraction with its interval: "0.62 [0.50, 0.72]"."""
-    text, interval = fmt(value, 2), fmt_interval(ci, 2, percent=False)
-    return f"{text} {interval}" if interval and text != DASH else text
-
-
-def length_heading(summary: dict) -> str:
+def length_heading(summary: Summary) -> str:
     """How length columns name their unit: "chars (tokens)", or "tokens" for lengths measured in tokens only."""
-    return "chars (tokens)" if summary.get("length_unit") == "characters" else "tokens"
+    return "chars (tokens)" if summary.length_unit == "characters" else "tokens"
 
 
-def length(chars: dict, tokens: dict, key: str) -> str:
-    """A mean length (`chars`: in the summary's `length_unit`) with the tokens beside when known:
-    "412.0 (98.5 tok)"."""
-    text = fmt((chars or {}).get(key), 1)
-    tok = number((tokens or {}).get(key))
-    return text if tok is None else f"{text} ({fmt(tok, 1)} tok)"
+def _samples(it: IterationSummary) -> str:
+    s = it.samples
+    return f"{count(s.kept)} / {count(s.dropped)}" if s is not None else DASH
 
 
-def _count(value: Any) -> str:
-    return fmt(value, 0)
-
-
-def _samples(it: dict) -> str:
-    s = it.get("samples") or {}
-    return f"{_count(s.get('kept'))} / {_count(s.get('dropped'))}" if s else DASH
-
-
-def _loss(train: dict | None) -> str:
-    train = train or {}
-    if number(train.get("final_loss")) is None:
+def _loss(train: TrainSummary | None) -> str:
+    if train is None or train.final_loss is None:
         return DASH
-    steps = f" @{train['steps']}" if train.get("steps") is not None else ""
-    return f"{fmt(train.get('first_loss'))} → {fmt(train['final_loss'])}{steps}"
+    steps = f" @{train.steps}" if train.steps is not None else ""
+    return f"{fmt(train.first_loss)} → {fmt(train.final_loss)}{steps}"
 
 
-def _mi_kind(it: dict) -> str:
-    kind = it.get("mi_kind")
+def _mi_kind(it: EvaluationSummary) -> str:
+    kind = it.mi_kind
     if kind == "sign_patterns":
-        n = it.get("n_sign_patterns")
-        return f"{n if n is not None else '?'} sign patterns" + (" (sampled)" if it.get("mi_sampled") else "")
+        n = it.n_sign_patterns
+        return f"{n if n is not None else '?'} sign patterns" + (" (sampled)" if it.mi_sampled else "")
     return {"training_pairs": "training pairs", None: DASH}.get(kind, str(kind))
 
 
-def _subset_names(*entries: dict) -> list[str]:
-    return sorted({name for e in entries for name in (e.get("subsets") or {})})
+def _sem(value: float | None) -> str:
+    return f"± {fmt(value)}" if value is not None else DASH
 
 
-def _groups(entry: dict) -> list[tuple[str, dict]]:
+def _subset_names(*entries: EvaluationSummary) -> list[str]:
+    return sorted({name for e in entries for name in e.subsets})
+
+
+Group = EvaluationSummary | SubsetSummary
+
+
+def _groups(entry: EvaluationSummary) -> list[tuple[str, Group]]:
     """(subset name, metrics) of an iteration entry: pooled first, then each subset."""
-    return [(POOLED, entry), *sorted((entry.get("subsets") or {}).items())]
+    return [(POOLED, entry), *sorted(entry.subsets.items())]
 
 
-def subset_win_rates(entry: dict, baseline: str) -> list[tuple[str, dict]]:
+def subset_win_rates(entry: EvaluationSummary, baseline: str) -> list[tuple[str, WinRate]]:
     """(subset, win-rate summary) vs `baseline`: pooled, then each subset (from the entry's subsets, else from the
     summary's own `subsets`, which `sami.evaluation.winrate.summarize` adds when the judgments carry a subset)."""
-    pooled = (entry.get("win_rates") or {}).get(baseline)
+    pooled = entry.win_rates.get(baseline)
     if pooled is None:
         return []
-    subsets = {
-        name: s["win_rates"][baseline]
-        for name, s in (entry.get("subsets") or {}).items()
-        if baseline in (s.get("win_rates") or {})
-    } or (pooled.get("subsets") or {})
-    return [(POOLED, pooled), *sorted(subsets.items())]
+    subsets = {name: s.win_rates[baseline] for name, s in entry.subsets.items() if baseline in s.win_rates}
+    return [(POOLED, pooled), *sorted((subsets or pooled.subsets).items())]
 
 
 # ---- tables --------------------------------------------------------------------------------------------------
 
 
-def metrics_table(summary: dict) -> Table:
+def metrics_table(summary: Summary | dict) -> Table:
     """Pooled metrics per iteration."""
-    heading, unit = length_heading(summary), summary.get("length_unit", "tokens")
+    summary = as_summary(summary)
+    heading, unit = length_heading(summary), summary.length_unit
     table = Table(
         "Metrics per iteration",
         [
@@ -152,39 +125,43 @@ def metrics_table(summary: dict) -> Table:
         f"constitutions, in {unit}" + (", tokens beside." if unit == "characters" else "."),
         empty="no iteration folders yet",
     )
-    for it in summary["iterations"]:
-        chars, tokens = it.get("mean_length") or {}, it.get("mean_length_tokens") or {}
+    for it in summary.iterations:
+        chars, tokens = it.mean_length, it.mean_length_tokens
         table.rows.append(
             [
-                str(it["iteration"]),
-                fmt(it.get("mi")),
-                fmt(it.get("mi_bound")),
-                f"± {fmt(it['mi_sem'])}" if number(it.get("mi_sem")) is not None else DASH,
+                str(it.iteration),
+                fmt(it.mi),
+                fmt(it.mi_bound),
+                _sem(it.mi_sem),
                 _mi_kind(it),
-                fmt(it.get("accuracy"), 1, percent=True),
-                length(chars, tokens, "positive"),
-                length(chars, tokens, "negative"),
-                _count(it.get("n_queries")),
+                fmt(it.accuracy, 1, percent=True),
+                signed_length(chars, tokens, "positive"),
+                signed_length(chars, tokens, "negative"),
+                count(it.n_queries),
                 _samples(it),
-                _loss(it.get("train")),
+                _loss(it.train),
             ]
         )
     reasons = [
-        f"iteration {it['iteration']}: "
-        + ", ".join(f"{k}: {v}" for k, v in sorted(it["samples"]["drop_reasons"].items()))
-        for it in summary["iterations"]
-        if (it.get("samples") or {}).get("drop_reasons")
+        f"iteration {it.iteration}: " + ", ".join(f"{k}: {v}" for k, v in sorted(it.samples.drop_reasons.items()))
+        for it in summary.iterations
+        if it.samples is not None and it.samples.drop_reasons
     ]
     if reasons:
         table.note += " Dropped samples by reason — " + "; ".join(reasons) + "."
     return table
 
 
-def lengths_tables(summary: dict) -> list[Table]:
+def _by(block: Lengths | None, field: str) -> dict:
+    return getattr(block, field) if block is not None else {}
+
+
+def lengths_tables(summary: Summary | dict) -> list[Table]:
     """Mean length per constitution label and per principle sign (in the summary's `length_unit`)."""
-    its, unit = summary["iterations"], summary.get("length_unit", "tokens")
+    summary = as_summary(summary)
+    its, unit = summary.iterations, summary.length_unit
     out = []
-    labels = sorted({k for it in its for k in (it.get("mean_length") or {}).get("by_constitution", {})})
+    labels = sorted({k for it in its for k in _by(it.mean_length, "by_constitution")})
     if labels:
         table = Table(
             f"Mean length by constitution ({unit})",
@@ -192,11 +169,10 @@ def lengths_tables(summary: dict) -> list[Table]:
             console=False,
         )
         for it in its:
-            chars = (it.get("mean_length") or {}).get("by_constitution", {})
-            tokens = (it.get("mean_length_tokens") or {}).get("by_constitution", {})
-            table.rows.append([str(it["iteration"]), *(length(chars, tokens, lb) for lb in labels)])
+            chars, tokens = _by(it.mean_length, "by_constitution"), _by(it.mean_length_tokens, "by_constitution")
+            table.rows.append([str(it.iteration), *(length(chars.get(lb), tokens.get(lb)) for lb in labels)])
         out.append(table)
-    names = sorted({k for it in its for k in (it.get("mean_length") or {}).get("by_principle", {})})
+    names = sorted({k for it in its for k in _by(it.mean_length, "by_principle")})
     if names:
         table = Table(
             f"Mean length by principle sign ({unit})",
@@ -204,19 +180,17 @@ def lengths_tables(summary: dict) -> list[Table]:
             console=False,
         )
         for it in its:
-            chars = (it.get("mean_length") or {}).get("by_principle", {})
-            tokens = (it.get("mean_length_tokens") or {}).get("by_principle", {})
-            cells = [
-                length(chars.get(n) or {}, tokens.get(n) or {}, key) for n in names for key in ("positive", "negative")
-            ]
-            table.rows.append([str(it["iteration"]), *cells])
+            chars, tokens = _by(it.mean_length, "by_principle"), _by(it.mean_length_tokens, "by_principle")
+            cells = [signed_length(chars.get(n), tokens.get(n), key) for n in names for key in SIGNS]
+            table.rows.append([str(it.iteration), *cells])
         out.append(table)
     return out
 
 
-def subsets_table(summary: dict) -> Table | None:
+def subsets_table(summary: Summary | dict) -> Table | None:
     """Each metric per subset and pooled, per iteration (None when no evaluation has subsets)."""
-    its = [it for it in summary["iterations"] if it.get("subsets")]
+    summary = as_summary(summary)
+    its = [it for it in summary.iterations if it.subsets]
     if not its:
         return None
     heading = length_heading(summary)
@@ -238,27 +212,28 @@ def subsets_table(summary: dict) -> Table | None:
     )
     for it in its:
         for name, m in _groups(it):
-            a = m.get("adherence") or {}
-            chars, tokens = m.get("mean_length") or {}, m.get("mean_length_tokens") or {}
+            a = m.adherence or Adherence()
+            chars, tokens = m.mean_length, m.mean_length_tokens
             table.rows.append(
                 [
-                    str(it["iteration"]),
+                    str(it.iteration),
                     name,
-                    _count(m.get("n_queries")),
-                    fmt(m.get("mi")),
-                    f"± {fmt(m['mi_sem'])}" if number(m.get("mi_sem")) is not None else DASH,
-                    fmt(m.get("mi_bound")),
-                    length(chars, tokens, "positive"),
-                    length(chars, tokens, "negative"),
-                    fraction_ci(a.get("positive"), a.get("positive_ci95")),
-                    fraction_ci(a.get("antithesis"), a.get("antithesis_ci95")),
+                    count(m.n_queries),
+                    fmt(m.mi),
+                    _sem(m.mi_sem),
+                    fmt(m.mi_bound),
+                    signed_length(chars, tokens, "positive"),
+                    signed_length(chars, tokens, "negative"),
+                    fraction_ci(a.positive, a.positive_ci95),
+                    fraction_ci(a.antithesis, a.antithesis_ci95),
                 ]
             )
     return table
 
 
-def win_rates_table(summary: dict) -> Table:
+def win_rates_table(summary: Summary | dict) -> Table:
     """Win rates vs each baseline per iteration, pooled and per subset."""
+    summary = as_summary(summary)
     table = Table(
         "Win rates",
         [
@@ -278,44 +253,46 @@ def win_rates_table(summary: dict) -> Table:
         "AlpacaEval 2's GLM, read at equal lengths.",
         empty="No win rates yet: no judgments were written.",
     )
-    for it in summary["iterations"]:
-        for baseline in sorted(it.get("win_rates") or {}):
+    for it in summary.iterations:
+        for baseline in sorted(it.win_rates):
             for name, s in subset_win_rates(it, baseline):
                 table.rows.append(
                     [
-                        str(it["iteration"]),
+                        str(it.iteration),
                         baseline,
                         name,
                         rate_ci(s),
-                        fmt(s.get("length_balanced_win_rate"), 1, percent=True),
-                        fmt(s.get("length_controlled_win_rate"), 1, percent=True),
-                        _count(s.get("n")),
-                        _count(s.get("ties")),
-                        _count(s.get("unparsed")),
-                        _count(s.get("failed")),
+                        fmt(s.length_balanced_win_rate, 1, percent=True),
+                        fmt(s.length_controlled_win_rate, 1, percent=True),
+                        count(s.n),
+                        count(s.ties),
+                        count(s.unparsed),
+                        count(s.failed),
                     ]
                 )
     return table
 
 
-def _adherence_scopes(it: dict) -> list[tuple[str, dict]]:
+def _adherence_scopes(it: IterationSummary) -> list[tuple[str, AdherenceRate]]:
     """(scope, adherence entry): all principles, each principle, then each subset (and its principles)."""
-    a = it.get("adherence")
-    if not a:
+    a = it.adherence
+    if a is None:
         return []
-    rows = [("all principles", a), *((f"principle {k}", v) for k, v in (a.get("by_principle") or {}).items())]
-    per_subset = {name: s["adherence"] for name, s in (it.get("subsets") or {}).items() if s.get("adherence")}
+    rows: list[tuple[str, AdherenceRate]] = [("all principles", a)]
+    rows += [(f"principle {k}", v) for k, v in a.by_principle.items()]
+    per_subset = {name: s.adherence for name, s in it.subsets.items() if s.adherence is not None}
     if per_subset:
         for name, sub in sorted(per_subset.items()):
             rows.append((f"subset {name}", sub))
-            rows += [(f"subset {name}, principle {k}", v) for k, v in (sub.get("by_principle") or {}).items()]
+            rows += [(f"subset {name}, principle {k}", v) for k, v in sub.by_principle.items()]
     else:
-        rows += [(f"subset {k}", v) for k, v in (a.get("by_subset") or {}).items()]
+        rows += [(f"subset {k}", v) for k, v in a.by_subset.items()]
     return rows
 
 
-def adherence_table(summary: dict) -> Table | None:
+def adherence_table(summary: Summary | dict) -> Table | None:
     """Adherence to the checkable principles per iteration, scope and subset (None when no principle has a check)."""
+    summary = as_summary(summary)
     table = Table(
         "Adherence to checkable principles",
         [
@@ -332,24 +309,25 @@ def adherence_table(summary: dict) -> Table | None:
         "that follow the antithesis (by default: fail the check). All principles: a response follows every checkable "
         "principle of its constitution.",
     )
-    for it in summary["iterations"]:
+    for it in summary.iterations:
         for scope, a in _adherence_scopes(it):
             table.rows.append(
                 [
-                    str(it["iteration"]),
+                    str(it.iteration),
                     scope,
-                    fraction_ci(a.get("positive"), a.get("positive_ci95")),
-                    fmt(a.get("change_positive"), 2, signed=True),
-                    fraction_ci(a.get("antithesis"), a.get("antithesis_ci95")),
-                    fmt(a.get("change_antithesis"), 2, signed=True),
-                    _count(a.get("n")),
+                    fraction_ci(a.positive, a.positive_ci95),
+                    fmt(a.change_positive, 2, signed=True),
+                    fraction_ci(a.antithesis, a.antithesis_ci95),
+                    fmt(a.change_antithesis, 2, signed=True),
+                    count(a.n),
                 ]
             )
     return table if table.rows else None
 
 
-def contrast_table(summary: dict) -> Table | None:
+def contrast_table(summary: Summary | dict) -> Table | None:
     """The contrast check (one principle of the positive constitution flipped), when it ran."""
+    summary = as_summary(summary)
     table = Table(
         "Contrast check (one principle flipped)",
         [
@@ -362,22 +340,23 @@ def contrast_table(summary: dict) -> Table | None:
         ],
         console=False,
     )
-    for it in summary["iterations"]:
-        for name, c in ((it.get("contrast") or {}).get("by_principle") or {}).items():
+    for it in summary.iterations:
+        for name, c in (it.contrast.by_principle if it.contrast is not None else {}).items():
             adherence = DASH
-            if number(c.get("adherence_positive")) is not None:
-                adherence = f"{fmt(c['adherence_positive'], 2)} → {fmt(c.get('adherence_flipped'), 2)}"
-            weak = "weak: " + "; ".join(c.get("reasons") or []) if c.get("weak") else "no"
-            if c.get("notes"):
-                weak += " (" + "; ".join(c["notes"]) + ")"
-            table.rows.append([str(it["iteration"]), name, fmt(c.get("mi")), fmt(c.get("mi_sem")), adherence, weak])
+            if c.adherence_positive is not None:
+                adherence = f"{fmt(c.adherence_positive, 2)} → {fmt(c.adherence_flipped, 2)}"
+            weak = "weak: " + "; ".join(c.reasons) if c.weak else "no"
+            if c.notes:
+                weak += " (" + "; ".join(c.notes) + ")"
+            table.rows.append([str(it.iteration), name, fmt(c.mi), fmt(c.mi_sem), adherence, weak])
     return table if table.rows else None
 
 
-def comparison_table(summary: dict, method: str) -> Table | None:
+def comparison_table(summary: Summary | dict, method: str) -> Table | None:
     """SAMI and a comparison model (e.g. DPO) side by side per iteration and subset, with the head-to-head rate."""
+    summary = as_summary(summary)
     label = method.upper()
-    rows = [(it, it["comparisons"][method]) for it in summary["iterations"] if method in it.get("comparisons", {})]
+    rows = [(it, it.comparisons[method]) for it in summary.iterations if method in it.comparisons]
     if not rows:
         return None
     table = Table(
@@ -400,33 +379,34 @@ def comparison_table(summary: dict, method: str) -> Table | None:
     for it, other in rows:
         sami_wr = dict(subset_win_rates(it, BASE))
         other_wr = dict(subset_win_rates(other, BASE))
-        vs = other.get("vs_sami") or {}
-        vs_groups = {POOLED: vs, **(vs.get("subsets") or {})} if vs else {}
+        vs = other.vs_sami
+        vs_groups = {POOLED: vs, **vs.subsets} if vs is not None else {}
         sami_groups, other_groups = dict(_groups(it)), dict(_groups(other))
         for name in [POOLED, *_subset_names(it, other)]:
-            mine, theirs = sami_groups.get(name) or {}, other_groups.get(name) or {}
+            mine, theirs = sami_groups.get(name, SubsetSummary()), other_groups.get(name, SubsetSummary())
             table.rows.append(
                 [
-                    str(it["iteration"]),
+                    str(it.iteration),
                     name,
-                    fmt((sami_wr.get(name) or {}).get("win_rate"), 1, percent=True),
-                    fmt((other_wr.get(name) or {}).get("win_rate"), 1, percent=True),
-                    fmt((mine.get("adherence") or {}).get("positive"), 2),
-                    fmt((theirs.get("adherence") or {}).get("positive"), 2),
-                    fmt(mine.get("mi")),
-                    fmt(theirs.get("mi")),
+                    fmt(sami_wr.get(name, WinRate()).win_rate, 1, percent=True),
+                    fmt(other_wr.get(name, WinRate()).win_rate, 1, percent=True),
+                    fmt((mine.adherence or Adherence()).positive, 2),
+                    fmt((theirs.adherence or Adherence()).positive, 2),
+                    fmt(mine.mi),
+                    fmt(theirs.mi),
                     rate_ci(vs_groups.get(name)),
                 ]
             )
     return table
 
 
-def comparison_methods(summary: dict) -> list[str]:
-    return sorted({m for it in summary["iterations"] for m in it.get("comparisons", {})})
+def comparison_methods(summary: Summary) -> list[str]:
+    return sorted({m for it in summary.iterations for m in it.comparisons})
 
 
-def all_tables(summary: dict) -> list[Table]:
+def all_tables(summary: Summary | dict) -> list[Table]:
     """Every table of the report, in page order."""
+    summary = as_summary(summary)
     subsets, adherence = subsets_table(summary), adherence_table(summary)
     if subsets is not None and adherence is not None:
         adherence.console = False  # the per-subset table shows adherence pooled and per subset already
