@@ -81,10 +81,10 @@ class _Counting:
 
 def test_two_principles_at_iteration_0_generate_nothing_extra(tmp_path, tiny_model, default_tokenizer, monkeypatch):
     """positive, antithesis and the two one-flipped responses of the contrast check are the 4 sign patterns."""
-    import sami.generation
+    import sami.generation.factory
 
-    original = sami.generation.make_generator
-    monkeypatch.setattr(sami.generation, "make_generator", lambda *a, **k: _Counting(original(*a, **k)))
+    original = sami.generation.factory.make_generator
+    monkeypatch.setattr(sami.generation.factory, "make_generator", lambda *a, **k: _Counting(original(*a, **k)))
     queries = load_queries("hh_helpful_test")[:2]
     cset = load_constitutions("demo_checks")
     settings = EvaluationSettings(max_new_tokens=3, device="cpu", scheme="opposite")

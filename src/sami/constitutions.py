@@ -39,14 +39,12 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from sami.checks import CheckSet, parse_check_set
+from sami.data import Query
 from sami.errors import SamiInputError
 from sami.io import atomic_write_json, atomic_write_text, read_text
-
-if TYPE_CHECKING:
-    from sami.data import Query
 
 SchemeName = Literal["uniform", "paper-dialogue", "paper-summarization", "opposite", "diverse"]
 Mode = Literal["train", "eval", "heldout"]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sami.errors import SamiInputError
+from sami.models import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,6 @@ def write_gguf(
     import torch
     from safetensors.torch import load_file
     from transformers import AutoConfig
-
-    from sami.models import load_tokenizer
 
     checkpoint, out = Path(checkpoint), Path(out)
     config = AutoConfig.from_pretrained(checkpoint)

@@ -26,14 +26,20 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sami.constitutions import ConstitutionSet, Principle
+from sami.data import QuerySource, load_queries
 from sami.endpoint import EndpointSettings
 from sami.errors import SamiInputError
-
-if TYPE_CHECKING:
-    from sami.run_config import WriterSettings
+from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, run_evaluation
+from sami.generation import (  # factory.make_generator: looked up at call time (tests patch it)
+    HFGeneration,
+    OpenAIGeneration,
+    factory,
+)
+from sami.models import DEFAULT_MODEL_NAME
+from sami.run_config import WriterSettings
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +275,6 @@ def write_constitutions_from_settings(
     settings: WriterSettings, *, seed: int = 0, task_type: str | None = None
 ) -> ConstitutionSet:
     """Run the writer as `settings` says (the model or server writing, the task, the principles)."""
-    from sami.generation import HFGeneration, OpenAIGeneration, make_generator
 
     backend = "openai" if settings.base_url else settings.backend
     if backend == "openai":
@@ -280,10 +285,8 @@ def write_constitutions_from_settings(
         gen_settings = HFGeneration(model=settings.model, seed=seed)
         label = settings.model
     check_requests(settings.task, list(settings.principles), settings.retries)
-    generator = make_generator(gen_settings)
+    generator = factory.make_generator(gen_settings)
     if backend != "openai" and label == "default":
-        from sami.models import DEFAULT_MODEL_NAME
-
         label = DEFAULT_MODEL_NAME
     return write_principles(
         generator,
@@ -317,9 +320,6 @@ def contrast_check(
     temporary folder, removed afterwards).
     """
     import tempfile
-
-    from sami.data import QuerySource, load_queries
-    from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, run_evaluation
 
     if queries is None:
         queries = "tldr_validation" if cset.task == "summarization" else "hh_helpful_test"

@@ -26,6 +26,7 @@ import torch
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from sami import models  # models.load_model, looked up at call time (tests patch it)
 from sami.checkpoints import (
     _is_peft,
     _NoFinalCheckpoint,
@@ -47,7 +48,7 @@ from sami.logprobs import (
     unwrap_model,
 )
 from sami.loss import sami_loss
-from sami.models import accelerator_present
+from sami.models import accelerator_present, apply_lora, check_attention
 from sami.optimizer_guard import OptimizerCheck, keep_torch_optimizer
 from sami.tokens import resolve_eos
 from sami.trainer_fields import checkpoint_strategy, sami_dataclass_fields
@@ -341,17 +342,16 @@ def train_sami(
     `last_checkpoint`), if any: same data order, optimizer, scheduler and RNG, so it ends with the weights of an
     uninterrupted run. The resume checkpoints are deleted once the final model is written.
     """
-    from sami.models import apply_lora, check_attention, load_model, load_tokenizer
 
     check_attention(config.attn_implementation, field="attn_implementation", backward=True)
     output_dir = Path(output_dir)
     dataset = load_samples(samples_path)
-    tokenizer = load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
+    tokenizer = models.load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
     validate_samples(dataset, tokenizer, config)
     args = dataclasses.replace(config, output_dir=str(output_dir))
     set_seed(args.seed)  # a LoRA adapter's random initialisation follows the seed (the Trainer seeds only later)
     if isinstance(model_ref, str | os.PathLike):
-        model = load_model(model_ref, lora=lora, attn_implementation=config.attn_implementation)
+        model = models.load_model(model_ref, lora=lora, attn_implementation=config.attn_implementation)
     else:
         model = apply_lora(model_ref, lora) if lora is not None else model_ref
     model.train()

@@ -15,7 +15,6 @@ from sami.generation.base import (
     TextGenerator,
     VLLMGeneration,
     cut_at_stop,
-    make_generator,
     parse_generation,
 )
 
@@ -28,6 +27,5 @@ __all__ = [
     "TextGenerator",
     "VLLMGeneration",
     "cut_at_stop",
-    "make_generator",
     "parse_generation",
 ]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sami.errors import SamiInputError
+from sami.generation import HFGeneration, factory  # factory.make_generator: looked up at call time (tests patch it)
 from sami.ifeval.evaluation import IFEvalInput, accuracies, load_inputs, score
 from sami.io import JsonlStore, atomic_write_json, iter_jsonl, write_jsonl
 
@@ -89,9 +90,7 @@ def generate_responses(
     store = JsonlStore(out / "responses.jsonl", key="key")
     todo = [inp for inp in inputs if inp.key not in store]
     if todo and generator is None:
-        from sami.generation import HFGeneration, make_generator
-
-        generator = make_generator(
+        generator = factory.make_generator(
             HFGeneration(model=settings.model or "default", dtype=settings.dtype, batch_size=settings.batch_size)
         )
     bar = None
