@@ -9,7 +9,9 @@ import torch
 
 from sami.constitutions import Constitution, Principle, load_constitutions
 from sami.data import load_queries
-from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, run_evaluation, sign_patterns
+from sami.evaluation.context import EvaluationInputs, sign_patterns
+from sami.evaluation.evaluate import run_evaluation
+from sami.evaluation.settings import EvaluationSettings
 from sami.io import read_jsonl
 from sami.layout import EvalLayout
 from sami.logprobs import tokenize_prompts, tokenize_responses

@@ -32,7 +32,9 @@ from sami.constitutions import ConstitutionSet, Principle
 from sami.data import QuerySource, load_queries
 from sami.endpoint import EndpointSettings
 from sami.errors import SamiInputError
-from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, run_evaluation
+from sami.evaluation.context import EvaluationInputs
+from sami.evaluation.evaluate import run_evaluation
+from sami.evaluation.settings import EvaluationSettings
 from sami.generation import (  # factory.make_generator: looked up at call time (tests patch it)
     HFGeneration,
     OpenAIGeneration,
@@ -315,7 +317,7 @@ def contrast_check(
     Generates greedy responses of `model` to `n_queries` queries (`queries`: a bundled name or a JSONL path;
     default the bundled HH-RLHF helpful test queries, or TL;DR posts for a summarization set) under the
     all-positive constitution and under each one-principle-flipped variant, and returns the evaluation's
-    `contrast` metrics (`sami.evaluation.evaluate.contrast_metrics`): per principle the MI of the pair and, where
+    `contrast` metrics (`sami.evaluation.contrast.contrast_metrics`): per principle the MI of the pair and, where
     the principle has a check, adherence; `warnings` names the weak pairs. Files go to `out_dir` (default: a
     temporary folder, removed afterwards).
     """

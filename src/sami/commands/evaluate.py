@@ -6,7 +6,8 @@ import argparse
 
 from sami.cli_settings import add_settings_arguments, merge, read_yaml, settings_overrides, validate
 from sami.errors import SamiInputError
-from sami.evaluation.evaluate import EvaluationInputs, run_evaluation
+from sami.evaluation.context import EvaluationInputs
+from sami.evaluation.evaluate import run_evaluation
 from sami.evaluation.settings import BaselineSettings, EvaluationSettings
 
 # other spellings of generated flags, kept from the hand-written parser

@@ -1,4 +1,4 @@
-"""The generator protocol shared by every backend, its settings, and `make_generator`."""
+"""The generator protocol shared by every backend and its settings (`make_generator`: `sami.generation.factory`)."""
 
 from __future__ import annotations
 
