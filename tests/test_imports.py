@@ -163,6 +163,29 @@ def test_allowlist_is_current():
     assert not set(ALLOWED_INNER) - present, "stale ALLOWED_INNER entries"
 
 
+def deferred_imports_without_reason(src: Path, package: str) -> list[str]:
+    """`file:line` of every import inside a function with no `#` comment on its line or above its group of imports
+    (an import deferred off a light path, e.g. torch or an optional extra, says why)."""
+    found = []
+    for path in module_files(src, package).values():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Import | ast.ImportFrom):
+                        here, i = lines[node.lineno - 1], node.lineno - 2
+                        while lines[i].strip().startswith(("import ", "from ")) and "#" not in lines[i]:
+                            i -= 1  # one comment above a group of imports covers the group
+                        if "#" not in here and not lines[i].strip().startswith("#"):
+                            found.append(f"{path.relative_to(src)}:{node.lineno}: {here.strip()}")
+    return found
+
+
+def test_a_deferred_import_says_why():
+    found = deferred_imports_without_reason(SRC, "sami")
+    assert not found, "imports inside functions with no reason (a comment):\n" + "\n".join(found)
+
+
 def test_no_import_circle():
     cycle = find_cycle(import_graph(SRC, "sami"))
     assert cycle is None, "import circle: " + " -> ".join(cycle)
@@ -186,3 +209,4 @@ def test_the_checks_catch_a_circle(tmp_path):
     assert set(failed) == {"circ.a", "circ.b"} and "partially initialized" in failed["circ.a"]
     assert find_cycle(import_graph(src, "circ")) in (["circ.a", "circ.b", "circ.a"], ["circ.b", "circ.a", "circ.b"])
     assert inner_imports(src, "circ") == [("circ.c", 2, "circ.a")]
+    assert deferred_imports_without_reason(src, "circ") == ["circ/c.py:2: from circ.a import A"]

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import datasets
+
 from sami.errors import SamiInputError
 from sami.io import iter_jsonl
 from sami.logprobs import encode_examples, pack_encoded
@@ -84,7 +86,6 @@ def load_samples(path: str | os.PathLike):
     Every record needs a unique "id", "prompts" (C >= 2 strings) and "responses" (C non-empty strings); a bad
     record raises `SamiInputError` naming file:line.
     """
-    import datasets
 
     records, seen = [], {}
     for lineno, rec in iter_jsonl(path):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
 from sami.report.render import table_markdown
 from sami.report.tables import adherence_table, comparison_table, metrics_table, win_rates_table
 
@@ -59,7 +61,6 @@ def _eval_dataset(config: dict) -> tuple[str, str]:
 
 def eval_results(entry: dict, config: dict) -> list:
     """`huggingface_hub.EvalResult`s of one evaluated model (an iteration entry of the summary)."""
-    from huggingface_hub import EvalResult
 
     dataset_type, dataset_name = _eval_dataset(config)
     common = {"task_type": "text-generation", "task_name": "Constitution following", "dataset_type": dataset_type}
@@ -120,7 +121,6 @@ def _settings(config: dict, t: int, method: str) -> list[str]:
 
 def card_metadata(summary: dict, t: int, *, method: str = "sami", license: str | None = None, model_name: str):
     """The card's `ModelCardData`."""
-    from huggingface_hub import ModelCardData
 
     config = summary.get("config") or {}
     base, known_license = base_model(summary["run"].get("model"))
@@ -147,7 +147,6 @@ def _entry(summary: dict, t: int, method: str) -> dict:
 
 def card_text(summary: dict, t: int, *, method: str = "sami", license: str | None = None, model_name: str) -> str:
     """The whole `README.md`: the metadata block and the body."""
-    from huggingface_hub import ModelCard
 
     data = card_metadata(summary, t, method=method, license=license, model_name=model_name)
     config, run = summary.get("config") or {}, summary["run"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -321,7 +322,6 @@ def contrast_check(
     the principle has a check, adherence; `warnings` names the weak pairs. Files go to `out_dir` (default: a
     temporary folder, removed afterwards).
     """
-    import tempfile
 
     if queries is None:
         queries = "tldr_validation" if cset.task == "summarization" else "hh_helpful_test"

@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from rich.console import Console
+from rich.table import Table
+
 from sami.cli_settings import add_settings_arguments, settings_overrides, validate
 from sami.ifeval.benchmark import IFEvalSettings, run_ifeval
 
@@ -31,8 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
 
     settings = validate(IFEvalSettings, settings_overrides(args, "ifeval"), source="flags")
     results = run_ifeval(settings, progress=not args.no_progress)

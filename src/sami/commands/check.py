@@ -24,6 +24,9 @@ import argparse
 import json
 from collections import defaultdict
 
+from rich.console import Console
+from rich.table import Table
+
 from sami.constitutions import Constitution, load_constitutions
 from sami.errors import SamiInputError
 from sami.evaluation.adherence import score_responses
@@ -79,8 +82,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"constitution": args.constitution, "responses": args.responses, "groups": results}))
         return 0
-    from rich.console import Console
-    from rich.table import Table
 
     def rate(r: dict) -> str:
         if r["adherence"] is None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from sami.cli_settings import add_settings_arguments, settings_overrides, validate
 from sami.export import ExportSettings, export_run, upload_command
@@ -17,7 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     settings = validate(ExportSettings, settings_overrides(args, "export"), source="flags")
     out = export_run(args.run_dir, args.out, settings)

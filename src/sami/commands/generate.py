@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from rich.console import Console
+
 from sami.cli_settings import add_settings_arguments, load_settings, settings_overrides, validate
 from sami.constitutions import load_constitutions
 from sami.data import BUNDLED_QUERIES, QuerySource, load_queries
@@ -59,7 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     if args.limit is not None and args.limit < 1:
         raise SamiInputError(f"--limit: must be >= 1, got {args.limit}")

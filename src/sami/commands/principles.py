@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from sami import principle_writer  # its functions looked up at call time (tests patch them)
 from sami.cli_settings import add_settings_arguments, load_settings, settings_overrides
 from sami.constitutions import load_constitutions
@@ -44,8 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def print_table(cset, title: str) -> None:
     """Print the principles of a `ConstitutionSet` as a rich table."""
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=title, show_lines=True)
     table.add_column("name", style="bold")
@@ -92,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
 
 def report_contrast(cset, args: argparse.Namespace) -> dict:
     """Run the contrast check on what was written and say which principle/antithesis pairs look weak."""
-    from rich.console import Console
 
     if args.contrast_n < 1:
         raise SamiInputError(f"--contrast-n must be >= 1, got {args.contrast_n}")

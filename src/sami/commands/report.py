@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from rich.console import Console
+from rich.text import Text
+
 from sami.layout import RunLayout
 from sami.report import summary_table, write_report
 from sami.report.render import gaps
@@ -14,8 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.text import Text
 
     summary = write_report(args.run_dir)
     console = Console(stderr=True)

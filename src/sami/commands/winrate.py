@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from rich.console import Console
+
 from sami.errors import SamiInputError
 from sami.evaluation.winrate import load_judgments, summaries_table, summarize
 
@@ -26,7 +28,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
-    from rich.console import Console
 
     console = Console()
     columns = {"all": summary, **summary.get("subsets", {})} if "subsets" in summary else {args.judgments: summary}

@@ -25,6 +25,7 @@ INSTALL_HINT = "the vllm backend needs vLLM: pip install 'sami[vllm]' (Linux wit
 def import_vllm():
     """The `vllm` module, or a `SamiInputError` that says how to install it."""
     try:
+        # optional extra sami[vllm] (GPU): a clear error where it is missing
         import vllm
     except ImportError as e:
         raise SamiInputError(f"{INSTALL_HINT} ({e})") from None

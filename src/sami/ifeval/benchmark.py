@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import Progress
 
 from sami.errors import SamiInputError
 from sami.generation import HFGeneration, factory  # factory.make_generator: looked up at call time (tests patch it)
@@ -95,8 +96,6 @@ def generate_responses(
         )
     bar = None
     if progress and todo:
-        from rich.progress import Progress
-
         bar = Progress(transient=True)
         bar.start()
         task = bar.add_task("IFEval responses", total=len(todo))
