@@ -12,7 +12,7 @@ from typing import Any
 
 from sami.evaluation.settings import BaselineSettings, EvaluationSettings
 from sami.run_config import RunConfig
-from sami.trainer import SAMIConfig
+from sami.sami_config import SAMIConfig
 
 
 def evaluation_settings(config: RunConfig) -> EvaluationSettings:
