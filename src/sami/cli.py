@@ -79,7 +79,6 @@ def input_error(command: str, message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sami` console script."""
-
     argv = list(sys.argv[1:] if argv is None else argv)
     # Quiet library chatter (per-load progress bars, advisory warnings); sami draws its own progress bars.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

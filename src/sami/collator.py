@@ -84,7 +84,6 @@ def load_samples(path: str | os.PathLike):
     Every record needs a unique "id", "prompts" (C >= 2 strings) and "responses" (C non-empty strings); a bad
     record raises `SamiInputError` naming file:line.
     """
-
     records, seen = [], {}
     for lineno, rec in iter_jsonl(path):
         where = f"{path}:{lineno}"

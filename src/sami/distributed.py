@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 def process_state():
     """accelerate's `PartialState` for this process (a gloo group on CPU-only machines, as `sami.launch` sets up)."""
-
     return PartialState(cpu=not torch.cuda.is_available())
 
 

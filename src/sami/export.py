@@ -80,7 +80,6 @@ def exported_checkpoint(layout: RunLayout, settings: ExportSettings) -> tuple[in
 
 def reference_gguf(config: dict) -> Path | None:
     """The GGUF file the run's π₀ was converted from (the bundled default, or a `.gguf` policy), if any."""
-
     policy = str((config.get("model") or {}).get("policy") or DEFAULT_MODEL)
     if policy == DEFAULT_MODEL:
         return default_gguf_path()
@@ -95,7 +94,6 @@ def upload_command(out: Path, repo_id: str) -> str:
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, settings: ExportSettings | None = None) -> Path:
     """Write iteration T's checkpoint of `run_dir` as a clean model folder `out` (see the module docstring)."""
-
     settings = settings or ExportSettings()
     run_dir, out = Path(run_dir), Path(out)
     if not is_run_dir(run_dir):

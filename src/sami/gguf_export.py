@@ -106,7 +106,6 @@ def _tensors(writer, state: dict, config, ftype: str) -> None:
 
 def _tokenizer_from_gguf(writer, reference: Path) -> None:
     """Every `tokenizer.*` field of `reference` but its chat template, with its own types."""
-
     reader = gguf.GGUFReader(str(reference))
     for key, field in reader.fields.items():
         if not key.startswith("tokenizer.") or key == "tokenizer.chat_template":
@@ -120,7 +119,6 @@ def _tokenizer_from_gguf(writer, reference: Path) -> None:
 
 def _tokenizer_from_hf(writer, folder: Path, tokenizer, vocab_size: int) -> None:
     """Tokens, types, merges and special ids of a byte-level BPE Hugging Face tokenizer."""
-
     spec = (
         json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
         if (folder / "tokenizer.json").is_file()

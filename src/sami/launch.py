@@ -49,7 +49,6 @@ def accelerate_config_path(ref: str | os.PathLike) -> Path:
 
 def is_deepspeed_config(path: str | os.PathLike) -> bool:
     """Whether an accelerate config file asks for DeepSpeed (`distributed_type: DEEPSPEED`)."""
-
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):

@@ -61,7 +61,6 @@ def _eval_dataset(config: dict) -> tuple[str, str]:
 
 def eval_results(entry: dict, config: dict) -> list:
     """`huggingface_hub.EvalResult`s of one evaluated model (an iteration entry of the summary)."""
-
     dataset_type, dataset_name = _eval_dataset(config)
     common = {"task_type": "text-generation", "task_name": "Constitution following", "dataset_type": dataset_type}
     common |= {"dataset_name": dataset_name, "dataset_split": "test"}
@@ -121,7 +120,6 @@ def _settings(config: dict, t: int, method: str) -> list[str]:
 
 def card_metadata(summary: dict, t: int, *, method: str = "sami", license: str | None = None, model_name: str):
     """The card's `ModelCardData`."""
-
     config = summary.get("config") or {}
     base, known_license = base_model(summary["run"].get("model"))
     entry = _entry(summary, t, method)
@@ -147,7 +145,6 @@ def _entry(summary: dict, t: int, method: str) -> dict:
 
 def card_text(summary: dict, t: int, *, method: str = "sami", license: str | None = None, model_name: str) -> str:
     """The whole `README.md`: the metadata block and the body."""
-
     data = card_metadata(summary, t, method=method, license=license, model_name=model_name)
     config, run = summary.get("config") or {}, summary["run"]
     upto = {**summary, "iterations": [i for i in summary["iterations"] if i["iteration"] <= t]}

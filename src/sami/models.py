@@ -254,7 +254,6 @@ def apply_lora(model, lora: LoraSettings | dict):
 def accepts_logits_to_keep(model) -> bool:
     """Whether the model's forward takes `logits_to_keep` (compute the LM head on the last positions only).
     `model`: the plain transformers model (`sami.logprobs.unwrap_model` strips DDP and peft wrappers)."""
-
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 

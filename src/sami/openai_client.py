@@ -324,7 +324,6 @@ class OpenAIClient:
 
     def _describe(self, error: Exception, status: int | None) -> str:
         """A one-line, key-free description of a failed request."""
-
         if isinstance(error, openai.APITimeoutError):
             text = f"timed out after {self.timeout:g}s"
         elif isinstance(error, (openai.APIResponseValidationError, *MALFORMED)):

@@ -75,7 +75,6 @@ class RunPlan:
 def _count_queries(sources, per_source: int | None, n_slices: int = 1) -> int | None:
     """Queries the sources give to one iteration (a source's slice, capped at `per_source`), loading only local
     files; None if unknown."""
-
     total = 0
     for src in sources:
         local = src.bundled or (src.path and Path(src.path).exists())

@@ -90,7 +90,6 @@ def check_constitutions(config) -> None:
 
 def longest_constitution(cset) -> str:
     """The longer rendering of the all-principles and the all-antitheses constitution."""
-
     pool = cset.pool("train")
     texts = [Constitution(tuple((p, sign) for p in pool)).render() for sign in (True, False)]
     return max(texts, key=len)
@@ -99,7 +98,6 @@ def longest_constitution(cset) -> str:
 def local_model_folder(ref: str) -> str | None:
     """The folder a model reference loads from, when it is on disk already (a GGUF or the default model not yet
     converted: None, so a check never converts one)."""
-
     path = Path(ref).expanduser()
     if ref == DEFAULT_MODEL:
         path = default_model_folder()
@@ -124,7 +122,6 @@ def model_context(ref: str) -> int | None:
 def check_query_lengths(config) -> None:
     """Every training and evaluation query, in the generation prompt with the longest principle text, plus the
     new tokens, fits the policy's context; refused naming the source and the query id otherwise."""
-
     path = local_model_folder(config.model.policy)
     context = model_context(path) if path is not None else None
     if context is None or config.writer is not None:

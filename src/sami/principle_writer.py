@@ -278,7 +278,6 @@ def write_constitutions_from_settings(
     settings: WriterSettings, *, seed: int = 0, task_type: str | None = None
 ) -> ConstitutionSet:
     """Run the writer as `settings` says (the model or server writing, the task, the principles)."""
-
     backend = "openai" if settings.base_url else settings.backend
     if backend == "openai":
         endpoint = {name: getattr(settings, name) for name in EndpointSettings.model_fields}
@@ -322,7 +321,6 @@ def contrast_check(
     the principle has a check, adherence; `warnings` names the weak pairs. Files go to `out_dir` (default: a
     temporary folder, removed afterwards).
     """
-
     if queries is None:
         queries = "tldr_validation" if cset.task == "summarization" else "hh_helpful_test"
     source = QuerySource(bundled=queries) if not Path(queries).exists() else QuerySource(path=queries)

@@ -235,7 +235,6 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 def _check_files_exist(config: RunConfig, *, source: str) -> None:
     """Fail early, naming the field, when a referenced local file does not exist."""
-
     try:
         load_constitutions(config.constitutions)
     except SamiInputError as e:

@@ -71,7 +71,6 @@ def train_from_config(
     """Train one iteration's checkpoint as the run config says (in this process), resuming from the newest
     checkpoint in `output_dir` if an earlier attempt left one. TensorBoard logs, when `training.report_to` names
     it, land in the checkpoint folder's `runs/`."""
-
     args = training_arguments(config, output_dir=output_dir, max_steps=max_steps)
     return trainer.train_sami(model_ref, samples_path, output_dir, args, lora=config.model.lora, resume=True)
 

@@ -45,7 +45,6 @@ def evaluation_baselines(config: RunConfig, *, against_base: bool) -> dict[str, 
 
 def training_arguments(config: RunConfig, *, output_dir: Path, max_steps: int):
     """The `SAMIConfig` (TrainingArguments) of one training stage, from the run config."""
-
     tr = config.training
     fields = tr.model_dump(exclude={"trainer_args"})
     return SAMIConfig(

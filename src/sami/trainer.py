@@ -281,7 +281,6 @@ def train_sami(
     `last_checkpoint`), if any: same data order, optimizer, scheduler and RNG, so it ends with the weights of an
     uninterrupted run. The resume checkpoints are deleted once the final model is written.
     """
-
     check_attention(config.attn_implementation, field="attn_implementation", backward=True)
     output_dir = Path(output_dir)
     dataset = load_samples(samples_path)

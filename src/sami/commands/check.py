@@ -41,7 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _records(path: str) -> list[dict]:
     """The responses of `path` as `{"group", "response", "constitution"?}`; errors name the file and line."""
-
     out = []
     for line, record in iter_jsonl(path):
         where = f"{path}:{line}"

@@ -47,7 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def print_table(cset, title: str) -> None:
     """Print the principles of a `ConstitutionSet` as a rich table."""
-
     table = Table(title=title, show_lines=True)
     table.add_column("name", style="bold")
     table.add_column("principle")
@@ -65,7 +64,6 @@ def print_table(cset, title: str) -> None:
 
 def check_out(out: Path) -> None:
     """Where `principles write` will save: a .json/.yaml/.yml file path that is not a folder."""
-
     if out.is_dir():
         raise SamiInputError(f"--out: {out} is a folder; give a file path such as {out / 'constitution.json'}")
     if out.suffix.lower() not in (".json", ".yaml", ".yml"):
@@ -93,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
 
 def report_contrast(cset, args: argparse.Namespace) -> dict:
     """Run the contrast check on what was written and say which principle/antithesis pairs look weak."""
-
     if args.contrast_n < 1:
         raise SamiInputError(f"--contrast-n must be >= 1, got {args.contrast_n}")
     console = Console(stderr=True)

@@ -65,7 +65,6 @@ def check_restartable(folder: Path) -> None:
 def dry_run(config, run_dir: Path, *, restart: bool, devices: str | None = None) -> None:
     """Print one line per stage: `run` or `skip`, the stage and why; with `devices`, then `sami plan`'s memory and
     time plan on them."""
-
     if restart:
         # only the stage names: no input file is read for their contents
         names = stages.stage_keys(config, contents=False)
@@ -82,7 +81,6 @@ def dry_run(config, run_dir: Path, *, restart: bool, devices: str | None = None)
 def print_resource_plan(config, devices: str) -> None:
     """The memory and time plan of `sami plan` (sami.plan_run), after the stage table; a model whose config cannot
     be found offline is named instead."""
-
     print()
     try:
         plan = plan_run(config, PlanSettings(devices=devices), source="this config")

@@ -122,7 +122,6 @@ def dpo_records(
 
 def load_dpo_dataset(samples_path: str | os.PathLike, **kwargs):
     """`dpo_records` as a `datasets.Dataset` (what `DPOTrainer` takes)."""
-
     return datasets.Dataset.from_list(dpo_records(samples_path, **kwargs))
 
 

@@ -77,7 +77,6 @@ def sft_records(
 
 def load_sft_dataset(samples_path: str | os.PathLike, **kwargs):
     """`sft_records` as a `datasets.Dataset` (what `SFTTrainer` takes)."""
-
     return datasets.Dataset.from_list(sft_records(samples_path, **kwargs))
 
 

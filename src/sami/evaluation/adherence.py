@@ -128,7 +128,6 @@ def score_responses(cset, records: Iterable[dict]) -> dict:
     one, every principle of `cset` is taken in its positive form. Returns `{"n", "adherence", "adherence_ci95",
     "by_principle": {name: {"n", "adherence", "adherence_ci95"}}}`; `adherence` = every checked principle holds.
     """
-
     default = Constitution(tuple((p, True) for p in cset.principles if p.checkable))
     known = {p.name: p for p in cset.principles}
     overall: list[bool] = []

@@ -51,7 +51,6 @@ def _rate_ci(value, ci) -> str:
 
 def adherence_table(adherence: dict):
     """Adherence under the positive constitution and under its antithesis, overall, per principle and subset."""
-
     table = Table(title="adherence (fraction following each form; 95% Wilson CI)")
     for col in ("", "under +", "under −", "n"):
         table.add_column(col, justify="right" if col else "left")
@@ -68,7 +67,6 @@ def adherence_table(adherence: dict):
 
 def contrast_table(contrast: dict):
     """The contrast check per principle (flipping only that principle)."""
-
     table = Table(title="contrast check: flipping one principle (iteration 0)")
     for col in ("principle", "MI ± sem", "adherence + / flipped", "weak?"):
         table.add_column(col, justify="left" if col == "principle" else "right")

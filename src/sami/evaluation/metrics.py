@@ -92,7 +92,6 @@ def intrinsic_metrics(
     "sami_loss", "accuracy", "lengths": [C token counts]}}}` (`aggregate_scores` of the per-query scores);
     `mi_sem` is the standard error of `mi` over queries (None with fewer than 2).
     """
-
     policy = resolve_eos(eos, include_eos)
 
     if not records:

@@ -171,7 +171,6 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
 
 def summaries_table(summaries: dict[str, dict], title: str | None = None):
     """A rich table with one column per named summary (e.g. one per baseline)."""
-
     table = Table(title=title)
     table.add_column("")
     for name in summaries:

@@ -84,7 +84,6 @@ class VLLMGenerator:
     @classmethod
     def from_settings(cls, settings: GenerationSettings, *, model: Any = None) -> VLLMGenerator:
         """`model` (a reference) overrides `settings.model`; 'default' and GGUF files resolve to a folder."""
-
         if model is not None and not isinstance(model, str | os.PathLike):
             raise SamiInputError("generation.backend 'vllm' loads the model itself: pass a model path, not an object")
         import_vllm()  # fail before resolving (and maybe converting) the model

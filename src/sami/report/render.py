@@ -47,7 +47,6 @@ def table_markdown(table: Table) -> list[str]:
 
 def table_rich(table: Table):
     """The table as a compact `rich.table.Table` (without its detail columns)."""
-
     keep = [i for i, c in enumerate(table.columns) if not c.detail]
     out = RichTable(title=table.title, box=box.SIMPLE_HEAD, pad_edge=False)
     for i in keep:
@@ -96,6 +95,5 @@ def render_markdown(summary: dict) -> str:
 
 def summary_table(summary: dict):
     """The report's main tables for the console: a `rich` renderable (print it with a `rich.console.Console`)."""
-
     tables = [table_rich(t) for t in all_tables(summary) if t.console and t.rows]
     return Group(Text(f"SAMI run: {summary.get('run', {}).get('name', '')}", style="bold"), *tables)
