@@ -26,7 +26,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from sami.generation import make_generator, parse_generation
+from sami.generation import parse_generation
+from sami.generation.factory import make_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from sami.constitutions import Constitution, load_constitutions  # noqa: E402
 from sami.data import load_queries  # noqa: E402
 from sami.evaluation.adherence import wilson_interval  # noqa: E402
-from sami.generation import make_generator, parse_generation  # noqa: E402
+from sami.generation import parse_generation  # noqa: E402
+from sami.generation.factory import make_generator  # noqa: E402
 from sami.prompts import get_template  # noqa: E402
 
 

@@ -81,7 +81,8 @@ def run(
     prefix_caching_off: bool = True,
 ) -> dict:
     """The round trip for each dtype; returns the results (also printed as a table by `main`)."""
-    from sami.generation import make_generator, parse_generation
+    from sami.generation import parse_generation
+    from sami.generation.factory import make_generator
     from sami.models import load_tokenizer, resolve_model_path
 
     path, _ = resolve_model_path(model)

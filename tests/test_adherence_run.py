@@ -129,7 +129,7 @@ class _Store:
 def test_contrast_metrics_rules(mi, mi_sem, kept_brief, weak):
     from sami.constitutions import Constitution, load_constitutions
     from sami.data import Query
-    from sami.evaluation.evaluate import contrast_metrics
+    from sami.evaluation.contrast import contrast_metrics
 
     cset = load_constitutions("demo_checks")
     pos = Constitution(tuple((p, True) for p in cset.principles))

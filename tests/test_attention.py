@@ -17,8 +17,9 @@ from sami.logprobs import packed_logprobs
 from sami.models import load_model
 from sami.pipeline import Pipeline
 from sami.run_config import parse_config
+from sami.sami_config import SAMIConfig
 from sami.stage_settings import training_arguments
-from sami.trainer import SAMIConfig, train_sami
+from sami.trainer import train_sami
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from sami.cli import main
 from sami.compat import translate_trainer_args
 from sami.errors import SamiInputError
 from sami.run_config import parse_config
-from sami.trainer import SAMIConfig
+from sami.sami_config import SAMIConfig
 
 OLD_ONLY = {"gradient_checkpointing", "gradient_checkpointing_kwargs", "learning_rate"}  # transformers 5.20
 BOTH = OLD_ONLY | {"activation_checkpointing", "activation_checkpointing_kwargs"}  # 5.2x with the rename

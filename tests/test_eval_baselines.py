@@ -8,7 +8,8 @@ import pytest
 
 from sami.constitutions import load_constitutions
 from sami.data import load_queries
-from sami.evaluation.evaluate import EvaluationInputs, run_evaluation
+from sami.evaluation.context import EvaluationInputs
+from sami.evaluation.evaluate import run_evaluation
 from sami.evaluation.settings import BaselineSettings, EvaluationSettings
 from sami.evaluation.templates import user_turn_template
 from sami.generation import parse_generation

@@ -9,9 +9,12 @@ import pytest
 
 from sami.data import load_queries
 from sami.errors import SamiInputError
-from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, judge_hash, run_evaluation
+from sami.evaluation.context import EvaluationInputs
+from sami.evaluation.evaluate import run_evaluation
 from sami.evaluation.judge_prompts import LOCAL_JUDGE_PROMPT
 from sami.evaluation.judge_settings import JudgeSettings, parse_judge
+from sami.evaluation.judgments import judge_hash
+from sami.evaluation.settings import EvaluationSettings
 from sami.io import read_jsonl
 from sami.layout import EvalLayout
 

@@ -9,7 +9,9 @@ import torch
 
 from sami.constitutions import Constitution, Principle, load_constitutions
 from sami.data import load_queries
-from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, run_evaluation, sign_patterns
+from sami.evaluation.context import EvaluationInputs, sign_patterns
+from sami.evaluation.evaluate import run_evaluation
+from sami.evaluation.settings import EvaluationSettings
 from sami.io import read_jsonl
 from sami.layout import EvalLayout
 from sami.logprobs import tokenize_prompts, tokenize_responses
@@ -81,10 +83,10 @@ class _Counting:
 
 def test_two_principles_at_iteration_0_generate_nothing_extra(tmp_path, tiny_model, default_tokenizer, monkeypatch):
     """positive, antithesis and the two one-flipped responses of the contrast check are the 4 sign patterns."""
-    import sami.generation
+    import sami.generation.factory
 
-    original = sami.generation.make_generator
-    monkeypatch.setattr(sami.generation, "make_generator", lambda *a, **k: _Counting(original(*a, **k)))
+    original = sami.generation.factory.make_generator
+    monkeypatch.setattr(sami.generation.factory, "make_generator", lambda *a, **k: _Counting(original(*a, **k)))
     queries = load_queries("hh_helpful_test")[:2]
     cset = load_constitutions("demo_checks")
     settings = EvaluationSettings(max_new_tokens=3, device="cpu", scheme="opposite")

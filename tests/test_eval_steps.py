@@ -7,7 +7,9 @@ import json
 import pytest
 
 from sami.data import load_queries
-from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, run_evaluation
+from sami.evaluation.context import EvaluationInputs
+from sami.evaluation.evaluate import run_evaluation
+from sami.evaluation.settings import EvaluationSettings
 
 
 @pytest.fixture

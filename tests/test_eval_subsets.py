@@ -8,13 +8,10 @@ import pytest
 
 from sami.constitutions import load_constitutions
 from sami.data import Query
-from sami.evaluation.evaluate import (
-    SUBSET_KEYS,
-    EvaluationInputs,
-    EvaluationSettings,
-    query_constitutions,
-    run_evaluation,
-)
+from sami.evaluation.context import EvaluationInputs, query_constitutions
+from sami.evaluation.evaluate import run_evaluation
+from sami.evaluation.metrics_step import SUBSET_KEYS
+from sami.evaluation.settings import EvaluationSettings
 from sami.io import atomic_write_json
 from sami.layout import EvalLayout
 

@@ -17,9 +17,11 @@ from conftest import ROOT, make_tiny_model
 import sami.models
 from sami.cli import main
 from sami.data import load_queries
-from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, run_evaluation
+from sami.evaluation.context import EvaluationInputs
+from sami.evaluation.evaluate import run_evaluation
 from sami.evaluation.judge_settings import parse_judge
 from sami.evaluation.judges import LocalJudge
+from sami.evaluation.settings import EvaluationSettings
 from sami.evaluation.winrate import SUMMARY_KEYS, check_record
 from sami.io import read_jsonl
 
@@ -149,7 +151,7 @@ def test_run_evaluation_settings_reuse_iteration_0_base_responses_and_mi(tmp_pat
     from unittest import mock
 
     from sami.constitutions import load_constitutions
-    from sami.evaluation.evaluate import load_side_responses
+    from sami.evaluation.baselines import load_side_responses
     from sami.run_config import parse_config
     from sami.stage_settings import evaluation_baselines, evaluation_settings
 

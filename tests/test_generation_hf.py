@@ -8,7 +8,8 @@ import pytest
 
 from sami.data import bundled_queries_path
 from sami.errors import SamiInputError
-from sami.generation import Completion, OpenAIGeneration, TextGenerator, make_generator, parse_generation
+from sami.generation import Completion, OpenAIGeneration, TextGenerator, parse_generation
+from sami.generation.factory import make_generator
 from sami.generation.hf import HFGenerator
 
 

@@ -13,7 +13,8 @@ import pytest
 from conftest import free_port, loopback_server, send_json
 
 from sami.errors import SamiInputError
-from sami.generation import make_generator, parse_generation
+from sami.generation import parse_generation
+from sami.generation.factory import make_generator
 from sami.generation.openai_backend import GenerationError, OpenAIGenerator
 
 QUESTION = "What is 2+2?"  # the bundled model answers "... is 4." and stops

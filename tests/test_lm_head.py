@@ -13,7 +13,8 @@ from sami.lm_head import auto_chunk_size, chunked_head_logprobs, resolve_chunk_s
 from sami.logprobs import encode_examples, pack_encoded, packed_logprobs, reference_states
 from sami.loss import sami_loss
 from sami.models import LoraSettings, apply_lora
-from sami.trainer import SAMICollator, SAMIConfig, SAMITrainer, token_kl
+from sami.sami_config import SAMIConfig
+from sami.trainer import SAMICollator, SAMITrainer, token_kl
 
 TOL = dict(atol=1e-5, rtol=1e-5)  # float32
 PROMPTS = [

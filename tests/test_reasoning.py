@@ -158,8 +158,8 @@ def test_records_keep_reasoning_in_meta_and_drop_missing_markers(tmp_path, queri
 @pytest.mark.slow
 def test_real_model_generates_with_reasoning(tmp_path, queries, default_model, default_tokenizer):
     """The real model writes the reasoning; where it never reaches the marker, a known answer follows it."""
-    from sami.generation import make_generator
     from sami.generation.base import parse_generation
+    from sami.generation.factory import make_generator
 
     real = make_generator(
         parse_generation(backend="hf", batch_size=4), model=default_model, tokenizer=default_tokenizer
@@ -197,11 +197,11 @@ def test_real_model_generates_with_reasoning(tmp_path, queries, default_model, d
 
 
 def test_cli_reasoning_flag(tmp_path, monkeypatch):
-    import sami.generation
+    import sami.generation.factory
     from sami.cli import main
 
     script = ReasoningScript()
-    monkeypatch.setattr(sami.generation, "make_generator", lambda settings, **kw: script)
+    monkeypatch.setattr(sami.generation.factory, "make_generator", lambda settings, **kw: script)
     out = tmp_path / "samples.jsonl"
     args = ["generate", "--queries", str(bundled_queries_path("hh_helpful_train")), "--limit", "1"]
     args += ["--constitutions", "hh_opus", "--out", str(out), "--no-progress", "--reasoning"]
@@ -217,10 +217,10 @@ def test_cli_reasoning_flag(tmp_path, monkeypatch):
 
 def test_sami_run_with_reasoning_completes(tmp_path, tiny_model_dir, monkeypatch):
     """A random tiny model never writes the marker: reasoning-mode generation calls get one appended."""
-    import sami.generation
+    import sami.generation.factory
     from sami.cli import main
 
-    make = sami.generation.make_generator
+    make = sami.generation.factory.make_generator
     seen = []
 
     class AppendMarker:
@@ -235,7 +235,7 @@ def test_sami_run_with_reasoning_completes(tmp_path, tiny_model_dir, monkeypatch
             texts = [f"{o.text}\nAssistant: reply {i}." for i, o in enumerate(outs)]
             return [Completion(t, o.num_tokens, o.finish_reason) for t, o in zip(texts, outs, strict=True)]
 
-    monkeypatch.setattr(sami.generation, "make_generator", lambda *a, **kw: AppendMarker(make(*a, **kw)))
+    monkeypatch.setattr(sami.generation.factory, "make_generator", lambda *a, **kw: AppendMarker(make(*a, **kw)))
     config = tiny_config(tiny_model_dir, iterations={"count": 1, "steps": [1]})
     config["sampling"]["reasoning"] = True
     cfg = write_config(tmp_path / "cfg.yaml", config)

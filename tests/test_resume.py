@@ -286,7 +286,8 @@ def test_lora_training_interrupted_in_process_resumes_to_the_same_merged_weights
 
     import sami.trainer
     from sami.models import LoraSettings
-    from sami.trainer import SAMIConfig, train_sami
+    from sami.sami_config import SAMIConfig
+    from sami.trainer import train_sami
 
     samples = _samples(tmp_path / "samples.jsonl")
 

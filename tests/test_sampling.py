@@ -130,7 +130,7 @@ def test_dropped_responses_can_be_left_out(tmp_path, queries, plan):
 
 
 def test_cli_sampling_flags_override_the_config_file(tmp_path, monkeypatch):
-    import sami.generation
+    import sami.generation.factory
     from sami.cli import main
 
     seen = []
@@ -140,7 +140,7 @@ def test_cli_sampling_flags_override_the_config_file(tmp_path, monkeypatch):
             seen.append(kwargs)
             return super().generate(prompts, **kwargs)
 
-    monkeypatch.setattr(sami.generation, "make_generator", lambda settings, **kw: Recording({}))
+    monkeypatch.setattr(sami.generation.factory, "make_generator", lambda settings, **kw: Recording({}))
     cfg = tmp_path / "sampling.yaml"
     cfg.write_text("n_constitutions: 3\nmax_new_tokens: 20\ntemperature: 0.5\n", encoding="utf-8")
     out = tmp_path / "samples.jsonl"

@@ -111,7 +111,7 @@ def test_merge_is_deep_and_pure():
 def test_sami_evaluate_builds_its_settings_from_file_and_flags(tmp_path):
     from sami.cli import build_parser
     from sami.commands.evaluate import build_settings
-    from sami.evaluation.evaluate import BaselineSettings
+    from sami.evaluation.settings import BaselineSettings
 
     cfg = tmp_path / "eval.yaml"
     cfg.write_text("max_new_tokens: 20\nbaselines: {sft: some/model}\njudge: {max_tokens: 8, seed: 5}\n")

@@ -17,9 +17,10 @@ from sami.generation.hf import HFGenerator
 from sami.io import read_jsonl
 from sami.logprobs import encode_examples, logprob_matrix, tokenize_responses
 from sami.prompts import get_template, render_prompt
+from sami.sami_config import SAMIConfig
 from sami.sampling import SamplingSettings, generate_samples
 from sami.tokens import encode_prompts, resolve_eos, written_separator
-from sami.trainer import SAMICollator, SAMIConfig, load_samples
+from sami.trainer import SAMICollator, load_samples
 
 # Every piece is a 3-letter word with or without the word-start mark "▁" (plus "▁a", the decoder's anchor), so
 # any text the tiny random model writes has exactly one segmentation: re-tokenizing it can only give its own ids

@@ -13,8 +13,9 @@ import torch
 
 from sami.commands import train as train_command
 from sami.run_config import TrainingSettings, default_config_path, load_config
+from sami.sami_config import SAMIConfig
 from sami.stage_settings import training_arguments
-from sami.trainer import SAMIConfig, train_sami
+from sami.trainer import train_sami
 
 # Set per training stage by `sami run` (the run folder, the iteration's steps, the run's seed and C), not defaults.
 PER_STAGE = {"output_dir", "logging_dir", "max_steps", "seed", "n_constitutions"}

@@ -14,8 +14,8 @@ from transformers import TrainingArguments
 from sami.commands import train as train_command
 from sami.errors import SamiInputError
 from sami.run_config import TrainingSettings, load_config, parse_config
+from sami.sami_config import SAMIConfig
 from sami.stage_settings import training_arguments
-from sami.trainer import SAMIConfig
 from sami.trainer_fields import DPO, SFT, TRAINER_FIELDS, TrainerField, section_names
 
 # A valid value other than the default, where the type alone does not give one (a new str field needs one here).

@@ -164,7 +164,8 @@ def one_thread():
 
 @pytest.mark.slow
 def test_writer_on_the_default_model_writes_a_valid_file(default_model, default_tokenizer, tmp_path, one_thread):
-    from sami.generation import make_generator, parse_generation
+    from sami.generation import parse_generation
+    from sami.generation.factory import make_generator
 
     generator = make_generator(parse_generation(seed=0), model=default_model, tokenizer=default_tokenizer)
     cset = write_principles(
@@ -184,10 +185,10 @@ def test_writer_on_the_default_model_writes_a_valid_file(default_model, default_
 
 
 def test_cli_write_saves_and_prints_a_table(tmp_path, monkeypatch, capsys):
-    import sami.generation
+    import sami.generation.factory
 
     gen = ScriptedGenerator([GOOD])
-    monkeypatch.setattr(sami.generation, "make_generator", lambda settings, **_: gen)
+    monkeypatch.setattr(sami.generation.factory, "make_generator", lambda settings, **_: gen)
     out = tmp_path / "mine.yaml"
     code = main(["principles", "write", "--task", "summarize posts", "--principle", "concise", "--out", str(out)])
     assert code == 0
@@ -198,9 +199,11 @@ def test_cli_write_saves_and_prints_a_table(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_reports_writer_failure_and_shows_files(tmp_path, monkeypatch, capsys):
-    import sami.generation
+    import sami.generation.factory
 
-    monkeypatch.setattr(sami.generation, "make_generator", lambda settings, **_: ScriptedGenerator(["nonsense"]))
+    monkeypatch.setattr(
+        sami.generation.factory, "make_generator", lambda settings, **_: ScriptedGenerator(["nonsense"])
+    )
     args = ["principles", "write", "--task", "t", "--principle", "p", "--retries", "1"]
     args += ["--out", str(tmp_path / "x.json")]
     assert main(args) == 2
@@ -211,7 +214,7 @@ def test_cli_reports_writer_failure_and_shows_files(tmp_path, monkeypatch, capsy
 
 
 def test_cli_write_reads_a_settings_file_and_flags_win(tmp_path, monkeypatch, capsys):
-    import sami.generation
+    import sami.generation.factory
 
     made = []
 
@@ -219,7 +222,7 @@ def test_cli_write_reads_a_settings_file_and_flags_win(tmp_path, monkeypatch, ca
         made.append(settings)
         return ScriptedGenerator([GOOD])
 
-    monkeypatch.setattr(sami.generation, "make_generator", make)
+    monkeypatch.setattr(sami.generation.factory, "make_generator", make)
     cfg = tmp_path / "writer.yaml"
     cfg.write_text("task: summarize posts\nprinciples: [verbose]\nmodel: from-file\n", encoding="utf-8")
     out = tmp_path / "mine.json"

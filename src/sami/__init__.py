@@ -16,7 +16,7 @@ _PUBLIC = {
     "paper_mutual_information": "sami.loss",
     "logprob_matrix": "sami.logprobs",
     "batched_logprob_matrices": "sami.logprobs",
-    "SAMIConfig": "sami.trainer",
+    "SAMIConfig": "sami.sami_config",
     "SAMITrainer": "sami.trainer",
     "Principle": "sami.constitutions",
     "Constitution": "sami.constitutions",

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from sami.errors import SamiInputError
 from sami.launch import ERROR_FILE_ENV
 
 # OSErrors that say what is wrong with the machine or a path (printed as one line, exit 2, like bad input).
@@ -78,8 +79,6 @@ def input_error(command: str, message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sami` console script."""
-    from sami.errors import SamiInputError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     # Quiet library chatter (per-load progress bars, advisory warnings); sami draws its own progress bars.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -6,15 +6,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import datasets
 
 from sami.errors import SamiInputError
 from sami.io import iter_jsonl
 from sami.logprobs import encode_examples, pack_encoded
+from sami.sami_config import SAMIConfig
 from sami.tokens import response_context
-
-if TYPE_CHECKING:
-    from sami.trainer import SAMIConfig
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,6 @@ def load_samples(path: str | os.PathLike):
     Every record needs a unique "id", "prompts" (C >= 2 strings) and "responses" (C non-empty strings); a bad
     record raises `SamiInputError` naming file:line.
     """
-    import datasets
-
     records, seen = [], {}
     for lineno, rec in iter_jsonl(path):
         where = f"{path}:{lineno}"

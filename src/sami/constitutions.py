@@ -39,14 +39,14 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
+
+import yaml
 
 from sami.checks import CheckSet, parse_check_set
+from sami.data import Query
 from sami.errors import SamiInputError
 from sami.io import atomic_write_json, atomic_write_text, read_text
-
-if TYPE_CHECKING:
-    from sami.data import Query
 
 SchemeName = Literal["uniform", "paper-dialogue", "paper-summarization", "opposite", "diverse"]
 Mode = Literal["train", "eval", "heldout"]
@@ -339,8 +339,6 @@ class ConstitutionSet:
             except json.JSONDecodeError as e:
                 raise SamiInputError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
         elif suffix in (".yaml", ".yml"):
-            import yaml
-
             try:
                 data = yaml.safe_load(text)
             except yaml.YAMLError as e:
@@ -355,8 +353,6 @@ class ConstitutionSet:
         """Write the set atomically, as YAML for `.yaml`/`.yml` and JSON otherwise."""
         path = Path(path)
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
             atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100))
         else:
             atomic_write_json(path, self.to_dict())

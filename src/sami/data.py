@@ -178,6 +178,7 @@ def _iter_records(source: QuerySource) -> tuple[str, Any]:
 
 
 def _load_dataset(path: str, **kwargs: Any):
+    # datasets (~0.9 s to import, pyarrow); sami.data is read by light commands (config, report, check)
     import datasets
 
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -189,6 +190,7 @@ def _load_dataset(path: str, **kwargs: Any):
 
 
 def _load_from_disk(path: Path, split: str):
+    # datasets (~0.9 s to import, pyarrow); sami.data is read by light commands (config, report, check)
     import datasets
 
     try:

@@ -17,24 +17,23 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from accelerate import PartialState
+
+from sami.constitutions import ConstitutionSet
+from sami.data import Query
+from sami.generation.factory import policy_generator
 from sami.io import JsonlStore, atomic_write_json, read_jsonl, write_jsonl
 from sami.layout import dropped_path, shard_path, stats_path
-from sami.sampling import generate_samples, policy_generator, read_stats, sample_stats
-
-if TYPE_CHECKING:
-    from sami.constitutions import ConstitutionSet
-    from sami.data import Query
+from sami.sampling import generate_samples, read_stats, sample_stats
 
 log = logging.getLogger(__name__)
 
 
 def process_state():
     """accelerate's `PartialState` for this process (a gloo group on CPU-only machines, as `sami.launch` sets up)."""
-    import torch
-    from accelerate import PartialState
-
     return PartialState(cpu=not torch.cuda.is_available())
 
 

@@ -26,8 +26,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from sami.errors import SamiInputError
+from sami.gguf_export import write_gguf
 from sami.io import atomic_write_text
 from sami.layout import RunLayout
+from sami.model_card import card_text
+from sami.models import DEFAULT_MODEL, default_gguf_path, load_model, load_tokenizer
+from sami.report.summary import build_summary, is_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +80,6 @@ def exported_checkpoint(layout: RunLayout, settings: ExportSettings) -> tuple[in
 
 def reference_gguf(config: dict) -> Path | None:
     """The GGUF file the run's π₀ was converted from (the bundled default, or a `.gguf` policy), if any."""
-    from sami.models import DEFAULT_MODEL, default_gguf_path
-
     policy = str((config.get("model") or {}).get("policy") or DEFAULT_MODEL)
     if policy == DEFAULT_MODEL:
         return default_gguf_path()
@@ -92,10 +94,6 @@ def upload_command(out: Path, repo_id: str) -> str:
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, settings: ExportSettings | None = None) -> Path:
     """Write iteration T's checkpoint of `run_dir` as a clean model folder `out` (see the module docstring)."""
-    from sami.model_card import card_text
-    from sami.models import load_model, load_tokenizer
-    from sami.report.summary import build_summary, is_run_dir
-
     settings = settings or ExportSettings()
     run_dir, out = Path(run_dir), Path(out)
     if not is_run_dir(run_dir):
@@ -131,8 +129,6 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, settings: Exp
             card_text(summary, t, method=settings.method, license=settings.license, model_name=out.name),
         )
         if settings.gguf:
-            from sami.gguf_export import write_gguf
-
             gguf_out = tmp / f"{out.name}-{settings.gguf}.gguf"
             write_gguf(checkpoint, gguf_out, settings.gguf, reference_gguf=reference_gguf(config), name=out.name)
         if out.exists():

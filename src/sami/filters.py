@@ -8,15 +8,13 @@ why the example is dropped, or None to keep it. A reason is `kind` or `kind:deta
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sami.cli_settings import describe_validation_error
+from sami.constitutions import Constitution
 from sami.errors import SamiInputError
-
-if TYPE_CHECKING:
-    from sami.constitutions import Constitution
 
 # words a chain-of-thought response must not contain ("talks about the task"), per task
 REASONING_BANNED: dict[str, list[str]] = {

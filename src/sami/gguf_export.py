@@ -25,7 +25,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import gguf
+import numpy as np
+
 from sami.errors import SamiInputError
+from sami.models import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,6 @@ def _check_architecture(config) -> None:
 
 
 def _hyperparameters(writer, config, name: str, ftype: str) -> None:
-    import gguf
 
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_name(name)
@@ -83,8 +86,6 @@ def _hyperparameters(writer, config, name: str, ftype: str) -> None:
 
 
 def _tensors(writer, state: dict, config, ftype: str) -> None:
-    import gguf
-    import numpy as np
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
@@ -105,8 +106,6 @@ def _tensors(writer, state: dict, config, ftype: str) -> None:
 
 def _tokenizer_from_gguf(writer, reference: Path) -> None:
     """Every `tokenizer.*` field of `reference` but its chat template, with its own types."""
-    import gguf
-
     reader = gguf.GGUFReader(str(reference))
     for key, field in reader.fields.items():
         if not key.startswith("tokenizer.") or key == "tokenizer.chat_template":
@@ -120,8 +119,6 @@ def _tokenizer_from_gguf(writer, reference: Path) -> None:
 
 def _tokenizer_from_hf(writer, folder: Path, tokenizer, vocab_size: int) -> None:
     """Tokens, types, merges and special ids of a byte-level BPE Hugging Face tokenizer."""
-    import gguf
-
     spec = (
         json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
         if (folder / "tokenizer.json").is_file()
@@ -172,12 +169,10 @@ def write_gguf(
 ) -> Path:
     """Write the llama-family model folder `checkpoint` as the GGUF file `out` (see the module docstring);
     `reference_gguf`: the GGUF the model descends from, whose tokenizer fields are copied."""
-    import gguf
+    # torch/transformers: `sami export` reads this module without converting
     import torch
     from safetensors.torch import load_file
     from transformers import AutoConfig
-
-    from sami.models import load_tokenizer
 
     checkpoint, out = Path(checkpoint), Path(out)
     config = AutoConfig.from_pretrained(checkpoint)

@@ -24,6 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from sami.errors import SamiInputError
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,6 @@ def accelerate_config_path(ref: str | os.PathLike) -> Path:
 
 def is_deepspeed_config(path: str | os.PathLike) -> bool:
     """Whether an accelerate config file asks for DeepSpeed (`distributed_type: DEEPSPEED`)."""
-    import yaml
-
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
@@ -69,6 +69,7 @@ def _free_port() -> int:
 
 def _has_gpu() -> bool:
     try:
+        # torch: sami.cli imports this module, and `sami --help` stays free of torch
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
         return False

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
 from sami.report.render import table_markdown
 from sami.report.tables import adherence_table, comparison_table, metrics_table, win_rates_table
 from sami.run_files import EvaluationSummary, Summary, as_summary
@@ -60,8 +62,6 @@ def _eval_dataset(config: dict) -> tuple[str, str]:
 
 def eval_results(entry: EvaluationSummary, config: dict) -> list:
     """`huggingface_hub.EvalResult`s of one evaluated model (an iteration entry of the summary)."""
-    from huggingface_hub import EvalResult
-
     dataset_type, dataset_name = _eval_dataset(config)
     common = {"task_type": "text-generation", "task_name": "Constitution following", "dataset_type": dataset_type}
     common |= {"dataset_name": dataset_name, "dataset_split": "test"}
@@ -128,8 +128,6 @@ def card_metadata(
     summary: Summary | dict, t: int, *, method: str = "sami", license: str | None = None, model_name: str
 ):
     """The card's `ModelCardData`."""
-    from huggingface_hub import ModelCardData
-
     summary = as_summary(summary)
     config = summary.config
     base, known_license = base_model(summary.run.model)
@@ -158,8 +156,6 @@ def card_text(
     summary: Summary | dict, t: int, *, method: str = "sami", license: str | None = None, model_name: str
 ) -> str:
     """The whole `README.md`: the metadata block and the body."""
-    from huggingface_hub import ModelCard
-
     summary = as_summary(summary)
     data = card_metadata(summary, t, method=method, license=license, model_name=model_name)
     config, run = summary.config, summary.run

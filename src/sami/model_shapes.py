@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import try_to_load_from_cache
+
 from sami.errors import SamiInputError
 
 
@@ -127,10 +129,6 @@ def _read(path: Path) -> dict:
 
 
 def _hub_cache_config(repo_id: str) -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - installed with transformers
-        return None
     found = try_to_load_from_cache(repo_id, "config.json")
     return Path(found) if isinstance(found, str) else None
 

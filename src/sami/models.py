@@ -8,6 +8,7 @@ The bundled default is SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF fil
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
@@ -65,6 +66,7 @@ def _clear_quantization(model) -> None:
 
 def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Dequantize a GGUF file into a float32 safetensors folder (with its tokenizer), written atomically."""
+    # torch/transformers: sami.models is read by light commands (config, export, judges)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -140,6 +142,7 @@ def _not_cached(name: str) -> SamiInputError:
 
 def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, trust_remote_code: bool = False):
     """Load the tokenizer of a model reference. Sets a pad token (the EOS token) when the model has none."""
+    # transformers: sami.models is read by light commands (config, export, judges)
     from transformers import AutoTokenizer
 
     path, kwargs = resolve_model_path(name_or_path)
@@ -156,6 +159,7 @@ def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, trust_rem
 
 def torch_dtype(dtype: str | None):
     """Translate a dtype name ("float32", "bf16", "auto", ...) to what `from_pretrained` takes."""
+    # torch: sami.models is read by light commands (config, export, judges)
     import torch
 
     if dtype is None or dtype == "auto":
@@ -203,6 +207,7 @@ def load_model(
     attn_implementation: str | None = "sdpa",
 ):
     """Load a causal LM (float32 unless `dtype` says otherwise), optionally wrapped with a LoRA adapter."""
+    # transformers: sami.models is read by light commands (config, export, judges)
     from transformers import AutoModelForCausalLM
 
     path, kwargs = resolve_model_path(name_or_path)
@@ -229,6 +234,7 @@ def load_model(
 
 def apply_lora(model, lora: LoraSettings | dict):
     """Wrap `model` with a fresh LoRA adapter; only adapter weights stay trainable."""
+    # peft: only LoRA training needs it; sami.models is read by light commands
     from peft import LoraConfig, get_peft_model
 
     if isinstance(lora, dict):
@@ -248,14 +254,13 @@ def apply_lora(model, lora: LoraSettings | dict):
 def accepts_logits_to_keep(model) -> bool:
     """Whether the model's forward takes `logits_to_keep` (compute the LM head on the last positions only).
     `model`: the plain transformers model (`sami.logprobs.unwrap_model` strips DDP and peft wrappers)."""
-    import inspect
-
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def left_pad(sequences: list[list[int]], pad_id: int):
     """Token id lists as `(input_ids, attention_mask)` long tensors, padded on the left, so the last column is
     every sequence's last token (batched next-token prediction and generation)."""
+    # torch: sami.models is read by light commands (config, export, judges)
     import torch
 
     width = max((len(x) for x in sequences), default=0)

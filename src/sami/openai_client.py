@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+import openai
+
 from sami.cli_settings import ENV_VAR_NAME
 from sami.endpoint import DEFAULT_MAX_RETRIES, EndpointSettings
 from sami.errors import SamiInputError
@@ -108,7 +110,6 @@ class OpenAIClient:
         extra_body: dict[str, Any] | None = None,
         field: str = "generation",
     ):
-        import openai
 
         url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         if api_key_env and not re.fullmatch(ENV_VAR_NAME, api_key_env):
@@ -278,7 +279,6 @@ class OpenAIClient:
         return Reply(text, choice.finish_reason, int(tokens) if tokens is not None else None, extra)
 
     def _with_retries(self, call: Callable[[], R], abort: threading.Event | None, what: str = "request") -> R:
-        import openai
 
         abort = abort or threading.Event()
         attempts = self.max_retries + 1
@@ -324,8 +324,6 @@ class OpenAIClient:
 
     def _describe(self, error: Exception, status: int | None) -> str:
         """A one-line, key-free description of a failed request."""
-        import openai
-
         if isinstance(error, openai.APITimeoutError):
             text = f"timed out after {self.timeout:g}s"
         elif isinstance(error, (openai.APIResponseValidationError, *MALFORMED)):

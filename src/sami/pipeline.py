@@ -28,6 +28,7 @@ import random
 import sys
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from sami import stages  # the module, so that a test can add a stage to its table in one place
@@ -65,7 +66,6 @@ def isolated(config: RunConfig) -> bool:
         return mode == "process"
     if config.launcher.kind == "accelerate":
         return True
-    import torch  # noqa: PLC0415 - only to ask whether a GPU is visible; torch is loaded by then anyway
 
     return torch.cuda.is_available()
 

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from sami.constitutions import load_constitutions, sample_constitutions
+from sami.data import load_queries
 from sami.errors import SamiInputError
+from sami.launch import accelerate_config_path
 from sami.model_shapes import ModelShape, model_shape
 from sami.plan import (
     GB,
@@ -33,6 +36,7 @@ from sami.plan import (
     training_memory,
 )
 from sami.run_config import RunConfig
+from sami.stage_settings import evaluation_baselines, evaluation_settings
 
 DEFAULT_PROMPT_TOKENS = {"dialogue": 200, "summarization": 450}
 
@@ -71,8 +75,6 @@ class RunPlan:
 def _count_queries(sources, per_source: int | None, n_slices: int = 1) -> int | None:
     """Queries the sources give to one iteration (a source's slice, capped at `per_source`), loading only local
     files; None if unknown."""
-    from sami.data import load_queries
-
     total = 0
     for src in sources:
         local = src.bundled or (src.path and Path(src.path).exists())
@@ -87,7 +89,6 @@ def _count_queries(sources, per_source: int | None, n_slices: int = 1) -> int | 
 
 
 def _principles_per_constitution(config: RunConfig) -> int:
-    from sami.constitutions import load_constitutions, sample_constitutions
 
     try:
         cset = load_constitutions(config.constitutions)
@@ -103,7 +104,6 @@ def _launch_config(config: RunConfig) -> dict:
     out = {"sharding": "none", "offload_optimizer": False, "offload_params": False, "checkpointing": False}
     if launcher.kind != "accelerate" or not launcher.config:
         return out
-    from sami.launch import accelerate_config_path
 
     data = yaml.safe_load(accelerate_config_path(launcher.config).read_text(encoding="utf-8")) or {}
     kind = str(data.get("distributed_type", "")).upper()
@@ -368,7 +368,6 @@ def _training(config, shape, devices, settings, dims) -> StagePlan:
 
 
 def _evaluation(config, shape, devices, settings, dims, n_eval, k) -> list[StagePlan]:
-    from sami.stage_settings import evaluation_baselines, evaluation_settings
 
     ev = evaluation_settings(config)
     p, r, wb, iters = dims["P"], ev.max_new_tokens, dtype_bytes(ev.dtype), config.iterations.count
@@ -468,7 +467,6 @@ def _judging(config, ev, devices, settings, dims, n_eval) -> StagePlan:
 
 
 def _baselines(config, t: int) -> dict:
-    from sami.stage_settings import evaluation_baselines
 
     return evaluation_baselines(config, against_base=t > 0)
 

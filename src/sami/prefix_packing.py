@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.nn.attention.flex_attention import create_block_mask
 
 from sami.errors import SamiInputError
 
@@ -116,8 +117,6 @@ def prefix_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torc
 
 def prefix_block_mask(segment_ids: torch.Tensor):
     """The same mask as a FlexAttention `BlockMask`: blocks no token of which may attend are skipped entirely."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     segments = segment_ids.contiguous()
 
     def mask_mod(b, h, q, kv):

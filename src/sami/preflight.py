@@ -18,10 +18,15 @@ import json
 import tempfile
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from sami.comparisons.dpo import dpo_arguments
 from sami.comparisons.sft import sft_arguments
+from sami.constitutions import Constitution, load_constitutions, max_constitutions
+from sami.data import load_queries
 from sami.errors import SamiInputError
 from sami.io import read_text
+from sami.models import DEFAULT_MODEL, converted_folder, default_model_folder
 from sami.stage_settings import training_arguments
 
 GGUF_MAGIC = b"GGUF"
@@ -73,7 +78,6 @@ def check_constitutions(config) -> None:
     """Enough distinct constitutions for `sampling.n_constitutions` (C) per query under the sampling scheme."""
     if config.writer is not None:
         return
-    from sami.constitutions import load_constitutions, max_constitutions
 
     cset = load_constitutions(config.constitutions)
     limit = max_constitutions(cset, config.sampling.scheme)
@@ -86,8 +90,6 @@ def check_constitutions(config) -> None:
 
 def longest_constitution(cset) -> str:
     """The longer rendering of the all-principles and the all-antitheses constitution."""
-    from sami.constitutions import Constitution
-
     pool = cset.pool("train")
     texts = [Constitution(tuple((p, sign) for p in pool)).render() for sign in (True, False)]
     return max(texts, key=len)
@@ -96,8 +98,6 @@ def longest_constitution(cset) -> str:
 def local_model_folder(ref: str) -> str | None:
     """The folder a model reference loads from, when it is on disk already (a GGUF or the default model not yet
     converted: None, so a check never converts one)."""
-    from sami.models import DEFAULT_MODEL, converted_folder, default_model_folder
-
     path = Path(ref).expanduser()
     if ref == DEFAULT_MODEL:
         path = default_model_folder()
@@ -122,14 +122,10 @@ def model_context(ref: str) -> int | None:
 def check_query_lengths(config) -> None:
     """Every training and evaluation query, in the generation prompt with the longest principle text, plus the
     new tokens, fits the policy's context; refused naming the source and the query id otherwise."""
-    from sami.constitutions import load_constitutions
-    from sami.data import load_queries
-
     path = local_model_folder(config.model.policy)
     context = model_context(path) if path is not None else None
     if context is None or config.writer is not None:
         return
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
     template = config.prompts.build()

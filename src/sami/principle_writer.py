@@ -24,16 +24,25 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sami.constitutions import ConstitutionSet, Principle
+from sami.data import QuerySource, load_queries
 from sami.endpoint import EndpointSettings
 from sami.errors import SamiInputError
-
-if TYPE_CHECKING:
-    from sami.run_config import WriterSettings
+from sami.evaluation.context import EvaluationInputs
+from sami.evaluation.evaluate import run_evaluation
+from sami.evaluation.settings import EvaluationSettings
+from sami.generation import (  # factory.make_generator: looked up at call time (tests patch it)
+    HFGeneration,
+    OpenAIGeneration,
+    factory,
+)
+from sami.models import DEFAULT_MODEL_NAME
+from sami.run_config import WriterSettings
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +278,6 @@ def write_constitutions_from_settings(
     settings: WriterSettings, *, seed: int = 0, task_type: str | None = None
 ) -> ConstitutionSet:
     """Run the writer as `settings` says (the model or server writing, the task, the principles)."""
-    from sami.generation import HFGeneration, OpenAIGeneration, make_generator
-
     backend = "openai" if settings.base_url else settings.backend
     if backend == "openai":
         endpoint = {name: getattr(settings, name) for name in EndpointSettings.model_fields}
@@ -280,10 +287,8 @@ def write_constitutions_from_settings(
         gen_settings = HFGeneration(model=settings.model, seed=seed)
         label = settings.model
     check_requests(settings.task, list(settings.principles), settings.retries)
-    generator = make_generator(gen_settings)
+    generator = factory.make_generator(gen_settings)
     if backend != "openai" and label == "default":
-        from sami.models import DEFAULT_MODEL_NAME
-
         label = DEFAULT_MODEL_NAME
     return write_principles(
         generator,
@@ -312,15 +317,10 @@ def contrast_check(
     Generates greedy responses of `model` to `n_queries` queries (`queries`: a bundled name or a JSONL path;
     default the bundled HH-RLHF helpful test queries, or TL;DR posts for a summarization set) under the
     all-positive constitution and under each one-principle-flipped variant, and returns the evaluation's
-    `contrast` metrics (`sami.evaluation.evaluate.contrast_metrics`): per principle the MI of the pair and, where
+    `contrast` metrics (`sami.evaluation.contrast.contrast_metrics`): per principle the MI of the pair and, where
     the principle has a check, adherence; `warnings` names the weak pairs. Files go to `out_dir` (default: a
     temporary folder, removed afterwards).
     """
-    import tempfile
-
-    from sami.data import QuerySource, load_queries
-    from sami.evaluation.evaluate import EvaluationInputs, EvaluationSettings, run_evaluation
-
     if queries is None:
         queries = "tldr_validation" if cset.task == "summarization" else "hh_helpful_test"
     source = QuerySource(bundled=queries) if not Path(queries).exists() else QuerySource(path=queries)

@@ -29,16 +29,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sami.cli_settings import describe_validation_error
+from sami.constitutions import Constitution
 from sami.errors import SamiInputError
 from sami.generation.base import cut_at_stop
-
-if TYPE_CHECKING:
-    from sami.constitutions import Constitution
 
 TaskName = Literal["dialogue", "summarization"]
 StyleName = Literal["base", "chat"]

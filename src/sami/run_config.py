@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sami.cli_settings import read_yaml, validate
 from sami.comparisons.settings import DPOSettings, SFTSettings
 from sami.compat import transformers_version, translate_trainer_args
+from sami.constitutions import load_constitutions
 from sami.data import QuerySource
 from sami.endpoint import EndpointSettings
 from sami.errors import SamiInputError
@@ -234,8 +235,6 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 def _check_files_exist(config: RunConfig, *, source: str) -> None:
     """Fail early, naming the field, when a referenced local file does not exist."""
-    from sami.constitutions import load_constitutions
-
     try:
         load_constitutions(config.constitutions)
     except SamiInputError as e:

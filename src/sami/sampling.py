@@ -28,7 +28,7 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from rich.console import Console
@@ -36,17 +36,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sami.constitutions import ConstitutionSet, sample_constitutions
+from sami.data import Query
 from sami.errors import SamiInputError
 from sami.filters import FilterSettings, check_responses, reasoning_filters
+from sami.generation import TextGenerator
 from sami.io import JsonlStore, atomic_write_json
 from sami.layout import dropped_path, stats_path
 from sami.manifest import part_hash
 from sami.prompts import REASONING_MAX_NEW_TOKENS, PromptTemplate, render_prompt
-
-if TYPE_CHECKING:
-    from sami.data import Query
-    from sami.generation import TextGenerator
-    from sami.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -349,29 +346,3 @@ def drop_table(stats: dict[str, Any]) -> Table:
     for reason, count in stats["drop_reasons"].items():
         table.add_row(f"dropped: {reason}", str(count), f"{count / done:.0%}")
     return table
-
-
-def policy_generator(
-    config: RunConfig, policy: str, *, model: Any = None, tokenizer: Any = None
-) -> tuple[TextGenerator, Any]:
-    """The generator a run's self-generation uses with `policy` (a model reference), and the tokenizer that
-    renders its chat-style training prompts (None for base-style prompts when the backend has none).
-
-    `model`/`tokenizer` may be an already loaded policy (hf backend)."""
-    from sami.generation import make_generator
-    from sami.models import load_tokenizer
-
-    settings = config.generation
-    if settings.backend != "openai":  # a local backend loads the policy (a server serves it: generation.server)
-        settings = settings.model_copy(
-            update={
-                "model": str(policy),
-                "dtype": settings.dtype or config.model.dtype,
-                "trust_remote_code": settings.trust_remote_code or config.model.trust_remote_code,
-            }
-        )
-    generator = make_generator(settings, model=model, tokenizer=tokenizer)
-    tokenizer = tokenizer if tokenizer is not None else getattr(generator, "tokenizer", None)
-    if config.prompts.style == "chat" and tokenizer is None:
-        tokenizer = load_tokenizer(str(policy), trust_remote_code=config.model.trust_remote_code)
-    return generator, tokenizer

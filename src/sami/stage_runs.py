@@ -16,21 +16,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sami import trainer  # trainer.train_sami, looked up at call time (tests patch it)
 from sami.constitutions import ConstitutionSet, load_constitutions
 from sami.data import Query, iteration_slice, load_queries
+from sami.distributed import generate_samples_distributed
 from sami.errors import SamiInputError
 from sami.evaluation.baselines import load_side_responses
 from sami.evaluation.context import EvaluationInputs
 from sami.evaluation.evaluate import run_evaluation
 from sami.evaluation.settings import BaselineSettings
 from sami.generation.base import closing
+from sami.generation.factory import policy_generator
 from sami.generation.server import policy_endpoint
 from sami.io import count_failed
 from sami.layout import EvalLayout, RunLayout
 from sami.principle_writer import write_constitutions_from_settings
 from sami.report import write_report
 from sami.run_config import RunConfig
-from sami.sampling import generate_samples, policy_generator
+from sami.sampling import generate_samples
 from sami.stage import Stage, StageContext, Where
 from sami.stage_parts import StageParts
 from sami.stage_settings import evaluation_baselines, evaluation_settings, training_arguments
@@ -68,10 +71,8 @@ def train_from_config(
     """Train one iteration's checkpoint as the run config says (in this process), resuming from the newest
     checkpoint in `output_dir` if an earlier attempt left one. TensorBoard logs, when `training.report_to` names
     it, land in the checkpoint folder's `runs/`."""
-    from sami.trainer import train_sami  # torch/transformers: not on `sami run --dry-run`'s path
-
     args = training_arguments(config, output_dir=output_dir, max_steps=max_steps)
-    return train_sami(model_ref, samples_path, output_dir, args, lora=config.model.lora, resume=True)
+    return trainer.train_sami(model_ref, samples_path, output_dir, args, lora=config.model.lora, resume=True)
 
 
 # ---- constitutions -----------------------------------------------------------------------------
@@ -109,8 +110,6 @@ def samples_stage(parts: StageParts, config: RunConfig, t: int) -> Stage:
         cset = ConstitutionSet.load(layout.constitutions)
         out = layout.samples(t)
         if distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # also a hand-started launch
-            from sami.distributed import generate_samples_distributed  # torch.distributed: only under accelerate
-
             generate_samples_distributed(
                 c, policy=policy, queries=train_queries(c, t), cset=cset, out_path=out,
                 seed=iteration_seed(c, t), progress=not ctx.options.get("no_progress"),

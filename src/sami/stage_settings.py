@@ -12,6 +12,7 @@ from typing import Any
 
 from sami.evaluation.settings import BaselineSettings, EvaluationSettings
 from sami.run_config import RunConfig
+from sami.sami_config import SAMIConfig
 
 
 def evaluation_settings(config: RunConfig) -> EvaluationSettings:
@@ -44,8 +45,6 @@ def evaluation_baselines(config: RunConfig, *, against_base: bool) -> dict[str, 
 
 def training_arguments(config: RunConfig, *, output_dir: Path, max_steps: int):
     """The `SAMIConfig` (TrainingArguments) of one training stage, from the run config."""
-    from sami.trainer import SAMIConfig  # transformers: kept off the CLI's start-up path
-
     tr = config.training
     fields = tr.model_dump(exclude={"trainer_args"})
     return SAMIConfig(

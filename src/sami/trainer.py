@@ -19,13 +19,13 @@ import json
 import logging
 import os
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from sami import models  # models.load_model, looked up at call time (tests patch it)
 from sami.checkpoints import (
     _is_peft,
     _NoFinalCheckpoint,
@@ -36,21 +36,18 @@ from sami.checkpoints import (
     unwrap_data_parallel,
 )
 from sami.collator import SAMICollator, load_samples, validate_samples
-from sami.errors import SamiInputError
 from sami.io import atomic_write_json
 from sami.lm_head import supports_chunked_head
 from sami.logprobs import (
-    NORMALIZE,
     head_chunk_size,
     packed_logprobs,
     reference_states,
     unwrap_model,
 )
 from sami.loss import sami_loss
-from sami.models import accelerator_present
+from sami.models import accelerator_present, apply_lora, check_attention
 from sami.optimizer_guard import OptimizerCheck, keep_torch_optimizer
-from sami.tokens import resolve_eos
-from sami.trainer_fields import checkpoint_strategy, sami_dataclass_fields
+from sami.sami_config import SAMIConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,63 +70,6 @@ __all__ = [
     "train_sami",
     "validate_samples",
 ]
-
-
-def _declared_fields(cls: type) -> type:
-    """Give `cls` (before `@dataclass`) one field per declared trainer field (`sami.trainer_fields`): SAMI's options
-    and its defaults where `TrainingArguments`' differ, each with its help (`sami train --help`)."""
-    annotations = dict(cls.__dict__.get("__annotations__", {}))
-    for name, (annotation, dc_field) in sami_dataclass_fields().items():
-        annotations[name] = annotation
-        setattr(cls, name, dc_field)
-    cls.__annotations__ = annotations
-    return cls
-
-
-@dataclass
-@_declared_fields
-class SAMIConfig(TrainingArguments):
-    """`TrainingArguments` plus the SAMI options, with SAMI's defaults: every field declared in
-    `sami.trainer_fields.TRAINER_FIELDS` (the one list shared with the run config and the comparison methods)."""
-
-    def __post_init__(self):
-        if self.logprob_normalize not in NORMALIZE:
-            raise SamiInputError(f"logprob_normalize: expected one of {NORMALIZE}, got {self.logprob_normalize!r}")
-        if self.n_constitutions is not None and self.n_constitutions < 2:
-            raise SamiInputError(f"n_constitutions: SAMI needs at least 2, got {self.n_constitutions}")
-        if self.include_eos is not None:
-            mapped = "always" if self.include_eos else "never"
-            if self.eos not in ("generated", mapped):
-                raise SamiInputError(f"include_eos={self.include_eos} contradicts eos={self.eos!r}; set only eos")
-            self.eos = mapped
-        self.eos = resolve_eos(self.eos)
-        if self.beta < 0:
-            raise SamiInputError(f"beta: must be >= 0, got {self.beta}")
-        if self.logprob_chunk_size is not None and self.logprob_chunk_size < 0:
-            raise SamiInputError(f"logprob_chunk_size: must be >= 0 (0 = unchunked), got {self.logprob_chunk_size}")
-        for name in ("max_prompt_length", "max_response_length"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise SamiInputError(f"{name}: must be a positive number of tokens, got {value}")
-        self.save_strategy = checkpoint_strategy(self.save_steps, self.save_strategy)
-        if not accelerator_present():
-            self.dataloader_pin_memory = False  # pinned memory needs an accelerator; torch warns without one
-            if self.bf16:
-                self.use_cpu = True  # transformers allows CPU bf16 autocast only when told it is on the CPU
-        if self.ddp_backend is None and _deepspeed_on_cpu():
-            # accelerate counts the ranks of a DeepSpeed launch only when it is told the backend, which it cannot
-            # infer without an accelerator; DeepSpeed's CPU accelerator uses gloo.
-            self.ddp_backend = "gloo"
-        try:
-            super().__post_init__()
-        except SamiInputError:
-            raise
-        except ValueError as e:  # TrainingArguments' own checks of the user's fields
-            raise SamiInputError(f"training settings: {' '.join(str(e).split())}") from None
-
-
-def _deepspeed_on_cpu() -> bool:
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not torch.cuda.is_available()
 
 
 def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
@@ -341,17 +281,15 @@ def train_sami(
     `last_checkpoint`), if any: same data order, optimizer, scheduler and RNG, so it ends with the weights of an
     uninterrupted run. The resume checkpoints are deleted once the final model is written.
     """
-    from sami.models import apply_lora, check_attention, load_model, load_tokenizer
-
     check_attention(config.attn_implementation, field="attn_implementation", backward=True)
     output_dir = Path(output_dir)
     dataset = load_samples(samples_path)
-    tokenizer = load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
+    tokenizer = models.load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
     validate_samples(dataset, tokenizer, config)
     args = dataclasses.replace(config, output_dir=str(output_dir))
     set_seed(args.seed)  # a LoRA adapter's random initialisation follows the seed (the Trainer seeds only later)
     if isinstance(model_ref, str | os.PathLike):
-        model = load_model(model_ref, lora=lora, attn_implementation=config.attn_implementation)
+        model = models.load_model(model_ref, lora=lora, attn_implementation=config.attn_implementation)
     else:
         model = apply_lora(model_ref, lora) if lora is not None else model_ref
     model.train()

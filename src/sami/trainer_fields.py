@@ -4,7 +4,7 @@ Derived from `TRAINER_FIELDS` (a newcomer adding a knob adds one `TrainerField` 
 
 - `TrainerKnobs`, the pydantic base of the run config's `training` section (`sami.run_config.TrainingSettings`): one
   field per entry with `section=True`, in this order, with its constraints and description;
-- `sami.trainer.SAMIConfig` (`TrainingArguments` + SAMI's options): one dataclass field per entry, overriding
+- `sami.sami_config.SAMIConfig` (`TrainingArguments` + SAMI's options): one dataclass field per entry, overriding
   `TrainingArguments`' default and help where SAMI changes them (`sami_dataclass_fields`), hence also
   `sami train`'s flags (generated from `SAMIConfig` by `HfArgumentParser`);
 - the TRL configs of the comparison methods (`sami.comparisons.trl_args`): the defaults (`method_defaults`) and the

@@ -14,12 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from rich.console import Console
+from rich.table import Table
+
+from sami.cli_settings import add_settings_arguments, settings_overrides, validate
+from sami.ifeval.benchmark import IFEvalSettings, run_ifeval
+
 BENCHMARKS = ("ifeval",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sami.cli_settings import add_settings_arguments
-    from sami.ifeval.benchmark import IFEvalSettings
 
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     p = sub.add_parser("ifeval", help="IFEval's 541 prompts, strict and loose accuracy", description=__doc__,
@@ -30,11 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from sami.cli_settings import settings_overrides, validate
-    from sami.ifeval.benchmark import IFEvalSettings, run_ifeval
 
     settings = validate(IFEvalSettings, settings_overrides(args, "ifeval"), source="flags")
     results = run_ifeval(settings, progress=not args.no_progress)

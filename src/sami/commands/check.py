@@ -24,6 +24,14 @@ import argparse
 import json
 from collections import defaultdict
 
+from rich.console import Console
+from rich.table import Table
+
+from sami.constitutions import Constitution, load_constitutions
+from sami.errors import SamiInputError
+from sami.evaluation.adherence import score_responses
+from sami.io import iter_jsonl
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("constitution", help="constitution file or bundled name whose principles carry checks")
@@ -33,10 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _records(path: str) -> list[dict]:
     """The responses of `path` as `{"group", "response", "constitution"?}`; errors name the file and line."""
-    from sami.constitutions import Constitution
-    from sami.errors import SamiInputError
-    from sami.io import iter_jsonl
-
     out = []
     for line, record in iter_jsonl(path):
         where = f"{path}:{line}"
@@ -66,9 +70,6 @@ def _records(path: str) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sami.constitutions import load_constitutions
-    from sami.errors import SamiInputError
-    from sami.evaluation.adherence import score_responses
 
     cset = load_constitutions(args.constitution)
     if not cset.checkable:
@@ -80,8 +81,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"constitution": args.constitution, "responses": args.responses, "groups": results}))
         return 0
-    from rich.console import Console
-    from rich.table import Table
 
     def rate(r: dict) -> str:
         if r["adherence"] is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sami.run_config import config_to_yaml, load_config
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -12,7 +14,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sami.run_config import config_to_yaml, load_config
 
     print(config_to_yaml(load_config(args.config)), end="")
     return 0

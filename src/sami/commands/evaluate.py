@@ -6,6 +6,8 @@ import argparse
 
 from sami.cli_settings import add_settings_arguments, merge, read_yaml, settings_overrides, validate
 from sami.errors import SamiInputError
+from sami.evaluation.context import EvaluationInputs
+from sami.evaluation.evaluate import run_evaluation
 from sami.evaluation.settings import BaselineSettings, EvaluationSettings
 
 # other spellings of generated flags, kept from the hand-written parser
@@ -86,7 +88,6 @@ def build_settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sami.evaluation.evaluate import EvaluationInputs, run_evaluation  # loads torch: only when evaluating
 
     settings = build_settings(args)
     if settings.queries is None:

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from sami.cli_settings import add_settings_arguments, settings_overrides, validate
+from sami.export import ExportSettings, export_run, upload_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sami.cli_settings import add_settings_arguments
-    from sami.export import ExportSettings
 
     parser.add_argument("run_dir", metavar="RUN", help="a run folder written by `sami run` (e.g. runs/NAME)")
     parser.add_argument("out", metavar="OUT", help="the folder to write (refused if it exists, unless --overwrite)")
@@ -16,10 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from sami.cli_settings import settings_overrides, validate
-    from sami.export import ExportSettings, export_run, upload_command
 
     settings = validate(ExportSettings, settings_overrides(args, "export"), source="flags")
     out = export_run(args.run_dir, args.out, settings)

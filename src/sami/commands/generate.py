@@ -8,8 +8,21 @@ from __future__ import annotations
 
 import argparse
 
+from rich.console import Console
+
+from sami.cli_settings import add_settings_arguments, load_settings, settings_overrides, validate
+from sami.constitutions import load_constitutions
+from sami.data import BUNDLED_QUERIES, QuerySource, load_queries
 from sami.errors import SamiInputError
+from sami.filters import FilterSettings
+from sami.generation import (  # factory.make_generator: looked up at call time (tests patch it)
+    GenerationSettings,
+    factory,
+)
+from sami.models import load_tokenizer
+from sami.prompts import get_template
 from sami.query_formats import TRANSFORMS
+from sami.sampling import SamplingSettings, generate_samples
 
 # GenerationSettings fields `sami generate` exposes (the sampling ones come from SamplingSettings)
 BACKEND_FIELDS = [
@@ -19,9 +32,6 @@ BACKEND_FIELDS = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sami.cli_settings import add_settings_arguments
-    from sami.generation import GenerationSettings
-    from sami.sampling import SamplingSettings
 
     parser.add_argument(
         "--queries",
@@ -51,16 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from sami.cli_settings import load_settings, settings_overrides, validate
-    from sami.constitutions import load_constitutions
-    from sami.data import BUNDLED_QUERIES, QuerySource, load_queries
-    from sami.filters import FilterSettings
-    from sami.generation import GenerationSettings, make_generator
-    from sami.models import load_tokenizer
-    from sami.prompts import get_template
-    from sami.sampling import SamplingSettings, generate_samples
 
     if args.limit is not None and args.limit < 1:
         raise SamiInputError(f"--limit: must be >= 1, got {args.limit}")
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     queries = load_queries(validate(QuerySource, source, source="--queries"))
     cset = load_constitutions(args.constitutions)
     template = get_template(args.task, args.style)
-    generator = make_generator(generation)
+    generator = factory.make_generator(generation)
     tokenizer = getattr(generator, "tokenizer", None)
     if template.style == "chat" and tokenizer is None:
         tokenizer = load_tokenizer(getattr(generation, "model", "default"))  # openai: the bundled model's

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sami.cli_settings import add_settings_arguments, load_settings, settings_overrides
+from sami.cli_settings import add_settings_arguments, load_settings, read_yaml, settings_overrides
 from sami.plan import PlanSettings
+from sami.plan_report import format_plan, unfit_lines
+from sami.plan_run import plan_run
+from sami.run_config import default_config_path, parse_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,10 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sami.cli_settings import read_yaml
-    from sami.plan_report import format_plan, unfit_lines
-    from sami.plan_run import plan_run
-    from sami.run_config import default_config_path, parse_config
 
     path = args.config or str(default_config_path())
     config = parse_config(read_yaml(path), source=path)  # no data-file checks: planning needs none

@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
+from sami import principle_writer  # its functions looked up at call time (tests patch them)
+from sami.cli_settings import add_settings_arguments, load_settings, settings_overrides
+from sami.constitutions import load_constitutions
+from sami.errors import SamiInputError
+from sami.run_config import WriterSettings
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sami.cli_settings import add_settings_arguments
-    from sami.run_config import WriterSettings
 
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     w = sub.add_parser("write", help="an instruction-tuned model writes each principle and its antithesis")
@@ -40,9 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def print_table(cset, title: str) -> None:
     """Print the principles of a `ConstitutionSet` as a rich table."""
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title, show_lines=True)
     table.add_column("name", style="bold")
     table.add_column("principle")
@@ -60,8 +64,6 @@ def print_table(cset, title: str) -> None:
 
 def check_out(out: Path) -> None:
     """Where `principles write` will save: a .json/.yaml/.yml file path that is not a folder."""
-    from sami.errors import SamiInputError
-
     if out.is_dir():
         raise SamiInputError(f"--out: {out} is a folder; give a file path such as {out / 'constitution.json'}")
     if out.suffix.lower() not in (".json", ".yaml", ".yml"):
@@ -71,20 +73,15 @@ def check_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sami.constitutions import load_constitutions
 
     if args.action == "show":
         cset = load_constitutions(args.constitutions)
         print_table(cset, f"{args.constitutions} (task: {cset.task}; writer: {cset.writer})")
         return 0
 
-    from sami.cli_settings import load_settings, settings_overrides
-    from sami.principle_writer import write_constitutions_from_settings
-    from sami.run_config import WriterSettings
-
     settings = load_settings(WriterSettings, args.config, settings_overrides(args, "writer"), source="command line")
     check_out(Path(args.out))  # before the model works, not after
-    cset = write_constitutions_from_settings(settings, seed=args.seed, task_type=args.task_type)
+    cset = principle_writer.write_constitutions_from_settings(settings, seed=args.seed, task_type=args.task_type)
     path = cset.save(args.out)
     print_table(cset, f"{path} (task: {cset.task}; writer: {cset.writer})")
     if not args.no_contrast:
@@ -94,15 +91,10 @@ def run(args: argparse.Namespace) -> int:
 
 def report_contrast(cset, args: argparse.Namespace) -> dict:
     """Run the contrast check on what was written and say which principle/antithesis pairs look weak."""
-    from rich.console import Console
-
-    from sami.errors import SamiInputError
-    from sami.principle_writer import contrast_check
-
     if args.contrast_n < 1:
         raise SamiInputError(f"--contrast-n must be >= 1, got {args.contrast_n}")
     console = Console(stderr=True)
-    result = contrast_check(
+    result = principle_writer.contrast_check(
         cset, queries=args.contrast_queries, n_queries=args.contrast_n, model=args.contrast_model, console=console
     )
     weak = [name for name, c in result["by_principle"].items() if c.get("weak")]

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from rich.console import Console
+from rich.text import Text
+
+from sami.layout import RunLayout
+from sami.report import summary_table, write_report
+from sami.report.render import gaps
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `sami run` (e.g. runs/NAME)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.text import Text
-
-    from sami.layout import RunLayout
-    from sami.report import summary_table, write_report
-    from sami.report.render import gaps
 
     summary = write_report(args.run_dir)
     console = Console(stderr=True)

@@ -15,8 +15,15 @@ import shutil
 import sys
 from pathlib import Path
 
+from sami import stages
 from sami.errors import SamiInputError
 from sami.manifest import is_run_folder
+from sami.pipeline import Pipeline, plan_stages
+from sami.plan import PlanSettings
+from sami.plan_report import format_plan, unfit_lines
+from sami.plan_run import plan_run
+from sami.preflight import check_run
+from sami.run_config import load_config
 from sami.runlock import LOCK_NAME, check_run_folder, run_lock
 
 
@@ -58,9 +65,6 @@ def check_restartable(folder: Path) -> None:
 def dry_run(config, run_dir: Path, *, restart: bool, devices: str | None = None) -> None:
     """Print one line per stage: `run` or `skip`, the stage and why; with `devices`, then `sami plan`'s memory and
     time plan on them."""
-    from sami import stages
-    from sami.pipeline import plan_stages
-
     if restart:
         # only the stage names: no input file is read for their contents
         names = stages.stage_keys(config, contents=False)
@@ -77,11 +81,6 @@ def dry_run(config, run_dir: Path, *, restart: bool, devices: str | None = None)
 def print_resource_plan(config, devices: str) -> None:
     """The memory and time plan of `sami plan` (sami.plan_run), after the stage table; a model whose config cannot
     be found offline is named instead."""
-    from sami.errors import SamiInputError
-    from sami.plan import PlanSettings
-    from sami.plan_report import format_plan, unfit_lines
-    from sami.plan_run import plan_run
-
     print()
     try:
         plan = plan_run(config, PlanSettings(devices=devices), source="this config")
@@ -94,9 +93,6 @@ def print_resource_plan(config, devices: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sami.pipeline import Pipeline
-    from sami.preflight import check_run
-    from sami.run_config import load_config
 
     config = load_config(args.config)
     run_dir = Path(args.output_dir) if args.output_dir else config.resolved_output_dir()

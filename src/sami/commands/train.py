@@ -21,8 +21,9 @@ from sami.errors import SamiInputError
 from sami.launch import accelerate_command, relaunch_argv, run_launched
 from sami.models import LoraSettings
 from sami.run_config import load_config
+from sami.sami_config import SAMIConfig
 from sami.stage_settings import training_arguments
-from sami.trainer import SAMIConfig, train_sami
+from sami.trainer import train_sami
 
 # SAMIConfig fields `sami train` requires on its command line.
 REQUIRED_FIELDS = {"output_dir"}

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from rich.console import Console
+
+from sami.errors import SamiInputError
+from sami.evaluation.winrate import load_judgments, summaries_table, summarize
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -16,8 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sami.errors import SamiInputError
-    from sami.evaluation.winrate import load_judgments, summaries_table, summarize
 
     if args.n_bootstrap < 1:
         raise SamiInputError(f"--n-bootstrap must be >= 1, got {args.n_bootstrap}")
@@ -25,7 +28,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
-    from rich.console import Console
 
     console = Console()
     columns = {"all": summary, **summary.get("subsets", {})} if "subsets" in summary else {args.judgments: summary}

@@ -27,6 +27,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from sami.comparisons.settings import DPOSettings
 from sami.comparisons.trl_args import shared_training_fields, trl_class, trl_config
 from sami.comparisons.trl_train import train_command, train_with_trl
@@ -120,8 +122,6 @@ def dpo_records(
 
 def load_dpo_dataset(samples_path: str | os.PathLike, **kwargs):
     """`dpo_records` as a `datasets.Dataset` (what `DPOTrainer` takes)."""
-    import datasets
-
     return datasets.Dataset.from_list(dpo_records(samples_path, **kwargs))
 
 

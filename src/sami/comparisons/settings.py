@@ -20,6 +20,7 @@ def known_fields(config_name: str, value: dict[str, Any]) -> dict[str, Any]:
     """Validate a `trainer_args` mapping against `trl.<config_name>`'s fields (unchecked when TRL is missing: training
     checks again)."""
     try:
+        # optional extra sami[compare]: checked only where installed
         import trl
     except ImportError:
         return value

@@ -26,6 +26,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from sami.comparisons.dpo import _completion, check_prompt_form, query_prompt
 from sami.comparisons.settings import SFTSettings
 from sami.comparisons.trl_args import shared_training_fields, trl_class, trl_config
@@ -75,8 +77,6 @@ def sft_records(
 
 def load_sft_dataset(samples_path: str | os.PathLike, **kwargs):
     """`sft_records` as a `datasets.Dataset` (what `SFTTrainer` takes)."""
-    import datasets
-
     return datasets.Dataset.from_list(sft_records(samples_path, **kwargs))
 
 

@@ -19,6 +19,7 @@ from sami.trainer_fields import checkpoint_strategy, method_defaults, method_fie
 def trl_class(name: str):
     """`trl.<name>` (e.g. "DPOConfig", "SFTTrainer"); TRL is the optional extra `sami[compare]`."""
     try:
+        # optional extra sami[compare]: a clear error where it is missing
         import trl
     except ImportError:
         raise SamiInputError("the comparison methods need TRL: pip install 'sami[compare]'") from None

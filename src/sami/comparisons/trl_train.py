@@ -1,6 +1,7 @@
 """Training and the `sami train --method dpo|sft` command of the TRL comparison methods, shared by DPO and SFT: load
 the tokenizer and model, build the method's TRL trainer, resume from the newest checkpoint and export as
-`sami.trainer.train_sami` does. TRL and transformers are imported only when training (the extra `sami[compare]`)."""
+`sami.trainer.train_sami` does. TRL (the extra `sami[compare]`) is imported only when training
+(`trl_args.trl_class`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from transformers import set_seed
+
+import sami.trainer
+from sami import models  # models.load_model, looked up at call time (tests patch it)
+from sami.checkpoints import last_checkpoint, resolve_tokenizer_ref, train_and_export
 from sami.comparisons.trl_args import trl_class
 from sami.errors import SamiInputError
 from sami.models import LoraSettings
@@ -36,20 +42,13 @@ def train_with_trl(
     """Train `model_ref` with `trl.<method>Trainer` ("DPO", "SFT") on `dataset_of(tokenizer)`; return `output_dir`.
     `reference_copy`: pass a frozen copy of the starting model as `ref_model` (none under LoRA: TRL then uses the
     model with its adapter off)."""
-    # torch and transformers are heavy: imported when training. `_NoFinalCheckpoint` is looked up on `sami.trainer`
-    # at call time so that a test can swap it.
-    from transformers import set_seed
-
-    import sami.trainer
-    from sami.checkpoints import last_checkpoint, resolve_tokenizer_ref, train_and_export
-    from sami.models import load_model, load_tokenizer
-
+    # `_NoFinalCheckpoint` is looked up on `sami.trainer` at call time so that a test can swap it.
     output_dir = Path(output_dir)
-    tokenizer = load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
+    tokenizer = models.load_tokenizer(resolve_tokenizer_ref(model_ref, tokenizer_ref))
     dataset = dataset_of(tokenizer)
     args = dataclasses.replace(config, output_dir=str(output_dir))
     set_seed(args.seed)
-    model = load_model(model_ref, lora=lora) if isinstance(model_ref, str | os.PathLike) else model_ref
+    model = models.load_model(model_ref, lora=lora) if isinstance(model_ref, str | os.PathLike) else model_ref
     extra = {}
     if reference_copy:
         # A frozen copy of the start as the reference (TRL would reload it from the config's path, which a GGUF or a

@@ -21,6 +21,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from sami.constitutions import Constitution
+
 Z95 = 1.959963984540054
 
 
@@ -126,8 +128,6 @@ def score_responses(cset, records: Iterable[dict]) -> dict:
     one, every principle of `cset` is taken in its positive form. Returns `{"n", "adherence", "adherence_ci95",
     "by_principle": {name: {"n", "adherence", "adherence_ci95"}}}`; `adherence` = every checked principle holds.
     """
-    from sami.constitutions import Constitution
-
     default = Constitution(tuple((p, True) for p in cset.principles if p.checkable))
     known = {p.name: p for p in cset.principles}
     overall: list[bool] = []

@@ -7,10 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sami import (
-    generation,  # generation.make_generator, looked up at call time (tests patch it)
-    models,  # models.load_model, looked up at call time (tests patch it)
-)
+from sami import models  # models.load_model, looked up at call time (tests patch it)
 from sami.errors import SamiInputError
 from sami.evaluation.context import Evaluation
 from sami.evaluation.devices import device_for, free_memory
@@ -18,7 +15,10 @@ from sami.evaluation.responses import Progress, generate_patterns, generate_side
 from sami.evaluation.scores import ScoresFile, intrinsic_scores
 from sami.evaluation.settings import BaselineSettings
 from sami.evaluation.templates import choose_template, user_turn_template
-from sami.generation import GenerationSettings
+from sami.generation import (  # factory.make_generator: looked up at call time (tests patch it)
+    GenerationSettings,
+    factory,
+)
 from sami.io import JsonlStore, read_jsonl
 from sami.layout import EvalLayout
 from sami.prompts import PromptTemplate
@@ -124,7 +124,7 @@ def baseline_responses(
         if gen.backend != "hf":
             advance = progress.task(f"responses of baseline {name}", len(todo))
             generate_side(
-                responses, generation.make_generator(gen), baseline_template(ev, spec), todo, positive, side=name,
+                responses, factory.make_generator(gen), baseline_template(ev, spec), todo, positive, side=name,
                 label=spec.model, settings=settings, advance=advance,
             )  # fmt: skip
             continue
@@ -141,7 +141,7 @@ def baseline_responses(
             scores_file.skip_baseline(name, f"{gen.model}: {e}")
             continue
         btemplate = baseline_template(ev, spec, tokenizer)
-        generator = generation.make_generator(gen, model=model, tokenizer=tokenizer)
+        generator = factory.make_generator(gen, model=model, tokenizer=tokenizer)
         advance = progress.task(f"responses of baseline {name}", len(todo))
         generate_side(
             responses, generator, btemplate, todo, positive, side=name, label=spec.model, settings=settings,

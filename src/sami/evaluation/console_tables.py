@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from rich.console import Group
+from rich.table import Table
+
 from sami.evaluation.contrast import _fmt
 from sami.evaluation.winrate import summaries_table
 
@@ -9,8 +12,6 @@ from sami.evaluation.winrate import summaries_table
 def metrics_table(metrics: dict):
     """Short rich tables: intrinsic metrics (pooled, then per subset), adherence, the contrast check, and one column
     of win rates per baseline."""
-    from rich.console import Group
-    from rich.table import Table
 
     def fmt(value, digits=3):
         return "–" if value is None else f"{value:.{digits}f}"
@@ -50,8 +51,6 @@ def _rate_ci(value, ci) -> str:
 
 def adherence_table(adherence: dict):
     """Adherence under the positive constitution and under its antithesis, overall, per principle and subset."""
-    from rich.table import Table
-
     table = Table(title="adherence (fraction following each form; 95% Wilson CI)")
     for col in ("", "under +", "under −", "n"):
         table.add_column(col, justify="right" if col else "left")
@@ -68,8 +67,6 @@ def adherence_table(adherence: dict):
 
 def contrast_table(contrast: dict):
     """The contrast check per principle (flipping only that principle)."""
-    from rich.table import Table
-
     table = Table(title="contrast check: flipping one principle (iteration 0)")
     for col in ("principle", "MI ± sem", "adherence + / flipped", "weak?"):
         table.add_column(col, justify="left" if col == "principle" else "right")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sami.evaluation.metrics import mean_sem
+
 
 def contrast_metrics(queries, positive, responses, contrast_store, principles, *, mi_fn=None, scores=None) -> dict:
     """The contrast check: for each principle, the model's responses under the positive constitution against those
@@ -40,8 +42,6 @@ def contrast_metrics(queries, positive, responses, contrast_store, principles, *
             for q, a, b in pairs
         ]  # fmt: skip
         if scores is not None:
-            from sami.evaluation.metrics import mean_sem
-
             values = [scores.get(name, {}).get(q.id) for q, _, _ in pairs]
             mean, sem = mean_sem([v for v in values if v is not None])
             mi = {"mi": mean, "mi_sem": sem}

@@ -45,34 +45,13 @@ from pathlib import Path
 from rich.console import Console
 
 from sami.errors import SamiInputError
-from sami.evaluation.baselines import baseline_template, load_side_responses
 from sami.evaluation.console_tables import metrics_table
-from sami.evaluation.context import Evaluation, EvaluationInputs, prepare, query_constitutions, sign_patterns
-from sami.evaluation.contrast import contrast_metrics
-from sami.evaluation.judgments import judge_hash, judgments_step
-from sami.evaluation.metrics_step import SUBSET_KEYS, metrics_step
+from sami.evaluation.context import EvaluationInputs, prepare
+from sami.evaluation.judgments import judgments_step
+from sami.evaluation.metrics_step import metrics_step
 from sami.evaluation.responses import Progress
 from sami.evaluation.responses_step import responses_step
-from sami.evaluation.settings import BaselineSettings, EvaluationSettings
-from sami.evaluation.templates import user_turn_template
-
-__all__ = [
-    "STEPS",
-    "SUBSET_KEYS",
-    "BaselineSettings",
-    "Evaluation",
-    "EvaluationInputs",
-    "EvaluationSettings",
-    "baseline_template",
-    "contrast_metrics",
-    "judge_hash",
-    "load_side_responses",
-    "prepare",
-    "query_constitutions",
-    "run_evaluation",
-    "sign_patterns",
-    "user_turn_template",
-]
+from sami.evaluation.settings import EvaluationSettings
 
 log = logging.getLogger(__name__)
 

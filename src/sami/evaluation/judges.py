@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from sami.errors import SamiInputError
 from sami.evaluation.judge_prompts import judge_prompt
 from sami.evaluation.judge_settings import ApiJudgeSettings, JudgeSettings, LocalJudgeSettings
@@ -257,8 +259,6 @@ class LocalJudge(PairwiseJudge):
 
     def probabilities(self, prompts: list[str]) -> list[float]:
         """P(A) / (P(A) + P(B)) for each filled judge prompt."""
-        import torch  # heavy: only a local judge needs it (the module is imported by light commands)
-
         texts = [self.render(p) for p in prompts]
         encoded = [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
         bos = self.tokenizer.bos_token_id

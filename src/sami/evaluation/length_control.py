@@ -68,6 +68,7 @@ def length_controlled_win_rate(
     preferences: np.ndarray, model_lengths: np.ndarray, baseline_lengths: np.ndarray
 ) -> tuple[float | None, list[str]]:
     """AlpacaEval 2's LC win rate of the evaluated model, in [0, 1], and notes on degenerate fits."""
+    # scikit-learn takes ~1.4 s to import; the report and winrate read this module
     import sklearn
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.metrics import make_scorer

@@ -23,8 +23,10 @@ import torch
 
 from sami.constitutions import Constitution
 from sami.errors import SamiInputError
+from sami.logprobs import batched_logprob_matrices, tokenize_responses
 from sami.loss import paper_mutual_information, sami_loss
 from sami.prompts import PromptTemplate, render_prompt
+from sami.tokens import resolve_eos, response_context
 
 
 def _constitution(value: Constitution | dict) -> Constitution:
@@ -90,9 +92,6 @@ def intrinsic_metrics(
     "sami_loss", "accuracy", "lengths": [C token counts]}}}` (`aggregate_scores` of the per-query scores);
     `mi_sem` is the standard error of `mi` over queries (None with fewer than 2).
     """
-    from sami.logprobs import batched_logprob_matrices, tokenize_responses
-    from sami.tokens import resolve_eos, response_context
-
     policy = resolve_eos(eos, include_eos)
 
     if not records:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sami import generation  # generation.make_generator, looked up at call time (tests patch it)
 from sami.evaluation.baselines import baseline_responses
 from sami.evaluation.context import Evaluation, check_mi_store
 from sami.evaluation.responses import (
@@ -18,7 +17,7 @@ from sami.evaluation.responses import (
     known_responses,
 )
 from sami.evaluation.scores import score_evaluated
-from sami.generation import HFGeneration
+from sami.generation import HFGeneration, factory  # factory.make_generator: looked up at call time (tests patch it)
 
 
 def responses_step(
@@ -46,7 +45,7 @@ def responses_step(
         if name in positive[q.id].signs() and f"{name}:{q.id}" not in contrast_store
     ]
     if todo or mi_todo or anti_todo or contrast_todo:
-        generator = generation.make_generator(gen_settings, model=ev.get_model(), tokenizer=ev.get_tokenizer())
+        generator = factory.make_generator(gen_settings, model=ev.get_model(), tokenizer=ev.get_tokenizer())
         if todo or mi_todo:
             advance = progress.task(f"responses of {ev.label}", len(todo))
             generate_side(

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from rich.table import Table
 
 from sami.errors import SamiInputError
 from sami.evaluation.length_control import length_controlled_win_rate
@@ -170,8 +171,6 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
 
 def summaries_table(summaries: dict[str, dict], title: str | None = None):
     """A rich table with one column per named summary (e.g. one per baseline)."""
-    from rich.table import Table
-
     table = Table(title=title)
     table.add_column("")
     for name in summaries:

@@ -4,6 +4,7 @@
 three backends chosen by the `backend` of `GenerationSettings` (a union of `HFGeneration`, `OpenAIGeneration`,
 `VLLMGeneration`; `parse_generation(**fields)` picks one): `hf` (transformers in this process, the default),
 `openai` (any OpenAI-compatible server) and `vllm` (vLLM's offline engine, an optional extra).
+`sami.generation.factory.make_generator(settings)` builds one (it imports the backends, so this package does not).
 """
 
 from sami.generation.base import (
@@ -15,7 +16,6 @@ from sami.generation.base import (
     TextGenerator,
     VLLMGeneration,
     cut_at_stop,
-    make_generator,
     parse_generation,
 )
 
@@ -28,6 +28,5 @@ __all__ = [
     "TextGenerator",
     "VLLMGeneration",
     "cut_at_stop",
-    "make_generator",
     "parse_generation",
 ]

@@ -1,4 +1,4 @@
-"""The generator protocol shared by every backend, its settings, and `make_generator`."""
+"""The generator protocol shared by every backend and its settings (`make_generator`: `sami.generation.factory`)."""
 
 from __future__ import annotations
 
@@ -153,31 +153,6 @@ _ADAPTER: TypeAdapter = TypeAdapter(GenerationSettings)
 def parse_generation(**fields: Any) -> HFGeneration | VLLMGeneration | OpenAIGeneration:
     """The settings of the backend `fields["backend"]` names (default hf), validated."""
     return _ADAPTER.validate_python(fields)
-
-
-def make_generator(settings: GenerationSettings | None = None, *, model: Any = None, tokenizer: Any = None):
-    """Build the backend `settings.backend` describes.
-
-    hf: `model`/`tokenizer` are an already loaded model and tokenizer (used as they are), or `model` is a
-    model reference that overrides `settings.model`. vllm: `model` may be a reference (a path) overriding
-    `settings.model`. openai: `model`, if a string, overrides `settings.model_name`.
-    """
-    settings = settings or HFGeneration()
-    if settings.backend == "hf":
-        from sami.generation.hf import HFGenerator
-
-        return HFGenerator.from_settings(settings, model=model, tokenizer=tokenizer)
-    if settings.backend == "openai":
-        from sami.generation.openai_backend import OpenAIGenerator
-
-        if model is not None and not isinstance(model, str):
-            raise SamiInputError("generation.backend 'openai' cannot use a model object; give its name on the server")
-        return OpenAIGenerator.from_settings(settings, model_name=model)
-    if settings.backend == "vllm":
-        from sami.generation.vllm_backend import VLLMGenerator
-
-        return VLLMGenerator.from_settings(settings, model=model)
-    raise SamiInputError(f"generation.backend: expected hf, openai or vllm, got {settings.backend!r}")
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from typing import Any
 
 from sami.errors import SamiInputError
 from sami.generation.base import Completion, GenerationSettings, Prompt, check_request, cut_at_stop, prompt_seeds
+from sami.models import resolve_model_path
 
 INSTALL_HINT = "the vllm backend needs vLLM: pip install 'sami[vllm]' (Linux with a CUDA GPU)"
 
@@ -24,6 +25,7 @@ INSTALL_HINT = "the vllm backend needs vLLM: pip install 'sami[vllm]' (Linux wit
 def import_vllm():
     """The `vllm` module, or a `SamiInputError` that says how to install it."""
     try:
+        # optional extra sami[vllm] (GPU): a clear error where it is missing
         import vllm
     except ImportError as e:
         raise SamiInputError(f"{INSTALL_HINT} ({e})") from None
@@ -82,8 +84,6 @@ class VLLMGenerator:
     @classmethod
     def from_settings(cls, settings: GenerationSettings, *, model: Any = None) -> VLLMGenerator:
         """`model` (a reference) overrides `settings.model`; 'default' and GGUF files resolve to a folder."""
-        from sami.models import resolve_model_path
-
         if model is not None and not isinstance(model, str | os.PathLike):
             raise SamiInputError("generation.backend 'vllm' loads the model itself: pass a model path, not an object")
         import_vllm()  # fail before resolving (and maybe converting) the model

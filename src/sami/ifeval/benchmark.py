@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import Progress
 
 from sami.errors import SamiInputError
+from sami.generation import HFGeneration, factory  # factory.make_generator: looked up at call time (tests patch it)
 from sami.ifeval.evaluation import IFEvalInput, accuracies, load_inputs, score
 from sami.io import JsonlStore, atomic_write_json, iter_jsonl, write_jsonl
 
@@ -89,15 +91,11 @@ def generate_responses(
     store = JsonlStore(out / "responses.jsonl", key="key")
     todo = [inp for inp in inputs if inp.key not in store]
     if todo and generator is None:
-        from sami.generation import HFGeneration, make_generator
-
-        generator = make_generator(
+        generator = factory.make_generator(
             HFGeneration(model=settings.model or "default", dtype=settings.dtype, batch_size=settings.batch_size)
         )
     bar = None
     if progress and todo:
-        from rich.progress import Progress
-
         bar = Progress(transient=True)
         bar.start()
         task = bar.add_task("IFEval responses", total=len(todo))

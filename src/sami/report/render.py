@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import html
 
+from rich import box
+from rich.console import Group
+from rich.table import Table as RichTable
+from rich.text import Text
+
 from sami.report.tables import Table, all_tables
 from sami.run_files import Summary, as_summary
 
@@ -44,9 +49,6 @@ def table_markdown(table: Table) -> list[str]:
 
 def table_rich(table: Table):
     """The table as a compact `rich.table.Table` (without its detail columns)."""
-    from rich import box
-    from rich.table import Table as RichTable
-
     keep = [i for i, c in enumerate(table.columns) if not c.detail]
     out = RichTable(title=table.title, box=box.SIMPLE_HEAD, pad_edge=False)
     for i in keep:
@@ -96,9 +98,6 @@ def render_markdown(summary: Summary | dict) -> str:
 
 def summary_table(summary: Summary | dict):
     """The report's main tables for the console: a `rich` renderable (print it with a `rich.console.Console`)."""
-    from rich.console import Group
-    from rich.text import Text
-
     summary = as_summary(summary)
     tables = [table_rich(t) for t in all_tables(summary) if t.console and t.rows]
     return Group(Text(f"SAMI run: {summary.run.name or ''}", style="bold"), *tables)
