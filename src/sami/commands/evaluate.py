@@ -6,8 +6,6 @@ import argparse
 
 from sami.cli_settings import add_settings_arguments, merge, read_yaml, settings_overrides, validate
 from sami.errors import SamiInputError
-from sami.evaluation.context import EvaluationInputs
-from sami.evaluation.evaluate import run_evaluation
 from sami.evaluation.settings import BaselineSettings, EvaluationSettings
 
 # other spellings of generated flags, kept from the hand-written parser
@@ -88,6 +86,9 @@ def build_settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    # the evaluation loads torch: imported here, not at the top, so that `sami evaluate --help` answers at once
+    from sami.evaluation.context import EvaluationInputs
+    from sami.evaluation.evaluate import run_evaluation
 
     settings = build_settings(args)
     if settings.queries is None:

@@ -15,10 +15,7 @@ from sami.constitutions import load_constitutions
 from sami.data import BUNDLED_QUERIES, QuerySource, load_queries
 from sami.errors import SamiInputError
 from sami.filters import FilterSettings
-from sami.generation import (  # factory.make_generator: looked up at call time (tests patch it)
-    GenerationSettings,
-    factory,
-)
+from sami.generation import GenerationSettings
 from sami.models import load_tokenizer
 from sami.prompts import get_template
 from sami.query_formats import TRANSFORMS
@@ -61,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the backends load torch: imported here, not at the top, so that `sami generate --help` answers at once
+    from sami.generation import factory  # factory.make_generator: looked up at call time (tests patch it)
 
     if args.limit is not None and args.limit < 1:
         raise SamiInputError(f"--limit: must be >= 1, got {args.limit}")

@@ -8,7 +8,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from sami import principle_writer  # its functions looked up at call time (tests patch them)
 from sami.cli_settings import add_settings_arguments, load_settings, settings_overrides
 from sami.constitutions import load_constitutions
 from sami.errors import SamiInputError
@@ -73,6 +72,8 @@ def check_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the writer loads torch: imported here, not at the top, so that `sami principles --help` answers at once
+    from sami import principle_writer  # its functions looked up at call time (tests patch them)
 
     if args.action == "show":
         cset = load_constitutions(args.constitutions)
@@ -93,6 +94,8 @@ def report_contrast(cset, args: argparse.Namespace) -> dict:
     """Run the contrast check on what was written and say which principle/antithesis pairs look weak."""
     if args.contrast_n < 1:
         raise SamiInputError(f"--contrast-n must be >= 1, got {args.contrast_n}")
+    from sami import principle_writer  # loads torch: off `sami principles --help` (tests patch its functions)
+
     console = Console(stderr=True)
     result = principle_writer.contrast_check(
         cset, queries=args.contrast_queries, n_queries=args.contrast_n, model=args.contrast_model, console=console
