@@ -92,9 +92,9 @@ def constitutions_stage(parts: StageParts, config: RunConfig) -> Stage:
 
 
 # ---- self-generation ---------------------------------------------------------------------------
-def samples_stage(parts: StageParts, config: RunConfig, t: int) -> Stage:
+def samples_stage(parts: StageParts, config: RunConfig, t: int, upstream: tuple[str, ...]) -> Stage:
     """iter-t/samples: π_{t-1} writes this iteration's samples (data parallel under accelerate with the hf
-    backend; vllm and servers parallelise on their own)."""
+    backend; vllm and servers parallelise on their own). `upstream`: the constitutions and π_{t-1}'s training."""
     name = f"iter-{t}/samples"
     distributed = config.launcher.kind == "accelerate" and config.generation.backend == "hf"
 
@@ -135,7 +135,6 @@ def samples_stage(parts: StageParts, config: RunConfig, t: int) -> Stage:
             )
         return {"kept": stats.get("kept")}
 
-    upstream = ("constitutions",) + ((f"iter-{t - 1}/train",) if t > 1 else ())
     return Stage(
         name, parts.samples(t), upstream, run,
         lambda ctx: [ctx.layout.samples(t), ctx.layout.samples_stats(t)],
@@ -171,8 +170,9 @@ def checkpoint_stage(
     return Stage(name, parts, upstream, run, lambda ctx: [final(ctx.layout)], where, clear, after)
 
 
-def train_stage(parts: StageParts, config: RunConfig, t: int) -> Stage:
-    """iter-t/train: the SAMI objective from `start_model` for `iterations.steps[t-1]` optimizer steps."""
+def train_stage(parts: StageParts, config: RunConfig, t: int, samples: str) -> Stage:
+    """iter-t/train: the SAMI objective from `start_model` for `iterations.steps[t-1]` optimizer steps, on the
+    stage `samples`."""
 
     def train(ctx: StageContext, output_dir: Path) -> None:
         c, o = ctx.config, ctx.options
@@ -183,7 +183,7 @@ def train_stage(parts: StageParts, config: RunConfig, t: int) -> Stage:
 
     where: Where = "accelerate" if config.launcher.kind == "accelerate" else "process"
     return checkpoint_stage(
-        f"iter-{t}/train", parts.train(t), (f"iter-{t}/samples",),
+        f"iter-{t}/train", parts.train(t), (samples,),
         final=lambda layout: layout.train(t), partial=lambda layout: layout.train_partial(t), train=train,
         where=where,
     )  # fmt: skip
@@ -195,7 +195,8 @@ class EvalTarget:
     """The model one set of evaluation stages evaluates, as functions of the run (so a child process rebuilds it
     from the run folder). `extra_baselines`: more baselines than the run's (e.g. π_T for a comparison);
     `prepare`: runs before its responses are generated; `baseline_evals`: baseline name -> that model's own
-    evaluation folder in this run (its MI and lengths are copied from there; "base" is always iteration 0's)."""
+    evaluation folder in this run (its MI and lengths are copied from there; "base" is always iteration 0's);
+    `reads`: the stages its responses read (the constitutions, the model's training, ...)."""
 
     prefix: str
     t: int
@@ -272,7 +273,7 @@ def evaluation_stages(parts: StageParts, config: RunConfig, target: EvalTarget, 
 
     judge_where: Where = "process" if config.evaluation.judge.kind == "local" else "driver"
     stages = [
-        Stage(f"{prefix}/responses", parts.responses(t), ("constitutions", *target.reads), responses, written,
+        Stage(f"{prefix}/responses", parts.responses(t), target.reads, responses, written,
               "process", clear),
     ]  # fmt: skip
     if judged:

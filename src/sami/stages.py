@@ -43,20 +43,31 @@ def stage_table(config: RunConfig, *, contents: bool = True) -> dict[str, Stage]
     """Every stage of a run, in run order, by name. `contents=False`: keys without the input files' contents (the
     keys of manifest version 2; reads no input file)."""
     parts = StageParts.of(config, contents=contents)
-    stages: list[Stage] = [constitutions_stage(parts, config)]
+    constitutions = constitutions_stage(parts, config)
+    stages: list[Stage] = [constitutions]
 
-    def evaluation(t: int, reads: tuple[str, ...], *, judged: bool) -> None:
-        stages.extend(evaluation_stages(parts, config, policy_target(config, t, reads), judged=judged))
+    def evaluation(t: int, reads: tuple[str, ...], *, judged: bool) -> str:
+        """π_t's evaluation stages (and its benchmark), reading `reads`; returns its responses stage's name."""
+        evaluated = evaluation_stages(
+            parts, config, policy_target(config, t, (constitutions.name, *reads)), judged=judged
+        )
+        stages.extend(evaluated)
         bench = parts.benchmarks(t)
         if bench is not None:
-            stages.append(benchmark_stage(bench, t))
+            stages.append(benchmark_stage(bench, t, reads))
+        return evaluated[0].name
 
-    evaluation(0, (), judged=bool(config.evaluation.baselines))
+    base_responses = evaluation(0, (), judged=bool(config.evaluation.baselines))
+    trained: tuple[str, ...] = ()  # π_{t-1}'s training stage (none for π_0)
     for t in range(1, config.iterations.count + 1):
-        stages += [samples_stage(parts, config, t), train_stage(parts, config, t)]
-        evaluation(t, (f"iter-{t}/train", "iter-0/responses"), judged=True)
+        samples = samples_stage(parts, config, t, (constitutions.name, *trained))
+        train = train_stage(parts, config, t, samples.name)
+        stages += [samples, train]
+        responses = evaluation(t, (train.name, base_responses), judged=True)
         for method in comparison_methods(config):
-            stages += comparison_stages(parts, config, t, method)
+            reads = (constitutions.name, responses, base_responses)
+            stages += comparison_stages(parts, config, t, method, samples=samples.name, reads=reads)
+        trained = (train.name,)
     stages.append(report_stage(config_hash(config), tuple(s.name for s in stages)))
     return {s.name: s for s in stages}
 

@@ -47,8 +47,11 @@ def seed_sami_responses(layout: RunLayout, t: int, method: str) -> None:
     ours.flush()
 
 
-def comparison_stages(parts: StageParts, config: RunConfig, t: int, method: str) -> list[Stage]:
-    """iter-T/METHOD/train and the evaluation of its model, exactly as π_T's with π_T as one more baseline."""
+def comparison_stages(
+    parts: StageParts, config: RunConfig, t: int, method: str, *, samples: str, reads: tuple[str, ...]
+) -> list[Stage]:
+    """iter-T/METHOD/train (on the stage `samples`) and the evaluation of its model, exactly as π_T's with π_T as
+    one more baseline; its responses read `reads` (the constitutions, π_T's and π_0's responses) too."""
 
     def train(ctx: StageContext, output_dir) -> None:
         c = ctx.config
@@ -58,7 +61,7 @@ def comparison_stages(parts: StageParts, config: RunConfig, t: int, method: str)
         )  # fmt: skip
 
     trained = checkpoint_stage(
-        f"iter-{t}/{method}/train", parts.comparison(t, method), (f"iter-{t}/samples",),
+        f"iter-{t}/{method}/train", parts.comparison(t, method), (samples,),
         final=lambda layout: layout.comparison_train(t, method),
         partial=lambda layout: layout.comparison_train_partial(t, method), train=train, where="process",
     )  # fmt: skip
@@ -74,6 +77,6 @@ def comparison_stages(parts: StageParts, config: RunConfig, t: int, method: str)
         },
         prepare=lambda ctx: seed_sami_responses(ctx.layout, t, method),
         baseline_evals=lambda layout: {SAMI_BASELINE: layout.eval(t).root},
-        reads=(trained.name, f"iter-{t}/responses", "iter-0/responses"),
+        reads=(trained.name, *reads),
     )  # fmt: skip
     return [trained, *evaluation_stages(parts, config, target, judged=True)]

@@ -26,8 +26,9 @@ def drop_defaults(dumped: dict[str, Any]) -> None:
             ev.pop(k, None)
 
 
-def benchmark_stage(parts: dict[str, Any], t: int) -> Stage:
-    """Stage `iter-t/benchmarks` (`parts`: `sami.stage_parts.StageParts.benchmarks`): IFEval of π_t."""
+def benchmark_stage(parts: dict[str, Any], t: int, upstream: tuple[str, ...]) -> Stage:
+    """Stage `iter-t/benchmarks` (`parts`: `sami.stage_parts.StageParts.benchmarks`): IFEval of π_t, after the
+    stages `upstream` (π_t's training)."""
     name = f"iter-{t}/benchmarks"
 
     def out(ctx: StageContext) -> Path:
@@ -55,5 +56,4 @@ def benchmark_stage(parts: dict[str, Any], t: int) -> Stage:
             f"{results['prompt_level_loose_acc']:.3f} / {results['inst_level_loose_acc']:.3f}"
         )
 
-    reads = (f"iter-{t}/train", "iter-0/responses") if t > 0 else ()
-    return Stage(name, parts, reads, run, lambda ctx: [out(ctx) / "results.json"], "process", clear)
+    return Stage(name, parts, upstream, run, lambda ctx: [out(ctx) / "results.json"], "process", clear)
