@@ -230,6 +230,8 @@ def _run(ctx: StageContext, target: EvalTarget, step: str, **kwargs) -> None:
         if "base" in baselines and base.is_file()
         else {},
         baseline_evals={"base": layout.eval(0).root, **target.baseline_evals(layout)},
+        # the run's other baselines were generated (and scored) at iteration 0 under the same settings: reused
+        reused_baselines={n: layout.eval(0).root for n in c.evaluation.baselines if n != "base"} if target.t else {},
         trust_remote_code=c.model.trust_remote_code,
         attn_implementation=c.model.attn_implementation,
         contrast=target.contrast and settings.contrast,

@@ -49,17 +49,20 @@ def baseline_template(ev: Evaluation, spec: BaselineSettings, tokenizer=None) ->
     return choose_template(ev.task, style, ev.template)
 
 
-def reuse_intrinsic(ev: Evaluation, name: str, source: EvalLayout) -> None:
+def reuse_intrinsic(ev: Evaluation, name: str, source: EvalLayout, *, as_baseline: bool = False) -> None:
     """Copy a baseline's responses under the MI constitutions and their scores from `source`, the baseline's own
-    evaluation under the same settings, for the queries whose constitutions match there (the rest are generated)."""
+    evaluation under the same settings (`as_baseline`: an evaluation where it was the baseline `name`), for the
+    queries whose constitutions match there (the rest are generated)."""
     theirs = ScoresFile(source.scores)
     if not theirs.matches(ev.settings):
         return
     store = JsonlStore(ev.files.baseline_mi_responses(name))
     wanted = {q.id: [c.to_dict() for c in ev.mi_constitutions[q.id]] for q in ev.queries if q.id not in store}
-    intrinsic = theirs.read().intrinsic
+    scores = theirs.read()
+    intrinsic = scores.baselines.get(name, {}) if as_baseline else scores.intrinsic
+    mi_path = source.baseline_mi_responses(name) if as_baseline else source.mi_responses
     copied = {}
-    for record in read_jsonl(source.mi_responses) if source.mi_responses.is_file() else []:
+    for record in read_jsonl(mi_path) if mi_path.is_file() else []:
         qid = str(record.get("id"))
         if qid in wanted and qid in intrinsic and record.get("constitutions") == wanted[qid]:
             store.add(record)
@@ -67,6 +70,17 @@ def reuse_intrinsic(ev: Evaluation, name: str, source: EvalLayout) -> None:
     if copied:
         store.flush()
         ScoresFile(ev.files.scores).add_baseline(name, copied)
+
+
+def copy_responses(responses: JsonlStore, name: str, source: EvalLayout, query_ids: set[str]) -> None:
+    """Copy baseline `name`'s responses from `source` (an evaluation where it was a baseline under the same
+    settings: the same model, prompts and constitutions), record for record, for the queries still missing."""
+    if not source.responses.is_file():
+        return
+    for record in read_jsonl(source.responses):
+        if record.get("side") == name and str(record.get("query_id")) in query_ids and record["id"] not in responses:
+            responses.add(record)
+    responses.flush()
 
 
 def _add_given(ev: Evaluation, responses: JsonlStore, name: str, spec: BaselineSettings, given: dict[str, str]):
@@ -95,13 +109,18 @@ def baseline_responses(
     gen_settings: GenerationSettings,
     progress: Progress,
     baseline_evals: dict[str, str | Path],
+    reused: dict[str, str | Path],
 ) -> None:
     """The baselines' responses: `given` ones first, the rest generated (one baseline model at a time); with
     `baseline_intrinsic`, an hf baseline's responses under the MI constitutions and their scores too (taken from
-    `baseline_evals[name]` where that folder has them)."""
+    `baseline_evals[name]` where that folder has them). A baseline in `reused` (e.g. an instruct model at iteration
+    t, whose prompts and model never change within a run) is copied from that folder first: generated once per
+    run."""
     settings, queries, positive = ev.settings, ev.queries, ev.positive
     scores_file = ScoresFile(ev.files.scores)
     for name, spec in ev.baselines.items():
+        if name in reused:
+            copy_responses(responses, name, EvalLayout(Path(reused[name])), {q.id for q in queries})
         _add_given(ev, responses, name, spec, given.get(name, {}))
         gen = spec.generation or gen_settings.model_copy(
             update={"model": spec.model, "device": device_for(settings), "trust_remote_code": ev.trust_remote_code}
@@ -115,6 +134,8 @@ def baseline_responses(
             intrinsic = False  # its model did not load before (see scores.json)
         if intrinsic and name in baseline_evals:
             reuse_intrinsic(ev, name, EvalLayout(Path(baseline_evals[name])))
+        if intrinsic and name in reused:
+            reuse_intrinsic(ev, name, EvalLayout(Path(reused[name])), as_baseline=True)
         mi_store = JsonlStore(ev.files.baseline_mi_responses(name)) if intrinsic else None
         mi_todo = [q for q in queries if q.id not in mi_store] if mi_store is not None else []
         done = scores_file.read().baselines.get(name) or {}

@@ -53,6 +53,7 @@ class EvaluationInputs:
     baselines: dict[str, str | BaselineSettings] | None = None
     baseline_responses: dict[str, dict[str, str]] = field(default_factory=dict)
     baseline_evals: dict[str, str | Path] = field(default_factory=dict)
+    reused_baselines: dict[str, str | Path] = field(default_factory=dict)
     judge: bool = True
     judge_model: Any = None
     judge_tokenizer: Any = None

@@ -89,7 +89,10 @@ def run_evaluation(
     ev = prepare(settings, model_ref, out_dir, inputs)
     with Progress(console) as progress:
         if "responses" in steps:
-            responses_step(ev, inputs.baseline_responses, progress, baseline_evals=inputs.baseline_evals)
+            responses_step(
+                ev, inputs.baseline_responses, progress, baseline_evals=inputs.baseline_evals,
+                reused=inputs.reused_baselines,
+            )  # fmt: skip
         if "judgments" in steps and inputs.judge:
             judgments_step(
                 ev, progress, judge_model=inputs.judge_model, judge_tokenizer=inputs.judge_tokenizer,

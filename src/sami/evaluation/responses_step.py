@@ -26,10 +26,12 @@ def responses_step(
     progress: Progress,
     *,
     baseline_evals: dict[str, str | Path] | None = None,
+    reused: dict[str, str | Path] | None = None,
 ) -> None:
     """Resumable: what is on disk is kept, and with every file complete nothing is loaded or rewritten. `given`:
     baseline name -> {query_id: response} already generated; `baseline_evals`: baseline name -> its own evaluation
-    folder (its MI responses and scores are copied from there)."""
+    folder (its MI responses and scores are copied from there); `reused`: baseline name -> an evaluation folder
+    where it was a baseline under the same settings (its responses, MI responses and scores are copied)."""
     settings, queries, positive = ev.settings, ev.queries, ev.positive
     responses, mi_store, anti_store, contrast_store = ev.stores()
     gen_settings = HFGeneration(batch_size=settings.batch_size, dtype=settings.dtype)
@@ -72,4 +74,4 @@ def responses_step(
     responses.flush()
     score_evaluated(ev, mi_store, responses, contrast_store)
     ev.release()
-    baseline_responses(ev, responses, given, gen_settings, progress, baseline_evals or {})
+    baseline_responses(ev, responses, given, gen_settings, progress, baseline_evals or {}, reused or {})
