@@ -1,7 +1,7 @@
 """`plan_run(config, settings)`: the memory per device and time of every stage of a run, before anything runs.
 
 The stages are those `sami.pipeline` runs today: self-generation (the `generation` backend), training (under the
-`launcher`), evaluation (responses and MI scores in the driver process, on one device, with the `hf` engine) and
+`launcher`), evaluation (responses and MI scores in one process, on one device, with the `hf` engine) and
 judging (a local judge model, an API, or rules). The formulas are in `sami.plan`; this module reads a run config
 into their inputs, checks each stage against the stated devices and says what to change when one does not fit.
 """
@@ -378,8 +378,9 @@ def _evaluation(config, shape, devices, settings, dims, n_eval, k) -> list[Stage
     for t in range(iters + 1):
         models.append((f"iter-{t}", shape, per_model + (contrast if t == 0 else 0)))
         for name, base in evaluation_baselines(config, against_base=t > 0).items():
-            if name == "base" or (base.generation is not None and base.generation.backend != "hf"):
-                continue  # "base" is iteration 0's responses; a served baseline generates elsewhere
+            if name == "base" or (base.generation is not None and base.generation.backend != "hf") or t > 0:
+                continue  # "base" is iteration 0's responses, as is every baseline from t = 1 (generated once per
+                # run); a served baseline generates elsewhere
             models.append(
                 (f"iter-{t}:{name}", model_shape(base.model), per_model if ev.baseline_intrinsic else n_eval)
             )
@@ -397,7 +398,7 @@ def _evaluation(config, shape, devices, settings, dims, n_eval, k) -> list[Stage
         seconds.append(None if None in secs else sum(secs))  # type: ignore[arg-type]
     responses = StagePlan(
         "evaluation responses",
-        f"hf in the driver, 1 of {devices.count} devices, batch {ev.batch_size}",
+        f"hf in its own process, 1 of {devices.count} devices, batch {ev.batch_size}",
         gen_mem[worst],
         seconds,
     )
@@ -416,7 +417,7 @@ def _evaluation(config, shape, devices, settings, dims, n_eval, k) -> list[Stage
     score_secs = [forward_seconds(shape, devices, settings, tokens * (1 + len(models) // (iters + 1)))] * (iters + 1)
     scoring = StagePlan(
         "evaluation scoring (MI)",
-        f"driver, 1 device, {ev.batch_size} queries × {patterns} rows",
+        f"own process, 1 device, {ev.batch_size} queries × {patterns} rows",
         score_mem if ev.intrinsic else None,
         score_secs if ev.intrinsic else [0.0],
     )
