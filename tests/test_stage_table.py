@@ -98,3 +98,12 @@ def test_a_child_s_input_error_is_one_line_in_the_driver(tmp_path, tiny_model_di
     with pytest.raises(SamiInputError, match=r"^no stage 'iter-7/train' in this run; its stages: constitutions"):
         run_launched(cmd, what="iter-7/train")
     assert "error" not in capfd.readouterr().err
+
+
+def test_a_plain_child_keeps_every_core(monkeypatch):
+    """Only an `accelerate launch` gets the one-thread-per-rank CPU environment; a child stage process (one per
+    machine) keeps torch's own thread count."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    probe = "import os, sys; sys.exit(3 if {'OMP_NUM_THREADS', 'ACCELERATE_USE_CPU'} & set(os.environ) else 0)"
+    assert run_launched([sys.executable, "-c", probe], what="probe") > 0

@@ -172,7 +172,9 @@ def run_launched(cmd: list[str], *, what: str, env: dict[str, str] | None = None
     fd, error_path = tempfile.mkstemp(prefix="sami-stage-error-", suffix=".txt")
     os.close(fd)
     error_file = Path(error_path)
-    child_env = {**os.environ, **launch_env(deepspeed=uses_deepspeed(cmd)), **(env or {}), ERROR_FILE_ENV: error_path}
+    # a launch's ranks share the cores (one thread each on the CPU); a plain child process has them to itself
+    launched = launch_env(deepspeed=uses_deepspeed(cmd)) if "accelerate.commands.launch" in cmd else {}
+    child_env = {**os.environ, **launched, **(env or {}), ERROR_FILE_ENV: error_path}
     try:
         proc = subprocess.Popen(cmd, env=child_env)
         code = proc.wait()
