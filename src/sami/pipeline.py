@@ -93,7 +93,7 @@ class Pipeline:
         self.console = console or Console(stderr=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.table = stages.stage_table(config)
-        keys = stages.stage_keys(config)
+        keys = stages.keys_of(self.table)  # one read of the input files' contents, not two
         self.manifest = Manifest(self.run_dir, config_hash(config), keys, legacy_keys=legacy(config))
         atomic_write_text(self.layout.config, config_to_yaml(config))
         self.isolated = isolated(config)

@@ -75,8 +75,13 @@ def stage_table(config: RunConfig, *, contents: bool = True) -> dict[str, Stage]
 def stage_keys(config: RunConfig, *, contents: bool = True) -> dict[str, StageKey]:
     """Every stage's key (`sami.manifest.StageKey`), in run order: the hash of the config parts it reads, the
     contents of the files it reads and the keys of the stages it reads."""
+    return keys_of(stage_table(config, contents=contents))
+
+
+def keys_of(table: dict[str, Stage]) -> dict[str, StageKey]:
+    """The keys of a stage table's records, in run order (upstream stages come first)."""
     keys: dict[str, StageKey] = {}
-    for name, stage in stage_table(config, contents=contents).items():
+    for name, stage in table.items():
         keys[name] = StageKey.of(stage.parts, {u: keys[u] for u in stage.upstream})
     return keys
 
