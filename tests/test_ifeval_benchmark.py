@@ -84,3 +84,20 @@ def test_generation_resumes_and_refuses_other_settings(tmp_path):
     assert results["per_instruction"]["combination:repeat_prompt"]["strict_acc"] == 1.0
     with pytest.raises(Exception, match="generated with"):
         run_ifeval(settings.model_copy(update={"max_new_tokens": 32}), FlakyGenerator(), progress=False)
+
+
+def test_generation_through_a_real_server(tmp_path, llama_server, capsys):
+    """`--base-url`: the bundled model served by llama.cpp answers through its chat endpoint; resumable files."""
+    out = tmp_path / "served"
+    args = ["benchmark", "ifeval", "--base-url", llama_server, "--limit", "2", "--max-new-tokens", "24",
+            "--out", str(out), "--no-progress", "--json"]  # fmt: skip
+    assert main(args) == 0
+    records = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in records] == ["1000", "1001"]
+    assert all(r["response"].strip() and 0 < r["num_tokens"] <= 24 for r in records)
+    generation = json.loads((out / "generation.json").read_text())
+    assert llama_server in generation["model"] and generation["max_new_tokens"] == 24
+    assert json.loads(capsys.readouterr().out)["num_prompts"] == 2
+    # a model and a server at once is refused in one line
+    assert main(["benchmark", "ifeval", "--base-url", llama_server, "--model", "default", "--out", str(out)]) == 2
+    assert "exactly one of --model, --base-url and --responses" in capsys.readouterr().err

@@ -6,6 +6,8 @@ through the model's chat template, greedy decoding, `max_gen_toks: 1280`, no sto
 appended to `responses.jsonl` every `chunk_size` prompts, so an interrupted run resumes where it stopped; a rerun
 with other generation settings into the same folder is refused. `--responses FILE` scores existing responses
 (`{"prompt", "response"}` lines, IFEval's own input format), matched to IFEval's prompts by prompt text.
+`--base-url URL` generates through an OpenAI-compatible server instead (vLLM, llama.cpp, a hosted API: its chat
+endpoint, so the server applies the model's chat template), with `max_concurrency` requests in flight.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import Progress
 
 from sami.errors import SamiInputError
-from sami.generation import HFGeneration, factory  # factory.make_generator: looked up at call time (tests patch it)
+from sami.generation import HFGeneration, OpenAIGeneration, factory  # factory.make_generator: patched in tests
 from sami.ifeval.evaluation import IFEvalInput, accuracies, load_inputs, score
 from sami.io import JsonlStore, atomic_write_json, iter_jsonl, write_jsonl
 
@@ -33,6 +35,13 @@ class IFEvalSettings(BaseModel):
 
     out: str = Field(..., description="output folder (responses.jsonl, eval_results_*.jsonl, results.json)")
     model: str | None = Field(None, description="model to generate with ('default', a folder or a GGUF file)")
+    base_url: str | None = Field(
+        None, description="generate through this OpenAI-compatible server's chat endpoint instead of loading a model"
+    )
+    model_name: str | None = Field(None, description="with base_url: the served model to ask (None: the first listed)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="with base_url: environment variable holding the API key")
+    max_concurrency: int = Field(4, ge=1, description="with base_url: requests in flight at once")
+    timeout: float = Field(600.0, gt=0, description="with base_url: seconds per request before it counts as failed")
     responses: str | None = Field(None, description="score this file of {prompt, response} lines instead")
     inputs: str | None = Field(None, description="IFEval input file (None: the bundled 541 prompts)")
     limit: int | None = Field(None, ge=1, description="only the first N prompts (None: all)")
@@ -65,12 +74,25 @@ def _from_file(path: str, inputs: list[IFEvalInput]) -> dict[str, str]:
 
 
 def _generation_info(settings: IFEvalSettings, generator: Any) -> dict[str, Any]:
+    model = settings.model or "given model"
+    if settings.base_url is not None:
+        model = f"{settings.model_name or 'the first model served'} at {settings.base_url}"
     return {
-        "model": settings.model or "given model",
+        "model": model,
         "max_new_tokens": settings.max_new_tokens,
         "decoding": "greedy",
         "prompt": "one user turn through the model's chat template",
     }
+
+
+def _generation(settings: IFEvalSettings) -> HFGeneration | OpenAIGeneration:
+    """The backend settings: a server (`base_url`) or the model loaded here with transformers."""
+    if settings.base_url is not None:
+        return OpenAIGeneration(
+            base_url=settings.base_url, model_name=settings.model_name, api_key_env=settings.api_key_env,
+            max_concurrency=settings.max_concurrency, timeout=settings.timeout,
+        )  # fmt: skip
+    return HFGeneration(model=settings.model or "default", dtype=settings.dtype, batch_size=settings.batch_size)
 
 
 def generate_responses(
@@ -90,10 +112,9 @@ def generate_responses(
     atomic_write_json(info_path, info)
     store = JsonlStore(out / "responses.jsonl", key="key")
     todo = [inp for inp in inputs if inp.key not in store]
-    if todo and generator is None:
-        generator = factory.make_generator(
-            HFGeneration(model=settings.model or "default", dtype=settings.dtype, batch_size=settings.batch_size)
-        )
+    made_here = bool(todo) and generator is None
+    if made_here:
+        generator = factory.make_generator(_generation(settings))
     bar = None
     if progress and todo:
         bar = Progress(transient=True)
@@ -113,6 +134,8 @@ def generate_responses(
     finally:
         if bar is not None:
             bar.stop()
+        if made_here and hasattr(generator, "close"):  # a vLLM engine or HTTP connections: released here
+            generator.close()
     store.flush()
     return {str(r["key"]): r["response"] for r in store.records}
 
@@ -121,8 +144,10 @@ def run_ifeval(settings: IFEvalSettings, generator: Any = None, *, progress: boo
     """Score IFEval (generating with `settings.model` or `generator`, or reading `settings.responses`); writes
     `eval_results_strict.jsonl`, `eval_results_loose.jsonl` and `results.json` under `settings.out` and returns
     the results."""
-    if (settings.responses is None) == (settings.model is None and generator is None):
-        raise SamiInputError("benchmark ifeval: give exactly one of --model and --responses")
+    sources = [settings.responses is not None, settings.model is not None or generator is not None,
+               settings.base_url is not None]  # fmt: skip
+    if sum(sources) != 1:
+        raise SamiInputError("benchmark ifeval: give exactly one of --model, --base-url and --responses")
     inputs = load_inputs(settings.inputs)
     if settings.limit is not None:
         inputs = inputs[: settings.limit]
