@@ -63,6 +63,12 @@ class EvaluationSettings(BaseModel):
     )
     judge: JudgeSettings = Field(default_factory=LocalJudgeSettings, description="the pairwise judge")
     max_new_tokens: int = Field(350, ge=1, description="response budget (greedy decoding; the paper: 350)")
+    generation: GenerationSettings | Literal["run"] | None = Field(
+        None,
+        description="how the evaluated model generates: None: hf in this process (evaluation.batch_size, dtype); "
+        "'run': the run's `generation` section (vllm, a server, hf); or settings of its own (backend: vllm, ...). "
+        "The evaluated model replaces `model`; decoding stays greedy with the evaluation's budget and stop strings",
+    )
     batch_size: int = Field(8, ge=1, description="hf generation: prompts per batch; also queries per MI forward")
     chunk_size: int = Field(8, ge=1, description="queries generated or judged between two writes to disk")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = Field(
