@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import sys
 import threading
 import urllib.request
@@ -21,6 +22,7 @@ from test_policy_server import check_port_free, server_on
 
 import sami.generation.factory
 from sami.cli import main
+from sami.cli_settings import validate
 from sami.constitutions import Constitution
 from sami.data import load_queries
 from sami.errors import SamiInputError
@@ -116,6 +118,20 @@ def test_default_is_hf_on_the_loaded_model(tmp_path, fake_engine, tiny_model, de
     ((settings, kwargs, engine),) = made
     assert settings.backend == "hf" and settings.batch_size == 3  # evaluation.batch_size, as before
     assert kwargs == {"model": tiny_model, "tokenizer": default_tokenizer} and engine.closed == 1
+
+
+@pytest.mark.parametrize(
+    ("given", "error"),
+    [
+        ("same", "eval.yaml: generation: expected 'run' or the settings of a generation backend"),
+        ({"backend": "vllm", "batch_size": 3}, "eval.yaml: generation.batch_size: a setting of backend hf only"),
+        ({"backend": "nope"}, "eval.yaml: generation: expected 'run' or the settings of a generation backend"),
+    ],
+)
+def test_bad_engine_settings_are_one_line(given, error):
+    with pytest.raises(SamiInputError, match=re.escape(error)):
+        validate(EvaluationSettings, {"generation": given}, source="eval.yaml")
+    assert validate(EvaluationSettings, {"generation": {"tensor_parallel_size": 2, "backend": "vllm"}}).generation
 
 
 def test_run_outside_a_run_is_refused(tmp_path, tiny_model, default_tokenizer):
