@@ -5,8 +5,8 @@ classes and `EndpointSettings`, so finished runs keep their keys (tests/test_sta
 `legacy_shape` gives each section back the flat fields it had, in their order: a field the chosen member does
 not have is hashed at its old default (it was ignored by that backend or judge, as it is now: refused unless
 absent), and a field new to the section (`EndpointSettings`' retry backoff in the judge, its timeouts and retries
-in the writer) is left out while at its default. The hashing dump (`sami.pipeline`) is the only caller; the run's
-`config.yaml` is the plain dump.
+in the writer, `evaluation.generation`) is left out while at its default. The hashing dump (`sami.pipeline`) is the
+only caller; the run's `config.yaml` is the plain dump.
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def legacy_shape(data: dict[str, Any], *, exclude: dict[str, Any] | None = None)
     evaluation = data.get("evaluation") or {}
     if "judge" in evaluation:
         evaluation["judge"] = _section(evaluation["judge"], JUDGE)
+    if evaluation.get("generation", "") is None:
+        del evaluation["generation"]  # new field (the evaluation's engine): out of the hash at its default
     for baseline in (evaluation.get("baselines") or {}).values():
         if isinstance(baseline, dict) and baseline.get("generation") is not None:
             baseline["generation"] = _section(baseline["generation"], GENERATION)

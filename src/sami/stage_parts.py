@@ -21,6 +21,8 @@ from sami.run_inputs import input_groups
 NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size", *BENCHMARK_FIELDS)
 # Generation fields that say how a server is started, not what it generates: out of every hash.
 NOT_IN_SAMPLES = ("server", "server_port", "server_timeout")
+# Generation fields the evaluation does not read (it passes greedy decoding and its own budget with every call).
+NOT_IN_EVAL_ENGINE = ("max_new_tokens", "temperature", "top_p", "seed", *NOT_IN_SAMPLES)
 
 
 def dump_config(config: RunConfig, **kwargs: Any) -> dict:
@@ -105,13 +107,17 @@ class StageParts:
 
     def responses(self, t: int) -> dict[str, Any]:
         c = self.dumped
+        evaluation = {k: v for k, v in c["evaluation"].items() if k not in NOT_IN_RESPONSES}
+        if "generation" in evaluation:  # the evaluation's engine (absent at its default: the hf of before)
+            engine = c["generation"] if evaluation["generation"] == "run" else evaluation["generation"]
+            evaluation["generation"] = {k: v for k, v in engine.items() if k not in NOT_IN_EVAL_ENGINE}
         return {
             **self.policy,
             "prompts": c["prompts"],
             "sampling.scheme": c["sampling"]["scheme"],
             "sampling.n_constitutions": c["sampling"]["n_constitutions"],
             "data.eval": {k: c["data"][k] for k in ("eval", "eval_limit")},
-            "evaluation": {k: v for k, v in c["evaluation"].items() if k not in NOT_IN_RESPONSES},
+            "evaluation": evaluation,
             **self.read("policy", "eval_data", "baselines"),
             "iteration": t,
         }

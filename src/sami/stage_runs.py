@@ -235,6 +235,7 @@ def _run(ctx: StageContext, target: EvalTarget, step: str, **kwargs) -> None:
         trust_remote_code=c.model.trust_remote_code,
         attn_implementation=c.model.attn_implementation,
         contrast=target.contrast and settings.contrast,
+        base_model=c.model.policy,  # a server backend serves π₀ as configured; another model must be listed
     )
     run_evaluation(
         settings, target.model(ctx), target.files(layout).root, inputs, steps=(step,), console=ctx.console, **kwargs

@@ -17,7 +17,7 @@ from sami.sami_config import SAMIConfig
 
 def evaluation_settings(config: RunConfig) -> EvaluationSettings:
     """The evaluation settings of a run: `config.evaluation` with the sampling scheme, C, dtype and task defaulting
-    to the run's, and the run's prompt style (its templates are used)."""
+    to the run's, the run's prompt style (its templates are used), and `generation: run` as the run's `generation`."""
     ev: EvaluationSettings = config.evaluation
     updates: dict[str, Any] = {"style": config.prompts.style}
     if ev.scheme is None:
@@ -28,6 +28,8 @@ def evaluation_settings(config: RunConfig) -> EvaluationSettings:
         updates["dtype"] = config.model.dtype
     if ev.task is None:
         updates["task"] = config.prompts.task
+    if ev.generation == "run":
+        updates["generation"] = config.generation
     return ev.model_copy(update=updates)
 
 

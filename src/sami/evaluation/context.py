@@ -42,6 +42,9 @@ class EvaluationInputs:
       responses under the MI constitutions and their scores are taken from there instead of loading the model.
     - `judge=False`: no baselines and no judgments step; `judge_model`/`judge_tokenizer`: a loaded local judge.
     - `contrast=True`: the contrast check (`sami.evaluation.contrast.contrast_metrics`).
+    - `base_model`: the model a server's configured `model_name` serves (a run's π₀); with
+      `evaluation.generation.backend: openai`, another evaluated model must be listed by the server
+      (`sami.evaluation.engine`). None: the evaluated model itself (the server serves it as configured).
     """
 
     queries: Sequence[Query] | None = None
@@ -60,6 +63,7 @@ class EvaluationInputs:
     trust_remote_code: bool = False
     attn_implementation: str = "sdpa"
     contrast: bool = False
+    base_model: str | None = None
 
 
 @dataclass
@@ -86,6 +90,7 @@ class Evaluation:
     model: Any = None
     tokenizer: Any = None
     loaded_here: bool = False
+    base_model: str | None = None
 
     def get_tokenizer(self):
         if self.tokenizer is None:
@@ -214,6 +219,7 @@ def prepare(settings: EvaluationSettings, model_ref: str, out_dir: str | Path, i
         attn_implementation=inputs.attn_implementation,
         model=inputs.model,
         tokenizer=inputs.tokenizer,
+        base_model=None if inputs.base_model is None else str(inputs.base_model),
     )
 
 

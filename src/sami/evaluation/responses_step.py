@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sami.evaluation.baselines import baseline_responses
 from sami.evaluation.context import Evaluation, check_mi_store
+from sami.evaluation.engine import evaluated_generator
 from sami.evaluation.responses import (
     Progress,
     generate_mi,
@@ -17,7 +18,7 @@ from sami.evaluation.responses import (
     known_responses,
 )
 from sami.evaluation.scores import score_evaluated
-from sami.generation import HFGeneration, factory  # factory.make_generator: looked up at call time (tests patch it)
+from sami.generation import HFGeneration
 
 
 def responses_step(
@@ -47,30 +48,29 @@ def responses_step(
         if name in positive[q.id].signs() and f"{name}:{q.id}" not in contrast_store
     ]
     if todo or mi_todo or anti_todo or contrast_todo:
-        generator = factory.make_generator(gen_settings, model=ev.get_model(), tokenizer=ev.get_tokenizer())
-        if todo or mi_todo:
-            advance = progress.task(f"responses of {ev.label}", len(todo))
-            generate_side(
-                responses, generator, ev.template, todo, positive, side="model", label=ev.label, settings=settings,
-                advance=advance,
-            )  # fmt: skip
-        if mi_todo and not patterns:
-            generate_mi(mi_store, responses, generator, ev.template, mi_todo, ev.constitutions, settings, progress)
-        if mi_todo and patterns:  # the antithesis and one-flipped responses below are then taken from these
-            known = known_responses(responses, anti_store, contrast_store)
-            generate_patterns(mi_store, generator, ev.template, mi_todo, ev.mi_constitutions, settings, progress,
-                               known=known)  # fmt: skip
-        if anti_todo:
-            jobs = [(q.id, q, positive[q.id].flipped(), {}) for q in anti_todo]
-            known = known_responses(responses, mi_store)
-            generate_under(anti_store, generator, ev.template, jobs, settings, progress,
-                            "responses under the antithesis", known=known)  # fmt: skip
-        if contrast_todo:
-            jobs = [(f"{n}:{q.id}", q, positive[q.id].flipped({n}), {"principle": n}) for n, q in contrast_todo]
-            known = known_responses(responses, mi_store, anti_store)
-            generate_under(contrast_store, generator, ev.template, jobs, settings, progress,
-                            "responses with one principle flipped", known=known)  # fmt: skip
-        generator = None
+        with evaluated_generator(ev, gen_settings) as generator:  # evaluation.generation; closed after, also on error
+            if todo or mi_todo:
+                advance = progress.task(f"responses of {ev.label}", len(todo))
+                generate_side(
+                    responses, generator, ev.template, todo, positive, side="model", label=ev.label, settings=settings,
+                    advance=advance,
+                )  # fmt: skip
+            if mi_todo and not patterns:
+                generate_mi(mi_store, responses, generator, ev.template, mi_todo, ev.constitutions, settings, progress)
+            if mi_todo and patterns:  # the antithesis and one-flipped responses below are then taken from these
+                known = known_responses(responses, anti_store, contrast_store)
+                generate_patterns(mi_store, generator, ev.template, mi_todo, ev.mi_constitutions, settings, progress,
+                                   known=known)  # fmt: skip
+            if anti_todo:
+                jobs = [(q.id, q, positive[q.id].flipped(), {}) for q in anti_todo]
+                known = known_responses(responses, mi_store)
+                generate_under(anti_store, generator, ev.template, jobs, settings, progress,
+                                "responses under the antithesis", known=known)  # fmt: skip
+            if contrast_todo:
+                jobs = [(f"{n}:{q.id}", q, positive[q.id].flipped({n}), {"principle": n}) for n, q in contrast_todo]
+                known = known_responses(responses, mi_store, anti_store)
+                generate_under(contrast_store, generator, ev.template, jobs, settings, progress,
+                                "responses with one principle flipped", known=known)  # fmt: skip
     responses.flush()
     score_evaluated(ev, mi_store, responses, contrast_store)
     ev.release()

@@ -4,16 +4,40 @@ run's open fields."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from sami.data import QuerySource
 from sami.evaluation.judge_settings import JudgeSettings, LocalJudgeSettings
 from sami.generation import GenerationSettings
+from sami.generation.base import BACKENDS
 from sami.tokens import resolve_eos
 
 TASKS = ("dialogue", "summarization")
+
+
+def _engine_tag(value: Any) -> str | None:  # named `backend` below: pydantic names it in errors
+    if isinstance(value, str):
+        return value if value == "run" else None
+    tag = (value.get("backend") or "hf") if isinstance(value, dict) else getattr(value, "backend", None)
+    return tag if tag in BACKENDS else None
+
+
+_engine_tag.__name__ = "backend"
+# `evaluation.generation`: 'run' or the settings of one backend, one union so that an error names the field as
+# `generation.batch_size` (the backend tags are stripped from error locations) or says what is expected
+EvaluationGeneration = Annotated[
+    Union[  # noqa: UP007 - Annotated members
+        tuple(Annotated[member, Tag(name)] for name, member in BACKENDS.items())
+        + (Annotated[Literal["run"], Tag("run")],)
+    ],
+    Discriminator(
+        _engine_tag,
+        custom_error_type="engine_choice",
+        custom_error_message="expected 'run' or the settings of a generation backend (backend: hf, vllm or openai)",
+    ),
+]
 
 
 class BaselineSettings(BaseModel):
@@ -63,6 +87,12 @@ class EvaluationSettings(BaseModel):
     )
     judge: JudgeSettings = Field(default_factory=LocalJudgeSettings, description="the pairwise judge")
     max_new_tokens: int = Field(350, ge=1, description="response budget (greedy decoding; the paper: 350)")
+    generation: EvaluationGeneration | None = Field(
+        None,
+        description="how the evaluated model generates: None: hf in this process (evaluation.batch_size, dtype); "
+        "'run': the run's `generation` section (vllm, a server, hf); or settings of its own (backend: vllm, ...). "
+        "The evaluated model replaces `model`; decoding stays greedy with the evaluation's budget and stop strings",
+    )
     batch_size: int = Field(8, ge=1, description="hf generation: prompts per batch; also queries per MI forward")
     chunk_size: int = Field(8, ge=1, description="queries generated or judged between two writes to disk")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = Field(
