@@ -1,16 +1,16 @@
 """`plan_run(config, settings)`: the memory per device and time of every stage of a run, before anything runs.
 
 The stages are those `sami.pipeline` runs today: self-generation (the `generation` backend), training (under the
-`launcher`), evaluation (responses and MI scores in one process, on one device, with the `hf` engine) and
-judging (a local judge model, an API, or rules). The formulas are in `sami.plan`; this module reads a run config
-into their inputs, checks each stage against the stated devices and says what to change when one does not fit.
+`launcher`), evaluation (its responses with the engine `evaluation.generation` names, the MI scores on one device;
+`sami.plan_eval`) and judging (a local judge model, an API, or rules). The formulas are in `sami.plan`; this module
+reads a run config into their inputs, checks each stage against the stated devices (`sami.plan_stage`) and says
+what to change when one does not fit.
 """
 
 from __future__ import annotations
 
-import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -23,38 +23,29 @@ from sami.model_shapes import ModelShape, model_shape
 from sami.plan import (
     GB,
     Devices,
-    Memory,
     PlanSettings,
     TrainSetup,
-    decode_step_seconds,
     dtype_bytes,
-    forward_seconds,
     generation_memory,
     parse_devices,
-    scoring_memory,
     training_flops,
     training_memory,
 )
+from sami.plan_eval import evaluation_stages
+from sami.plan_stage import (  # StagePlan and gb_text are read from here by sami.plan_report
+    StagePlan,
+    check,
+    gb_text,
+    hf_generation_seconds,
+    min_tensor_parallel,
+    usable,
+    vllm_generation,
+)
 from sami.run_config import RunConfig
-from sami.stage_settings import evaluation_baselines, evaluation_settings
+
+__all__ = ["RunPlan", "StagePlan", "gb_text", "plan_run"]
 
 DEFAULT_PROMPT_TOKENS = {"dialogue": 200, "summarization": 450}
-
-
-@dataclass
-class StagePlan:
-    name: str
-    where: str
-    memory: Memory | None  # None: runs elsewhere (a server, an API) or needs no model
-    seconds: list[float | None] = field(default_factory=list)  # per iteration it runs in
-    fits: bool = True
-    reason: str = ""
-    advice: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def total_seconds(self) -> float | None:
-        return None if any(s is None for s in self.seconds) else sum(self.seconds)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -132,55 +123,13 @@ def _launch_config(config: RunConfig) -> dict:
     return out
 
 
-# ---- checks and advice -----------------------------------------------------------------------------------
-def gb_text(x: float) -> str:
-    """Bytes as GB (10⁹) with one decimal."""
-    return f"{x / GB:.1f} GB"
-
-
-def _usable(devices: Devices, settings: PlanSettings) -> float:
-    return devices.memory - settings.runtime_reserve_gb * GB
-
-
-def _check(stage: StagePlan, devices: Devices, settings: PlanSettings) -> bool:
-    if stage.memory is None:
-        return True
-    need = stage.memory.total
-    if need > _usable(devices, settings):
-        top = sorted(stage.memory.parts.items(), key=lambda kv: -kv[1])[:3]
-        parts = ", ".join(f"{k} {gb_text(v)}" for k, v in top)
-        stage.fits = False
-        reserve = settings.runtime_reserve_gb
-        stage.reason = (
-            f"needs {gb_text(need + reserve * GB)} per device ({parts}, + {reserve:g} GB reserve) "
-            f"on {devices.name}-{devices.memory_gb:g}GB"
-        )
-        return False
-    if settings.host_memory_gb and stage.memory.host > settings.host_memory_gb * GB:
-        stage.fits = False
-        stage.reason = (
-            f"offload needs {gb_text(stage.memory.host)} of host RAM per node, {settings.host_memory_gb:g} GB stated"
-        )
-        return False
-    return True
-
-
-def _min_tensor_parallel(weights: float, devices: Devices, settings: PlanSettings, share: float = 0.7) -> int | None:
-    """Smallest power-of-two tensor parallel size whose weight shard takes at most `share` of a device."""
-    tp = 1
-    while tp <= devices.count:
-        if weights / tp <= share * _usable(devices, settings):
-            return tp
-        tp *= 2
-    return None
-
-
+# ---- advice -----------------------------------------------------------------------------------------------
 def _training_advice(shape, setup: TrainSetup, devices: Devices, settings: PlanSettings, grad_accum: int) -> list[str]:
-    usable, reserve = _usable(devices, settings), settings.runtime_reserve_gb * GB
+    room, reserve = usable(devices, settings), settings.runtime_reserve_gb * GB
 
     def fits(s: TrainSetup) -> bool:
         m = training_memory(shape, s)
-        return m.total <= usable and not (settings.host_memory_gb and m.host > settings.host_memory_gb * GB)
+        return m.total <= room and not (settings.host_memory_gb and m.host > settings.host_memory_gb * GB)
 
     def smaller_batch(s: TrainSetup) -> TrainSetup | None:
         for b in range(s.micro_batch - 1, 0, -1):  # divisors: the same queries per optimizer step
@@ -237,37 +186,6 @@ def _training_advice(shape, setup: TrainSetup, devices: Devices, settings: PlanS
 
 
 # ---- stages ----------------------------------------------------------------------------------------------
-def _hf_generation_seconds(shape, devices, settings, *, wb, n_prompts, batch, p, r, processes=1) -> float | None:
-    per_process = math.ceil(n_prompts / processes)
-    step = decode_step_seconds(
-        shape,
-        devices,
-        settings,
-        weight_bytes=wb,
-        batch=batch,
-        context=p + r // 2,
-        overhead=settings.hf_step_overhead_s,
-    )
-    prefill = forward_seconds(shape, devices, settings, per_process * p)
-    if step is None or prefill is None:
-        return None
-    return math.ceil(per_process / batch) * r * step + prefill
-
-
-def _vllm(shape, devices, settings, *, wb, tp, utilization, n_prompts, p, r) -> tuple[Memory, float | None, int]:
-    """Memory per device of a vLLM engine over `tp` devices, its time, and how many sequences its cache holds."""
-    weights = shape.n_params * wb / tp
-    budget = utilization * devices.memory - settings.runtime_reserve_gb * GB
-    kv_seq = (p + r) * shape.kv_bytes_per_token(wb) / tp
-    mem = Memory({"weights": weights, "KV cache (vLLM fills the rest)": max(budget - weights, kv_seq)})
-    seqs = max(0, int((budget - weights) // kv_seq))
-    batch = max(1, min(settings.vllm_max_seqs, seqs, n_prompts))
-    step = decode_step_seconds(shape, devices, settings, weight_bytes=wb, batch=batch, context=p + r // 2, shards=tp)
-    prefill = forward_seconds(shape, devices, settings, n_prompts * p, n=tp)
-    seconds = None if step is None or prefill is None else math.ceil(n_prompts / batch) * r * step + prefill
-    return mem, seconds, seqs
-
-
 def _self_generation(config, shape, devices, settings, dims, n_train) -> StagePlan:
     gen, p, r = config.generation, dims["P"], config.sampling.max_new_tokens
     wb = dtype_bytes(getattr(gen, "dtype", None) or config.model.dtype)  # openai: no dtype of its own
@@ -278,12 +196,12 @@ def _self_generation(config, shape, devices, settings, dims, n_train) -> StagePl
         mem = generation_memory(
             shape, weight_bytes=wb, batch=gen.prefill_batch_size or gen.batch_size, prompt_tokens=p, new_tokens=r
         )
-        secs = _hf_generation_seconds(
+        secs = hf_generation_seconds(
             shape, devices, settings, wb=wb, n_prompts=n_prompts, batch=gen.batch_size, p=p, r=r, processes=procs
         )
         stage = StagePlan("self-generation", f"hf, {procs} process(es), batch {gen.batch_size}", mem, [secs] * iters)
-        if not _check(stage, devices, settings):
-            tp = _min_tensor_parallel(shape.n_params * wb, devices, settings)
+        if not check(stage, devices, settings):
+            tp = min_tensor_parallel(shape.n_params * wb, devices, settings)
             stage.advice.append(f"generation.backend: vllm with tensor_parallel_size: {tp}" if tp else "more devices")
             if gen.batch_size > 1:
                 stage.advice.append("a smaller generation.batch_size (the KV cache grows with it)")
@@ -291,8 +209,8 @@ def _self_generation(config, shape, devices, settings, dims, n_train) -> StagePl
     tp = gen.tensor_parallel_size if gen.backend == "vllm" else None
     utilization = getattr(gen, "gpu_memory_utilization", 0.9)  # openai: timed as a vLLM server at its default
     if tp is None:  # openai: a server elsewhere; timed as a vLLM server over the smallest fitting tensor parallel
-        tp = _min_tensor_parallel(shape.n_params * wb, devices, settings) or devices.count
-    mem, secs, seqs = _vllm(
+        tp = min_tensor_parallel(shape.n_params * wb, devices, settings) or devices.count
+    mem, secs, seqs = vllm_generation(
         shape,
         devices,
         settings,
@@ -312,11 +230,11 @@ def _self_generation(config, shape, devices, settings, dims, n_train) -> StagePl
     )
     if tp > devices.count:
         stage.fits, stage.reason = False, f"tensor_parallel_size {tp} > {devices.count} devices"
-    elif seqs < 1 or not _check(stage, devices, settings):
+    elif seqs < 1 or not check(stage, devices, settings):
         stage.fits = False
         weights = gb_text(mem.parts["weights"])
         stage.reason = stage.reason or f"weights {weights} per device leave no room for the KV cache"
-        need = _min_tensor_parallel(shape.n_params * wb, devices, settings)
+        need = min_tensor_parallel(shape.n_params * wb, devices, settings)
         stage.advice.append(f"generation.tensor_parallel_size: {need}" if need else "more devices")
     else:
         stage.notes.append(f"KV cache holds {seqs} sequences of {p + r} tokens")
@@ -362,114 +280,9 @@ def _training(config, shape, devices, settings, dims) -> StagePlan:
         stage.notes.append(f"host RAM for the offloaded state: {gb_text(mem.host)} per node")
     if procs > devices.count:
         stage.fits, stage.reason = False, f"{procs} processes on {devices.count} devices"
-    elif not _check(stage, devices, settings):
+    elif not check(stage, devices, settings):
         stage.advice = _training_advice(shape, setup, devices, settings, tr.gradient_accumulation_steps)
     return stage
-
-
-def _evaluation(config, shape, devices, settings, dims, n_eval, k) -> list[StagePlan]:
-
-    ev = evaluation_settings(config)
-    p, r, wb, iters = dims["P"], ev.max_new_tokens, dtype_bytes(ev.dtype), config.iterations.count
-    patterns = min(2**k, ev.mi_max_patterns) if ev.mi == "sign_patterns" else ev.n_constitutions
-    per_model = n_eval * (patterns if ev.intrinsic else 1)
-    models: list[tuple[str, ModelShape, int]] = []  # (which, shape, responses) of every iteration's hf models
-    contrast = (ev.contrast_limit or n_eval) * k if ev.contrast else 0
-    for t in range(iters + 1):
-        models.append((f"iter-{t}", shape, per_model + (contrast if t == 0 else 0)))
-        for name, base in evaluation_baselines(config, against_base=t > 0).items():
-            if name == "base" or (base.generation is not None and base.generation.backend != "hf") or t > 0:
-                continue  # "base" is iteration 0's responses, as is every baseline from t = 1 (generated once per
-                # run); a served baseline generates elsewhere
-            models.append(
-                (f"iter-{t}:{name}", model_shape(base.model), per_model if ev.baseline_intrinsic else n_eval)
-            )
-    gen_mem = [
-        generation_memory(s, weight_bytes=wb, batch=ev.batch_size, prompt_tokens=p, new_tokens=r) for _, s, _ in models
-    ]
-    worst = max(range(len(models)), key=lambda i: gen_mem[i].total)
-    seconds: list[float | None] = []
-    for t in range(iters + 1):
-        secs = [
-            _hf_generation_seconds(s, devices, settings, wb=wb, n_prompts=n, batch=ev.batch_size, p=p, r=r)
-            for (w, s, n) in models
-            if w.split(":")[0] == f"iter-{t}"
-        ]
-        seconds.append(None if None in secs else sum(secs))  # type: ignore[arg-type]
-    responses = StagePlan(
-        "evaluation responses",
-        f"hf in its own process, 1 of {devices.count} devices, batch {ev.batch_size}",
-        gen_mem[worst],
-        seconds,
-    )
-    responses.notes.append(
-        f"{per_model} responses per model per iteration ({n_eval} queries × {patterns}); "
-        f"largest model: {models[worst][1].name}"
-    )
-    if not _check(responses, devices, settings):
-        _whole_model_advice(responses, devices, settings, "a smaller evaluation.batch_size (KV cache)", ev.batch_size)
-        if wb == 4:
-            responses.advice.append("evaluation.dtype: bfloat16")
-    score_mem = scoring_memory(
-        models[worst][1], weight_bytes=wb, queries=ev.batch_size, c=patterns, prompt_tokens=p, response_tokens=r
-    )
-    tokens = n_eval * patterns * (p + patterns * r)
-    score_secs = [forward_seconds(shape, devices, settings, tokens * (1 + len(models) // (iters + 1)))] * (iters + 1)
-    scoring = StagePlan(
-        "evaluation scoring (MI)",
-        f"own process, 1 device, {ev.batch_size} queries × {patterns} rows",
-        score_mem if ev.intrinsic else None,
-        score_secs if ev.intrinsic else [0.0],
-    )
-    if not _check(scoring, devices, settings):
-        _whole_model_advice(
-            scoring, devices, settings, "a smaller evaluation.batch_size (queries per MI forward)", ev.batch_size
-        )
-    return [responses, scoring, _judging(config, ev, devices, settings, dims, n_eval)]
-
-
-def _whole_model_advice(stage: StagePlan, devices, settings, smaller: str, batch: int) -> None:
-    """Advice for a stage that loads a whole model on one device: a larger device, or a smaller batch."""
-    weights = stage.memory.parts["weights"] if stage.memory else 0.0
-    if weights > _usable(devices, settings):
-        stage.advice.append(
-            f"the weights alone need {gb_text(weights)}: a device with ≥ "
-            f"{gb_text(stage.memory.total + settings.runtime_reserve_gb * GB)}, since evaluation loads "
-            "each model whole on one device (no tensor parallel or sharding there yet: issue 28)"
-        )
-    elif batch > 1:
-        stage.advice.append(smaller)
-
-
-def _judging(config, ev, devices, settings, dims, n_eval) -> StagePlan:
-    judge, iters = ev.judge, config.iterations.count
-    baselines = [len(run_b) for run_b in (_baselines(config, t) for t in range(iters + 1))]
-    if judge.kind == "rules":
-        return StagePlan("judging", "rules (the principles' checks, no model)", None, [0.0] * (iters + 1))
-    per_iter = [n_eval * b * (2 if judge.both_orders else 1) for b in baselines]
-    if judge.kind == "api":
-        secs = [n * settings.api_latency_s / judge.max_concurrency for n in per_iter]
-        return StagePlan("judging", f"API {judge.model_name or ''} ({judge.max_concurrency} in flight)", None, secs)
-    shape = model_shape(judge.model)
-    p_judge = dims["P"] + 2 * ev.max_new_tokens
-    mem = scoring_memory(
-        shape,
-        weight_bytes=dtype_bytes(judge.dtype),
-        queries=judge.batch_size,
-        c=1,
-        prompt_tokens=p_judge,
-        response_tokens=0,
-    )
-    secs = [forward_seconds(shape, devices, settings, n * p_judge) for n in per_iter]
-    stage = StagePlan("judging", f"local judge {judge.model}, batch {judge.batch_size}", mem, secs)
-    if not _check(stage, devices, settings):
-        stage.advice.append("a smaller evaluation.judge.batch_size, judge dtype bfloat16, or an api judge")
-    return stage
-
-
-def _baselines(config, t: int) -> dict:
-
-    return evaluation_baselines(config, against_base=t > 0)
 
 
 def plan_run(config: RunConfig, settings: PlanSettings, *, source: str = "config") -> RunPlan:
@@ -492,6 +305,6 @@ def plan_run(config: RunConfig, settings: PlanSettings, *, source: str = "config
     stages = [
         _self_generation(config, shape, devices, settings, dims, n_train),
         _training(config, shape, devices, settings, dims),
-        *_evaluation(config, shape, devices, settings, dims, n_eval, k),
+        *evaluation_stages(config, shape, devices, settings, dims, n_eval, k),
     ]
     return RunPlan(source, devices, shape, settings, dims, stages)
