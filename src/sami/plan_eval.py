@@ -191,8 +191,12 @@ def evaluation_stages(config, shape, devices, settings, dims, n_eval, k) -> list
         largest, weight_bytes=wb, queries=ev.batch_size, c=patterns, prompt_tokens=p, response_tokens=r
     )
     tokens = n_eval * patterns * (p + patterns * r)
-    per_iter = 1 + (len(evaluated) + len(baselines)) // (iters + 1)
-    score_secs = [forward_seconds(shape, devices, settings, tokens * per_iter)] * (iters + 1)
+    score_secs = []  # the evaluated model each iteration; the hf baselines' MI once (iteration 0; later copied)
+    scored = evaluated + (baselines if ev.baseline_intrinsic else [])
+    for t in range(iters + 1):
+        shapes = [s for w, s, _ in scored if w.split(":")[0] == f"iter-{t}"]
+        secs = [forward_seconds(s, devices, settings, tokens) for s in shapes]
+        score_secs.append(None if None in secs else sum(secs))  # type: ignore[arg-type]
     scoring = StagePlan(
         "evaluation scoring (MI)",
         f"own process, 1 device, {ev.batch_size} queries × {patterns} rows",
