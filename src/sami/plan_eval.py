@@ -106,13 +106,14 @@ def _responses_engine(engine, evaluated, baselines, devices, settings, *, wb, ba
     elif served_elsewhere:
         tp = min_tensor_parallel(shape.n_params * wb_engine, devices, settings) or devices.count
     utilization = getattr(engine, "gpu_memory_utilization", 0.9)  # a server: timed at vLLM's default
-    seconds, mem, seqs = [], None, 1
+    seconds, mem, seqs, base_secs = [], None, 1, []
     for t in range(iters + 1):
         secs = [
             hf_generation_seconds(s, devices, settings, wb=wb, n_prompts=n, batch=batch, p=p, r=r)
             for (w, s, n) in baselines
             if w.split(":")[0] == f"iter-{t}"
         ]
+        base_secs += secs
         n = sum(n for w, _, n in evaluated if w == f"iter-{t}")
         mem, sec, seqs = vllm_generation(
             shape, devices, settings, wb=wb_engine, tp=tp, utilization=utilization, n_prompts=n, p=p, r=r, replicas=dp
@@ -153,7 +154,10 @@ def _responses_engine(engine, evaluated, baselines, devices, settings, *, wb, ba
         )
         base_mem = generation_memory(worst[1], weight_bytes=wb, batch=batch, prompt_tokens=p, new_tokens=r)
         name = worst[0].split(":")[1]
-        stage.notes.append(f"hf baselines at iteration 0, 1 device: {gb_text(base_mem.total)} ({name}, batch {batch})")
+        took = "?" if None in base_secs else f"{sum(base_secs) / 60:.1f} min"  # type: ignore[arg-type]
+        stage.notes.append(
+            f"hf baselines at iteration 0, 1 device, batch {batch}: {took}; largest {name}: {gb_text(base_mem.total)}"
+        )
         base = StagePlan("baseline", "", base_mem)
         if stage.fits and not check(base, devices, settings):
             stage.fits, stage.reason = False, f"baseline {name} (hf, one device): {base.reason}"
