@@ -24,7 +24,9 @@ from sami.plan import (
     training_flops,
     training_memory,
 )
+from sami.plan_eval import server_parallel
 from sami.plan_run import plan_run
+from sami.plan_stage import vllm_generation
 from sami.run_config import parse_config
 
 TINY = ModelShape("tiny", vocab_size=10, hidden_size=4, intermediate_size=8, num_layers=2, num_heads=2,
@@ -140,19 +142,93 @@ def test_70b_evaluation_refused_on_one_h100(monkeypatch):
     monkeypatch.chdir(ROOT)
     plan = plan_run(recipe("tldr_llama3_70b_diverse.yaml"), PlanSettings(devices="1xH100-80GB"))
     stages = {s.name: s for s in plan.stages}
-    ev = stages["evaluation responses"]
+    ev, scoring = stages["evaluation responses"], stages["evaluation scoring (MI)"]
     assert not plan.fits and not ev.fits
-    assert "141.1 GB" in ev.reason  # the bf16 weights alone
-    assert any("device with ≥" in a for a in ev.advice)
+    assert "8 × 1 (tensor × data parallel) > 1 devices" in ev.reason  # the recipe's vLLM engine over 8 devices
+    assert ev.advice == ["more devices"]  # 141 GB of weights: no tensor parallel size of one 80 GB device fits
+    assert not scoring.fits and "141.1 GB" in scoring.reason  # the MI scoring loads the bf16 weights whole
+    assert any("device with ≥" in a for a in scoring.advice)
     assert not stages["training"].fits  # 8 processes on 1 device
     assert stages["judging"].fits and stages["judging"].memory is None  # the api judge runs elsewhere
     on8 = {s.name: s for s in plan_run(recipe("tldr_llama3_70b_diverse.yaml"), PlanSettings()).stages}
-    assert not on8["evaluation responses"].fits  # 8 devices do not help: evaluation uses one
+    assert on8["evaluation responses"].fits  # tensor parallel 8: 17.6 GB of weights per device
+    assert not on8["evaluation scoring (MI)"].fits  # 8 devices do not help: the scoring uses one
     # training at micro-batch 16 does not fit; a divisor of 16 keeps the 128 queries per optimizer step
     assert "per_device_train_batch_size: 8 with gradient_accumulation_steps: 2" in on8["training"].advice[0]
 
 
-def test_mistral_recipe_fits_8_h100_and_evaluation_dominates(monkeypatch):
+def without_eval_engine(name: str):
+    """A shipped recipe with `evaluation.generation` left out: hf evaluation on one device, as before."""
+    raw = read_yaml(ROOT / "configs" / name)
+    del raw["evaluation"]["generation"]
+    return parse_config(raw)
+
+
+def stages_of(config, **settings) -> dict:
+    return {s.name: s for s in plan_run(config, PlanSettings(**settings)).stages}
+
+
+def test_recipe_evaluation_is_timed_on_the_engine_it_names(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    settings = PlanSettings()
+    devices = parse_devices(settings.devices)
+    for name, tp in [("tldr_llama3_70b_diverse.yaml", 8), ("hh_mistral7b.yaml", 1), ("tldr_mixtral8x7b_weak.yaml", 4)]:
+        config = recipe(name)
+        plan = plan_run(config, settings)
+        ev = next(s for s in plan.stages if s.name == "evaluation responses")
+        assert ev.fits and ev.where.startswith(f"vLLM (evaluation.generation), tensor parallel {tp} ({tp} of 8")
+        shape = model_shape(config.model.policy)
+        assert ev.memory.parts["weights"] == pytest.approx(shape.n_params * 2 / tp)  # bf16, sharded over tp
+        # from iteration 1 the stage generates only the evaluated model's responses (baselines are copied): the
+        # vLLM formula's time for them, far below the hf engine's one-device time for the same responses
+        n, p, r = plan.dims["eval queries"] * 4, plan.dims["P"], config.evaluation.max_new_tokens
+        _, secs, _ = vllm_generation(shape, devices, settings, wb=2, tp=tp, utilization=0.9, n_prompts=n, p=p, r=r)
+        assert ev.seconds[1] == pytest.approx(secs)
+        hf = stages_of(without_eval_engine(name))["evaluation responses"]
+        assert hf.where.startswith("hf in its own process, 1 of 8 devices")
+        assert hf.seconds[1] > 10 * ev.seconds[1]
+    hh = stages_of(recipe("hh_mistral7b.yaml"))
+    assert hh["self-generation"].where.startswith("vLLM, tensor parallel 1")  # the run's engine, unchanged
+    # the instruct baseline is still hf on one device, at iteration 0 only: most of that iteration
+    assert any(
+        n.startswith("hf baselines at iteration 0, 1 device, batch 8") for n in hh["evaluation responses"].notes
+    )
+    assert hh["evaluation responses"].seconds[0] > 10 * hh["evaluation responses"].seconds[1]
+
+
+def test_hf_evaluation_of_a_model_that_does_not_fit_is_told_what_to_set(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    ev = stages_of(without_eval_engine("tldr_llama3_70b_diverse.yaml"))["evaluation responses"]
+    assert not ev.fits and "141.1 GB" in ev.reason
+    # 141 GB of bf16 weights: tensor parallel 4 leaves 35 GB per device (at most 0.7 of the 78 GB usable); its
+    # self-generation is a server elsewhere, so a vLLM engine of the evaluation's own is advised
+    assert "evaluation.generation: {backend: vllm, tensor_parallel_size: 4}" in ev.advice
+    # Mixtral: the run's own vLLM engine (tensor parallel 4) is enough, and `run` says so
+    mixtral = stages_of(without_eval_engine("tldr_mixtral8x7b_weak.yaml"))["evaluation responses"]
+    assert not mixtral.fits
+    assert "evaluation.generation: run (the run's vLLM engine, tensor parallel 4)" in mixtral.advice
+    fits = stages_of(without_eval_engine("hh_mistral7b.yaml"))["evaluation responses"]
+    assert fits.fits and not fits.advice and any("evaluation.generation: run" in n for n in fits.notes)
+
+
+def test_evaluation_through_a_server_the_stage_starts(monkeypatch):
+    assert server_parallel("vllm serve {model} --port {port}") == (1, 1)  # vLLM's defaults
+    assert server_parallel("vllm serve {model} -tp 2 --data-parallel-size=4") == (2, 4)
+    assert server_parallel("vllm serve {model} --tensor-parallel-size=8") == (8, 1)
+    monkeypatch.chdir(ROOT)
+    raw = read_yaml(ROOT / "configs" / "tldr_mistral7b_weak.yaml")
+    serve = "vllm serve {model} --port {port} --data-parallel-size 8"
+    raw["evaluation"]["generation"] = {"backend": "openai", "server": serve, "server_port": 8001}
+    ev = stages_of(parse_config(raw))["evaluation responses"]
+    tp1 = stages_of(recipe("tldr_mistral7b_weak.yaml"))["evaluation responses"]
+    assert ev.fits and "tensor parallel 1 × data parallel 8" in ev.where
+    assert ev.total_seconds < tp1.total_seconds / 2  # 8 replicas share each iteration's responses
+    raw["evaluation"]["generation"]["server"] = serve.replace("--data-parallel-size 8", "-tp 4 -dp 4")
+    too_many = stages_of(parse_config(raw))["evaluation responses"]
+    assert not too_many.fits and "4 × 4 (tensor × data parallel) > 8 devices" in too_many.reason
+
+
+def test_mistral_recipe_fits_8_h100(monkeypatch):
     monkeypatch.chdir(ROOT)
     plan = plan_run(recipe("hh_mistral7b.yaml"), PlanSettings())
     assert plan.fits
@@ -161,9 +237,11 @@ def test_mistral_recipe_fits_8_h100_and_evaluation_dominates(monkeypatch):
     # docs/scaling.md: 16 B/param sharded over 8 = 14.5 GB of model state per GPU
     state = train.parts["weights"] + train.parts["gradients"] + train.parts["optimizer state"]
     assert state / GB == pytest.approx(14.5, abs=0.1)
-    times = {name: s.total_seconds for name, s in stages.items()}
+    # with hf evaluation (the default) its responses dominate the run, 7 of 8 devices idle
+    hf = stages_of(without_eval_engine("hh_mistral7b.yaml"))
+    times = {name: s.total_seconds for name, s in hf.items()}
     assert times["evaluation responses"] > times["self-generation"] + times["training"]
-    assert "1 of 8 devices" in stages["evaluation responses"].where
+    assert "1 of 8 devices" in hf["evaluation responses"].where
 
 
 def test_training_advice_names_a_change_that_fits(monkeypatch):
@@ -182,7 +260,7 @@ def test_cli_exit_codes(capsys, monkeypatch):
     assert "evaluation responses" in out and "estimated wall time" in out
     assert main(["plan", "configs/tldr_llama3_70b_diverse.yaml", "--devices", "1xH100-80GB"]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert any(line.startswith("sami plan: evaluation responses: does not fit: needs") for line in err)
+    assert any(line.startswith("sami plan: evaluation scoring (MI): does not fit: needs") for line in err)
     assert all(line.startswith("sami plan: ") for line in err)  # one line per stage, no traceback
     assert main(["plan", "configs/demo.yaml", "--devices", "lots"]) == 2
     assert "COUNTxNAME-MEMGB" in capsys.readouterr().err
