@@ -228,6 +228,17 @@ def test_evaluation_through_a_server_the_stage_starts(monkeypatch):
     assert not too_many.fits and "4 × 4 (tensor × data parallel) > 8 devices" in too_many.reason
 
 
+def test_a_vllm_evaluation_engine_too_small_for_the_model_is_told_its_size(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    raw = read_yaml(ROOT / "configs" / "tldr_llama3_70b_diverse.yaml")
+    raw["evaluation"]["generation"]["tensor_parallel_size"] = 2  # 70.5 GB of weights per device: no KV cache left
+    ev = stages_of(parse_config(raw))["evaluation responses"]
+    assert not ev.fits and ev.advice == ["evaluation.generation.tensor_parallel_size: 4"]
+    raw["evaluation"]["generation"] = {"backend": "openai", "server": "vllm serve {model} --port {port}"}
+    served = stages_of(parse_config(raw))["evaluation responses"]  # a server the stage starts at vLLM's tp 1
+    assert not served.fits and served.advice == ["--tensor-parallel-size 4 in evaluation.generation.server"]
+
+
 def test_mistral_recipe_fits_8_h100(monkeypatch):
     monkeypatch.chdir(ROOT)
     plan = plan_run(recipe("hh_mistral7b.yaml"), PlanSettings())

@@ -58,8 +58,10 @@ def _engine_advice(config, shape: ModelShape, wb: int, devices: Devices, setting
     if tp is None:
         return None
     gen = config.generation
-    if gen.backend == "vllm" and dtype_bytes(gen.dtype or config.model.dtype) <= wb and gen.tensor_parallel_size >= tp:
-        return f"evaluation.generation: run (the run's vLLM engine, tensor parallel {gen.tensor_parallel_size})"
+    if gen.backend == "vllm":  # `run`: the run's settings, its dtype if it names one (sami.evaluation.engine)
+        need = min_tensor_parallel(shape.n_params * (dtype_bytes(gen.dtype) if gen.dtype else wb), devices, settings)
+        if need is not None and gen.tensor_parallel_size >= need:
+            return f"evaluation.generation: run (the run's vLLM engine, tensor parallel {gen.tensor_parallel_size})"
     return f"evaluation.generation: {{backend: vllm, tensor_parallel_size: {tp}}}"
 
 
@@ -80,7 +82,7 @@ def _responses_hf(config, ev, evaluated, baselines, devices, settings, *, wb, ba
     stage = StagePlan("evaluation responses", where, mems[worst], seconds)
     stage.notes.append(f"largest model: {models[worst][1].name}")
     if check(stage, devices, settings):
-        if config.generation.backend == "vllm" and ev.generation is None and devices.tflops:
+        if config.generation.backend == "vllm" and ev.generation is None:
             stage.notes.append("faster: evaluation.generation: run (the run's vLLM engine generates the responses)")
         return stage
     why = "hf generation loads each model whole on one device"
@@ -145,8 +147,12 @@ def _responses_engine(engine, evaluated, baselines, devices, settings, *, wb, ba
             )
     if not stage.fits:
         need = min_tensor_parallel(shape.n_params * wb_engine, devices, settings)
-        field = "tensor_parallel_size" if engine.backend == "vllm" else "server's --tensor-parallel-size"
-        stage.advice.append(f"evaluation.generation.{field}: {need}" if need else "more devices")
+        if need is None:
+            stage.advice.append("more devices")
+        elif engine.backend == "vllm":
+            stage.advice.append(f"evaluation.generation.tensor_parallel_size: {need}")
+        else:
+            stage.advice.append(f"--tensor-parallel-size {need} in evaluation.generation.server")
     if baselines:  # hf in the stage's process, one device, after the engine is closed
         worst = max(
             baselines,
