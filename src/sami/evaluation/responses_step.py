@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sami.evaluation.baselines import baseline_responses
 from sami.evaluation.context import Evaluation, check_mi_store
+from sami.evaluation.parallel import launch_split
 from sami.evaluation.responses import (
     Progress,
     generate_mi,
@@ -32,8 +33,9 @@ def responses_step(
     baseline name -> {query_id: response} already generated; `baseline_evals`: baseline name -> its own evaluation
     folder (its MI responses and scores are copied from there); `reused`: baseline name -> an evaluation folder
     where it was a baseline under the same settings (its responses, MI responses and scores are copied)."""
+    split = launch_split(ev)  # under a launch of N processes: every N-th chunk here (sami.evaluation.parallel)
     settings, queries, positive = ev.settings, ev.queries, ev.positive
-    responses, mi_store, anti_store, contrast_store = ev.stores()
+    responses, mi_store, anti_store, contrast_store = split.stores(ev)
     gen_settings = HFGeneration(batch_size=settings.batch_size, dtype=settings.dtype)
     check_mi_store(ev, mi_store)
     todo = [q for q in queries if f"model:{q.id}" not in responses]
@@ -49,29 +51,39 @@ def responses_step(
     if todo or mi_todo or anti_todo or contrast_todo:
         generator = factory.make_generator(gen_settings, model=ev.get_model(), tokenizer=ev.get_tokenizer())
         if todo or mi_todo:
-            advance = progress.task(f"responses of {ev.label}", len(todo))
+            mine = split.mine(todo, settings.chunk_size)
+            advance = progress.task(f"responses of {ev.label}", len(mine))
             generate_side(
-                responses, generator, ev.template, todo, positive, side="model", label=ev.label, settings=settings,
+                responses, generator, ev.template, mine, positive, side="model", label=ev.label, settings=settings,
                 advance=advance,
             )  # fmt: skip
+        split.sync()  # each step below reuses the responses of the steps before it, from every rank
+        mine = split.mine(mi_todo, settings.chunk_size)
         if mi_todo and not patterns:
-            generate_mi(mi_store, responses, generator, ev.template, mi_todo, ev.constitutions, settings, progress)
+            generate_mi(mi_store, responses, generator, ev.template, mine, ev.constitutions, settings, progress)
         if mi_todo and patterns:  # the antithesis and one-flipped responses below are then taken from these
             known = known_responses(responses, anti_store, contrast_store)
-            generate_patterns(mi_store, generator, ev.template, mi_todo, ev.mi_constitutions, settings, progress,
+            generate_patterns(mi_store, generator, ev.template, mine, ev.mi_constitutions, settings, progress,
                                known=known)  # fmt: skip
+        split.sync()
         if anti_todo:
-            jobs = [(q.id, q, positive[q.id].flipped(), {}) for q in anti_todo]
+            jobs = split.mine([(q.id, q, positive[q.id].flipped(), {}) for q in anti_todo], settings.chunk_size)
             known = known_responses(responses, mi_store)
             generate_under(anti_store, generator, ev.template, jobs, settings, progress,
                             "responses under the antithesis", known=known)  # fmt: skip
+        split.sync()
         if contrast_todo:
             jobs = [(f"{n}:{q.id}", q, positive[q.id].flipped({n}), {"principle": n}) for n, q in contrast_todo]
             known = known_responses(responses, mi_store, anti_store)
-            generate_under(contrast_store, generator, ev.template, jobs, settings, progress,
-                            "responses with one principle flipped", known=known)  # fmt: skip
+            generate_under(contrast_store, generator, ev.template, split.mine(jobs, settings.chunk_size), settings,
+                            progress, "responses with one principle flipped", known=known)  # fmt: skip
         generator = None
-    responses.flush()
-    score_evaluated(ev, mi_store, responses, contrast_store)
+    responses, mi_store, anti_store, contrast_store = split.finish(ev)  # the shards merged: the files
+    if split.is_main:
+        responses.flush()
+    score_evaluated(ev, mi_store, responses, contrast_store, score=split.scorer(ev), write=split.is_main)
+    split.record(ev)
     ev.release()
+    if not split.is_main:
+        return  # the baselines: on rank 0
     baseline_responses(ev, responses, given, gen_settings, progress, baseline_evals or {}, reused or {})
