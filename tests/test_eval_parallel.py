@@ -126,12 +126,13 @@ sys.exit(main(sys.argv[1:]))
 
 def _eval_run(tmp_path: Path, model_dir: Path, name: str) -> Path:
     """A run folder holding what `sami stage iter-0/responses` reads; 5 queries in chunks of 2 (the last one short)
-    and batches of 8: every batch pads, so a split that changed the batches would show."""
+    and batches of 2 (generation and scoring: 3 scoring batches per file, so both ranks score); prompts of different
+    lengths share a batch, so a split that changed the batches (the padding) could show."""
     run_dir = tmp_path / name
     run_dir.mkdir()
     cfg = tiny_config(model_dir)
     cfg["data"]["eval"] = [{"bundled": "hh_helpful_test", "subset": "helpful", "limit": 5}]
-    cfg["evaluation"].update(chunk_size=2, batch_size=8)
+    cfg["evaluation"].update(chunk_size=2, batch_size=2)
     write_config(run_dir / "config.yaml", cfg)
     load_constitutions("hh_opus").save(run_dir / "constitutions.json")
     return run_dir
