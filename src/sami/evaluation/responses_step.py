@@ -1,6 +1,8 @@
 """The responses step: every generation and every forward pass of an evaluation. The evaluated model's responses
 (positive, under the MI constitutions, antithesis, contrast) and their scores (`scores.json`), then the baselines'
-responses (`sami.evaluation.baselines`, one baseline model loaded at a time)."""
+responses (`sami.evaluation.baselines`, one baseline model loaded at a time). Under a launch of several processes
+the evaluated model's generation and scoring are split over them and the baselines run on rank 0
+(`sami.evaluation.parallel`)."""
 
 from __future__ import annotations
 
