@@ -17,8 +17,8 @@ from sami.run_config import RunConfig
 from sami.run_inputs import input_groups
 
 # Evaluation fields that do not change the evaluated responses: the judge (its own stage), whether a foreign judge's
-# file is judged again (the pipeline always does) and how often files are written.
-NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size", *BENCHMARK_FIELDS)
+# file is judged again (the pipeline always does), how often files are written and how the model is placed.
+NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size", "device_map", *BENCHMARK_FIELDS)
 # Generation fields that say how a server is started, not what it generates: out of every hash.
 NOT_IN_SAMPLES = ("server", "server_port", "server_timeout")
 # Generation fields the evaluation does not read (it passes greedy decoding and its own budget with every call).
@@ -48,6 +48,7 @@ def config_hash(config: RunConfig) -> str:
     elif data["comparisons"].get("sft") is None:
         data["comparisons"].pop("sft", None)  # and DPO-only runs the hash they had before comparisons.sft existed
     drop_defaults(data)  # likewise runs without evaluation.benchmarks
+    data["evaluation"].pop("device_map", None)  # where the evaluated model is placed, not what it computes
     return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
 
 

@@ -24,6 +24,7 @@ from sami.errors import SamiInputError
 from sami.evaluation.baselines import load_side_responses
 from sami.evaluation.context import EvaluationInputs
 from sami.evaluation.evaluate import run_evaluation
+from sami.evaluation.parallel import on_main_process
 from sami.evaluation.settings import BaselineSettings
 from sami.generation.base import closing
 from sami.generation.factory import policy_generator
@@ -252,7 +253,7 @@ def evaluation_stages(parts: StageParts, config: RunConfig, target: EvalTarget, 
     def responses(ctx: StageContext) -> None:
         target.files(ctx.layout).root.mkdir(parents=True, exist_ok=True)
         if target.prepare is not None:
-            target.prepare(ctx)
+            on_main_process(target.prepare, ctx)  # under accelerate: rank 0 writes, the others wait
         _run(ctx, target, "responses")
 
     def written(ctx: StageContext) -> list[Path]:
@@ -275,9 +276,12 @@ def evaluation_stages(parts: StageParts, config: RunConfig, target: EvalTarget, 
         return _run(ctx, target, "judgments", rejudge=True)
 
     judge_where: Where = "process" if config.evaluation.judge.kind == "local" else "driver"
+    engine = config.generation if config.evaluation.generation == "run" else config.evaluation.generation
+    # data parallel over the launch's processes with hf only: vLLM and servers parallelise on their own
+    parallel = config.launcher.kind == "accelerate" and (engine is None or engine.backend == "hf")
     stages = [
         Stage(f"{prefix}/responses", parts.responses(t), target.reads, responses, written,
-              "process", clear),
+              "accelerate" if parallel else "process", clear),
     ]  # fmt: skip
     if judged:
         stages.append(

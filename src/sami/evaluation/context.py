@@ -99,9 +99,11 @@ class Evaluation:
 
     def get_model(self):
         if self.model is None:
+            dm = self.settings.device_map  # passed only when set (spread over devices: then no `device`)
             self.model = models.load_model(
-                self.model_ref, dtype=self.settings.dtype, device=device_for(self.settings),
-                trust_remote_code=self.trust_remote_code, attn_implementation=self.attn_implementation,
+                self.model_ref, dtype=self.settings.dtype, trust_remote_code=self.trust_remote_code,
+                attn_implementation=self.attn_implementation,
+                **({"device_map": dm} if dm else {"device": device_for(self.settings)}),
             )  # fmt: skip
             self.model.eval()
             self.loaded_here = True
