@@ -40,6 +40,9 @@ class EvaluationInputs:
       used instead of generating; missing ids are generated. `baseline_evals`: name -> an evaluation folder of
       that baseline as the evaluated model under the same settings (in a run: iter-0/eval for "base"); its
       responses under the MI constitutions and their scores are taken from there instead of loading the model.
+      `baseline_dirs`: name -> the folder where that baseline's own stage wrote its responses (side = name), MI
+      responses and scores (a run's `baselines/NAME/`): the judgments and metrics steps read them there, and the
+      responses step neither generates nor copies them.
     - `judge=False`: no baselines and no judgments step; `judge_model`/`judge_tokenizer`: a loaded local judge.
     - `contrast=True`: the contrast check (`sami.evaluation.contrast.contrast_metrics`).
     """
@@ -54,6 +57,7 @@ class EvaluationInputs:
     baseline_responses: dict[str, dict[str, str]] = field(default_factory=dict)
     baseline_evals: dict[str, str | Path] = field(default_factory=dict)
     reused_baselines: dict[str, str | Path] = field(default_factory=dict)
+    baseline_dirs: dict[str, str | Path] = field(default_factory=dict)
     judge: bool = True
     judge_model: Any = None
     judge_tokenizer: Any = None
@@ -86,6 +90,13 @@ class Evaluation:
     model: Any = None
     tokenizer: Any = None
     loaded_here: bool = False
+    baseline_dirs: dict[str, Path] = field(default_factory=dict)  # baselines written by a stage of their own
+
+    def baseline_files(self, name: str) -> EvalLayout:
+        """Where baseline `name`'s responses, MI responses and scores are: its own folder (`baseline_dirs`) or
+        this evaluation's."""
+        folder = self.baseline_dirs.get(name)
+        return self.files if folder is None else EvalLayout(folder)
 
     def get_tokenizer(self):
         if self.tokenizer is None:
@@ -214,6 +225,7 @@ def prepare(settings: EvaluationSettings, model_ref: str, out_dir: str | Path, i
         attn_implementation=inputs.attn_implementation,
         model=inputs.model,
         tokenizer=inputs.tokenizer,
+        baseline_dirs={name: Path(d) for name, d in inputs.baseline_dirs.items() if name in resolved},
     )
 
 
