@@ -210,3 +210,21 @@ def test_offload_is_checked_against_stated_host_memory(monkeypatch):
     assert train.fits and train.memory.host / GB == pytest.approx(8 * 70.55, abs=0.5)  # fp32 master + RMSprop
     small = next(s for s in plan_run(config, PlanSettings(host_memory_gb=512)).stages if s.name == "training")
     assert not small.fits and "host RAM" in small.reason
+
+
+def test_a_baseline_is_planned_once_as_its_own_stage(monkeypatch, capsys, tmp_path):
+    """The instruct baseline of the mistral recipe is the table's `baselines/instruct`: one plan, one time (not per
+    iteration), its own model's memory; `--dry-run` lists the stage once, before iteration 0's responses."""
+    monkeypatch.chdir(ROOT)
+    plan = plan_run(recipe("hh_mistral7b.yaml"), PlanSettings())
+    names = [s.name for s in plan.stages]
+    assert names.count("baselines/instruct") == 1
+    baseline = plan.stages[names.index("baselines/instruct")]
+    assert len(baseline.seconds) == 1 and baseline.seconds[0] > 0 and "once per run" in baseline.where
+    assert "Mistral-7B-Instruct" in baseline.notes[0] and baseline.fits
+    responses = plan.stages[names.index("evaluation responses")].seconds
+    assert responses[1] == responses[2] == responses[3]  # no iteration generates the baseline
+    assert main(["run", "configs/hh_mistral7b.yaml", "--dry-run", "--output-dir", str(tmp_path / "run")]) == 0
+    lines = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("run ")]
+    assert lines.count("baselines/instruct") == 1
+    assert lines.index("baselines/instruct") < lines.index("iter-0/responses")

@@ -1,9 +1,10 @@
 """`plan_run(config, settings)`: the memory per device and time of every stage of a run, before anything runs.
 
 The stages are those `sami.pipeline` runs today: self-generation (the `generation` backend), training (under the
-`launcher`), evaluation (responses and MI scores in one process, on one device, with the `hf` engine) and
-judging (a local judge model, an API, or rules). The formulas are in `sami.plan`; this module reads a run config
-into their inputs, checks each stage against the stated devices and says what to change when one does not fit.
+`launcher`), the run's baselines (`baselines/NAME` of the stage table, once per run), evaluation (responses and MI
+scores in one process, on one device, with the `hf` engine) and judging (a local judge model, an API, or rules).
+The formulas are in `sami.plan`; this module reads a run config into their inputs, checks each stage against the
+stated devices and says what to change when one does not fit.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from sami.plan import (
     training_memory,
 )
 from sami.run_config import RunConfig
+from sami.stage_runs import baseline_stage_name
 from sami.stage_settings import evaluation_baselines, evaluation_settings
+from sami.stages import stage_table
 
 DEFAULT_PROMPT_TOKENS = {"dialogue": 200, "summarization": 450}
 
@@ -375,15 +378,8 @@ def _evaluation(config, shape, devices, settings, dims, n_eval, k) -> list[Stage
     per_model = n_eval * (patterns if ev.intrinsic else 1)
     models: list[tuple[str, ModelShape, int]] = []  # (which, shape, responses) of every iteration's hf models
     contrast = (ev.contrast_limit or n_eval) * k if ev.contrast else 0
-    for t in range(iters + 1):
+    for t in range(iters + 1):  # the baselines: stages of their own (_baseline_stages); "base" is iteration 0's
         models.append((f"iter-{t}", shape, per_model + (contrast if t == 0 else 0)))
-        for name, base in evaluation_baselines(config, against_base=t > 0).items():
-            if name == "base" or (base.generation is not None and base.generation.backend != "hf") or t > 0:
-                continue  # "base" is iteration 0's responses, as is every baseline from t = 1 (generated once per
-                # run); a served baseline generates elsewhere
-            models.append(
-                (f"iter-{t}:{name}", model_shape(base.model), per_model if ev.baseline_intrinsic else n_eval)
-            )
     gen_mem = [
         generation_memory(s, weight_bytes=wb, batch=ev.batch_size, prompt_tokens=p, new_tokens=r) for _, s, _ in models
     ]
@@ -467,6 +463,34 @@ def _judging(config, ev, devices, settings, dims, n_eval) -> StagePlan:
     return stage
 
 
+def _baseline_stages(config, devices, settings, dims, n_eval, k) -> list[StagePlan]:
+    """One plan per `baselines/NAME` stage of the run's table: run once per run, in a process of its own."""
+    ev, specs = evaluation_settings(config), evaluation_baselines(config, against_base=False)
+    p, r, wb = dims["P"], ev.max_new_tokens, dtype_bytes(ev.dtype)
+    patterns = min(2**k, ev.mi_max_patterns) if ev.mi == "sign_patterns" else ev.n_constitutions
+    by_stage = {baseline_stage_name(name): spec for name, spec in specs.items()}
+    out = []
+    for name in (n for n in stage_table(config, contents=False) if n in by_stage):
+        spec = by_stage[name]
+        if spec.generation is not None and spec.generation.backend != "hf":
+            served = spec.generation
+            secs = n_eval * settings.api_latency_s / getattr(served, "max_concurrency", 1)
+            out.append(StagePlan(name, f"{served.backend} server (generates elsewhere), once per run", None, [secs]))
+            continue
+        b_shape, scored = model_shape(spec.model), ev.intrinsic and ev.baseline_intrinsic
+        n = n_eval * patterns if scored else n_eval
+        mem = generation_memory(b_shape, weight_bytes=wb, batch=ev.batch_size, prompt_tokens=p, new_tokens=r)
+        gen = _hf_generation_seconds(b_shape, devices, settings, wb=wb, n_prompts=n, batch=ev.batch_size, p=p, r=r)
+        score = forward_seconds(b_shape, devices, settings, n_eval * patterns * (p + patterns * r)) if scored else 0.0
+        where = f"hf in its own process, 1 of {devices.count} devices, batch {ev.batch_size}, once per run"
+        stage = StagePlan(name, where, mem, [None if gen is None or score is None else gen + score])
+        stage.notes.append(f"{n} responses of {b_shape.name}" + (" and their MI" if scored else ""))
+        if not _check(stage, devices, settings):
+            _whole_model_advice(stage, devices, settings, "a smaller evaluation.batch_size (KV cache)", ev.batch_size)
+        out.append(stage)
+    return out
+
+
 def _baselines(config, t: int) -> dict:
 
     return evaluation_baselines(config, against_base=t > 0)
@@ -492,6 +516,7 @@ def plan_run(config: RunConfig, settings: PlanSettings, *, source: str = "config
     stages = [
         _self_generation(config, shape, devices, settings, dims, n_train),
         _training(config, shape, devices, settings, dims),
+        *_baseline_stages(config, devices, settings, dims, n_eval, k),
         *_evaluation(config, shape, devices, settings, dims, n_eval, k),
     ]
     return RunPlan(source, devices, shape, settings, dims, stages)
