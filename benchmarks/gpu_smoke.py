@@ -2,11 +2,11 @@
 
 `benchmarks/gpu_smoke.sh` runs it. It builds a 1B-class random llama (the bundled tokenizer; saved locally, no hub),
 then `sami run` on a copy of `configs/hh_mistral7b.yaml` shrunk to one iteration of 2 optimizer steps: vLLM
-self-generation, training under `accelerate launch` with the shipped FSDP config on all visible GPUs (bf16),
-export, evaluation with the base model as baseline and the policy as its own local judge; then it reloads the
-exported checkpoint and generates from it. While the run goes, a sampler thread records the GPU memory in use
-(`nvidia-smi`, every GPU) or, with `--cpu`, the resident memory of the process tree; each stage's window comes from
-`manifest.json` (`started_at` / `finished_at`).
+self-generation, training under `accelerate launch` with the shipped FSDP config on all visible GPUs (bf16; a
+sharded resume checkpoint after step 1), export, evaluation with the base model as baseline and the policy as its
+own local judge; then it reloads the exported checkpoint and generates from it. While the run goes, a sampler thread
+records the GPU memory in use (`nvidia-smi`, every GPU) or, with `--cpu`, the resident memory of the process tree;
+each stage's window comes from `manifest.json` (`started_at` / `finished_at`).
 
 `--cpu` is a dry mode for machines without a GPU: a tiny llama, the hf backend, 2 gloo processes (MULTI_CPU; no
 FSDP there), float32. It checks the script's logic, not the GPU path. Writes OUT/smoke.json and OUT/smoke.md.
@@ -78,6 +78,7 @@ def run_config(model: Path, out: Path, cpu: bool, n_gpus: int) -> Path:
     if not cpu:
         cfg["generation"].update(gpu_memory_utilization=0.5, max_model_len=2048)
     cfg["training"].update(per_device_train_batch_size=2, bf16=not cpu, report_to=[], learning_rate=1e-5)
+    cfg["training"]["save_steps"] = 1  # a resume checkpoint after step 1: fsdp.yaml's sharded one (each rank's shards)
     cfg["iterations"] = {"count": 1, "steps": [2], "train_from": "base"}
     judge = {"kind": "local", "model": str(model)}
     cfg["evaluation"] = {"judge": judge, "baselines": {}, "max_new_tokens": 32, "dtype": cfg["model"]["dtype"]}

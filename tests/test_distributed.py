@@ -41,7 +41,7 @@ def test_shipped_accelerate_configs_resolve_and_parse(tmp_path):
         cfg = load_config_from_file(str(accelerate_config_path(name)))
         assert cfg.distributed_type.value == kinds[name]
     fsdp = load_config_from_file(str(accelerate_config_path("fsdp"))).fsdp_config
-    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     assert load_config_from_file(str(accelerate_config_path("zero3"))).deepspeed_config["zero3_save_16bit_model"]
     with pytest.raises(SamiInputError, match="nope"):
         accelerate_config_path("nope")

@@ -36,6 +36,7 @@ from sami.io import read_jsonl
 from sami.run_config import RunConfig
 from sami.stage_parts import StageParts
 from sami.stage_settings import evaluation_settings
+from sami.stages import stage_table
 
 STOP = choose_template("dialogue", "base", None).stop
 
@@ -261,3 +262,17 @@ def test_the_run_starts_a_server_on_the_evaluated_checkpoint(tmp_path, tiny_mode
         [str(tiny_model_dir), str(tiny_model_dir), checkpoint]
     )  # iter-0 eval, samples, iter-1 eval
     assert (run / "iter-1" / "eval" / "server.log").exists() and check_port_free(port)
+
+
+@pytest.mark.parametrize(
+    ("engine", "where"),
+    [(None, "accelerate"), ({"backend": "hf", "batch_size": 4}, "accelerate"), ({"backend": "vllm"}, "process"),
+     ("run", "process")],
+)  # fmt: skip
+def test_only_hf_evaluation_is_split_over_an_accelerate_launch(tiny_model_dir, engine, where):
+    """Under `launcher.kind: accelerate` the responses stage runs on every process with hf (data parallel); a
+    vLLM engine or a server parallelises on its own, in one process."""
+    base = tiny_config(tiny_model_dir, generation={"backend": "vllm"}, launcher={"kind": "accelerate"})
+    evaluation = {**base["evaluation"], **({"generation": engine} if engine is not None else {})}
+    table = stage_table(RunConfig.model_validate({**base, "evaluation": evaluation}), contents=False)
+    assert {table[n].where for n in table if n.endswith("/responses")} == {where}

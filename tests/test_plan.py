@@ -179,8 +179,9 @@ def test_recipe_evaluation_is_timed_on_the_engine_it_names(monkeypatch):
         assert ev.fits and ev.where.startswith(f"vLLM (evaluation.generation), tensor parallel {tp} ({tp} of 8")
         shape = model_shape(config.model.policy)
         assert ev.memory.parts["weights"] == pytest.approx(shape.n_params * 2 / tp)  # bf16, sharded over tp
-        # from iteration 1 the stage generates only the evaluated model's responses (baselines are copied): the
-        # vLLM formula's time for them, far below the hf engine's one-device time for the same responses
+        # from iteration 1 the stage generates only the evaluated model's responses (iteration 0 adds the contrast
+        # ones; the baselines are stages of their own): the vLLM formula's time for them, far below the hf engine's
+        # one-device time for the same responses
         n, p, r = plan.dims["eval queries"] * 4, plan.dims["P"], config.evaluation.max_new_tokens
         _, secs, _ = vllm_generation(shape, devices, settings, wb=2, tp=tp, utilization=0.9, n_prompts=n, p=p, r=r)
         assert ev.seconds[1] == pytest.approx(secs)
@@ -189,11 +190,11 @@ def test_recipe_evaluation_is_timed_on_the_engine_it_names(monkeypatch):
         assert hf.seconds[1] > 10 * ev.seconds[1]
     hh = stages_of(recipe("hh_mistral7b.yaml"))
     assert hh["self-generation"].where.startswith("vLLM, tensor parallel 1")  # the run's engine, unchanged
-    # the instruct baseline is still hf on one device, at iteration 0 only: most of that iteration
-    assert any(
-        n.startswith("hf baselines at iteration 0, 1 device, batch 8") for n in hh["evaluation responses"].notes
-    )
-    assert hh["evaluation responses"].seconds[0] > 10 * hh["evaluation responses"].seconds[1]
+    # the instruct baseline is still hf on one device (evaluation.generation does not reach it), once per run: its
+    # own stage takes longer than every iteration's responses of the evaluated model together
+    baseline = hh["baselines/instruct"]
+    assert baseline.where.startswith("hf in its own process, 1 of 8 devices, batch 8, once per run")
+    assert baseline.total_seconds > 10 * hh["evaluation responses"].total_seconds
 
 
 def test_hf_evaluation_of_a_model_that_does_not_fit_is_told_what_to_set(monkeypatch):
@@ -299,3 +300,32 @@ def test_offload_is_checked_against_stated_host_memory(monkeypatch):
     assert train.fits and train.memory.host / GB == pytest.approx(8 * 70.55, abs=0.5)  # fp32 master + RMSprop
     small = next(s for s in plan_run(config, PlanSettings(host_memory_gb=512)).stages if s.name == "training")
     assert not small.fits and "host RAM" in small.reason
+
+
+def test_a_baseline_is_planned_once_as_its_own_stage(monkeypatch, capsys, tmp_path):
+    """The instruct baseline of the mistral recipe is the table's `baselines/instruct`: one plan, one time (not per
+    iteration), its own model's memory; `--dry-run` lists the stage once, before iteration 0's responses."""
+    monkeypatch.chdir(ROOT)
+    plan = plan_run(recipe("hh_mistral7b.yaml"), PlanSettings())
+    names = [s.name for s in plan.stages]
+    assert names.count("baselines/instruct") == 1
+    baseline = plan.stages[names.index("baselines/instruct")]
+    assert len(baseline.seconds) == 1 and baseline.seconds[0] > 0 and "once per run" in baseline.where
+    assert "Mistral-7B-Instruct" in baseline.notes[0] and baseline.fits
+    responses = plan.stages[names.index("evaluation responses")].seconds
+    assert responses[1] == responses[2] == responses[3]  # no iteration generates the baseline
+    assert main(["run", "configs/hh_mistral7b.yaml", "--dry-run", "--output-dir", str(tmp_path / "run")]) == 0
+    lines = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("run ")]
+    assert lines.count("baselines/instruct") == 1
+    assert lines.index("baselines/instruct") < lines.index("iter-0/responses")
+
+
+def test_a_baseline_that_does_not_fit_one_device_is_told_what_to_set(monkeypatch):
+    """An hf baseline's stage holds its model whole on one device, its MI forward included (the larger of the two)."""
+    monkeypatch.chdir(ROOT)
+    baseline = stages_of(recipe("hh_mistral7b.yaml"), devices="1xA10-24GB")["baselines/instruct"]
+    assert not baseline.fits and "activations" in baseline.reason  # the MI forward's, 8 queries × 4 rows
+    assert baseline.advice == [
+        "a smaller evaluation.batch_size",
+        "evaluation.baselines.instruct.generation: {backend: vllm, ...} (no baseline MI)",
+    ]

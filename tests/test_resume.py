@@ -32,7 +32,10 @@ from transformers import TrainerCallback
 
 import sami.trainer
 
-STEP, RANK = int(os.environ["SAMI_TEST_KILL_AT_STEP"]), os.environ.get("SAMI_TEST_KILL_RANK", "0")
+if os.environ.get("SAMI_TEST_CPU_FSDP"):
+    import cpu_fsdp  # FSDP on the CPU ranks (tests/cpu_fsdp.py)
+
+STEP, RANK = int(os.environ.get("SAMI_TEST_KILL_AT_STEP", "-1")), os.environ.get("SAMI_TEST_KILL_RANK", "0")
 
 
 class KillAt(TrainerCallback):
@@ -111,6 +114,20 @@ def run_two(
         cmd = [*cmd[:at], str(setup["killer"]), *cmd[at + 2 :]]
         kill = {"SAMI_TEST_KILL_AT_STEP": str(kill_at), "SAMI_TEST_KILL_RANK": "1"}
     launch = launch_env(cpu=True, deepspeed=uses_deepspeed(cmd))
+    return subprocess.run(cmd, env=env(**launch, **kill), capture_output=True, text=True, timeout=900)
+
+
+def run_fsdp(setup, out: Path, *extra: str, kill_at: int | None = None, precision: str = "no"):
+    """`run_two` under the shipped `fsdp.yaml` (FSDP2, sharded checkpoints), its FSDP kept on the CPU ranks
+    (`tests/cpu_fsdp.py`); `precision` is accelerate's `--mixed_precision` (the yaml's bf16 unless "no")."""
+    args = train_args(setup, out, "--per-device-train-batch-size", "2", *extra)
+    cmd = accelerate_command(
+        args, num_processes=2, cpu=False, config="fsdp", extra_args=["--mixed_precision", precision]
+    )
+    at = cmd.index("-m", 3)
+    cmd = [*cmd[:at], str(setup["killer"]), *cmd[at + 2 :]]
+    kill = {"SAMI_TEST_KILL_AT_STEP": str(kill_at), "SAMI_TEST_KILL_RANK": "1"} if kill_at is not None else {}
+    launch = {**launch_env(cpu=True), "CUDA_VISIBLE_DEVICES": "", "SAMI_TEST_CPU_FSDP": "1"}
     return subprocess.run(cmd, env=env(**launch, **kill), capture_output=True, text=True, timeout=900)
 
 
@@ -355,3 +372,50 @@ def test_sami_run_killed_mid_training_resumes_the_stage(setup, tmp_path, tiny_mo
     assert step_logs(train) == step_logs(ref)
     metrics = [json.loads((r / "iter-1" / "eval" / "metrics.json").read_text()) for r in (out, tmp_path / "reference")]
     assert abs(metrics[0]["mi"] - metrics[1]["mi"]) < 1e-6
+
+
+def test_killed_rank_under_fsdp2_resumes_from_per_rank_shards(setup, uninterrupted):
+    """The shipped `fsdp.yaml` (FSDP2, `SHARDED_STATE_DICT`) on 2 CPU ranks: `checkpoint-2` holds each rank's own
+    shards of the weights and optimizer (torch.distributed.checkpoint, no gathered file); rank 1 killed after step 3,
+    the resumed run ends with the one-process weights, exported as one full safetensors folder with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = setup["root"] / "killed-fsdp"
+    killed = run_fsdp(setup, out, "--resume", kill_at=KILL_AT)
+    assert killed.returncode != 0
+    killed_state(out)
+    checkpoint = out / "checkpoint-2"
+    full = sum(t.numel() * t.element_size() for t in weights(uninterrupted).values())
+    for name in ("pytorch_model_fsdp_0", "optimizer_0"):  # accelerate's save_fsdp_model / save_fsdp_optimizer
+        shards = sorted((checkpoint / name).glob("*.distcp"))
+        assert [p.name for p in shards] == ["__0_0.distcp", "__1_0.distcp"] and (
+            checkpoint / name / ".metadata"
+        ).is_file()
+        sizes = [p.stat().st_size for p in shards]
+        assert all(0.3 < s / sum(sizes) < 0.7 for s in sizes), sizes  # half each, not one rank with everything
+    assert sum(p.stat().st_size for p in (checkpoint / "optimizer_0").glob("*.distcp")) > 1.9 * full  # AdamW moments
+    gathered = ("model.safetensors", "pytorch_model_fsdp.bin", "optimizer.pt", "optimizer.bin")
+    assert not [n for n in gathered if (checkpoint / n).exists()]
+    ok(run_fsdp(setup, out, "--resume", kill_at=SAVE_STEPS))  # survives only if it resumed after step 2
+    finished_state(out)
+    assert json.loads((out / "train_info.json").read_text())["distributed_type"] == "DistributedType.FSDP"
+    assert max_diff(weights(out), weights(uninterrupted)) < 1e-5
+    resumed = step_logs(out)
+    assert [h["step"] for h in resumed] == list(range(1, MAX_STEPS + 1))
+    for a, b in zip(resumed, step_logs(uninterrupted), strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 and a["num_tokens"] == b["num_tokens"]
+    model = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert model.dtype == torch.float32 and AutoTokenizer.from_pretrained(out).encode("hello")
+
+
+def test_fsdp2_bf16_training_exports_bf16(setup):
+    """accelerate's `mixed_precision: bf16` (the shipped fsdp.yaml's, without the Trainer's `--bf16`): the export
+    gathered from the FSDP2 shards is bfloat16 and loads with transformers in bfloat16."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = setup["root"] / "fsdp-bf16"
+    ok(run_fsdp(setup, out, "--max-steps", "1", precision="bf16"))
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+    assert AutoModelForCausalLM.from_pretrained(out, dtype="auto").dtype == torch.bfloat16
+    assert (out / "tokenizer.json").is_file() and (out / "log_history.json").is_file()

@@ -82,6 +82,7 @@ def test_model_stages_run_in_processes_of_their_own_with_the_driver_s_results(
     for name in set(STAGES) - set(MODEL_STAGES):
         assert stages[name]["where"] == "driver" and stages[name]["pid"] == os.getpid(), name
     assert len({stages[n]["pid"] for n in MODEL_STAGES}) == len(MODEL_STAGES)  # one process per stage
+    assert all(stages[n]["seconds"] > 0 for n in STAGES)  # each stage's wall time, its process's start included
     assert loaded == []
     ours = json.loads((run / "report" / "summary.json").read_text())
     theirs = json.loads((reference_run / "report" / "summary.json").read_text())

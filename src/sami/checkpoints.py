@@ -1,12 +1,20 @@
 """Resume checkpoints and the final export of a training run (SAMI's and the TRL comparison methods'): find the
 newest complete `checkpoint-N`, skip the Trainer's last one, write the model folder with `train_info.json` and
-`log_history.json` (last), then delete the checkpoints."""
+`log_history.json` (last), then delete the checkpoints.
+
+Under FSDP the resume checkpoints are whatever the accelerate config's `fsdp_state_dict_type` says (the shipped
+`fsdp.yaml`: `SHARDED_STATE_DICT`, each rank writes its own shards through `torch.distributed.checkpoint`, by the
+Trainer's `save_fsdp_model` / `save_fsdp_optimizer`); the final export is always one full safetensors folder in
+the training dtype, gathered once (`full_state_dict`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +23,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sami.errors import SamiInputError
-from sami.export_dtype import cast_export
+from sami.export_dtype import cast_export, drop_tied_copies
 from sami.io import atomic_write_json, umask_modes
 
 TRAIN_INFO = "train_info.json"  # the optimizer that stepped, the distributed type, the number of processes
@@ -95,20 +103,56 @@ def resolve_tokenizer_ref(model_ref: Any, tokenizer_ref: str | os.PathLike | Non
     return model_ref
 
 
+@contextmanager
+def full_state_dict(trainer) -> Iterator[None]:
+    """Inside: the Trainer's `save_model` gathers the full state dict, also under FSDP with sharded checkpoints.
+
+    With `SHARDED_STATE_DICT` the Trainer's `save_model` writes no model at all; transformers' FSDP guide switches
+    the plugin to `FULL_STATE_DICT` for the final save, as this does (restored on exit). Under FSDP2 the gather is
+    accelerate's `get_state_dict` (full tensors offloaded to rank 0's CPU memory).
+    """
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None) if trainer.is_fsdp_enabled else None
+    if plugin is None or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+        yield
+        return
+    before = plugin.state_dict_type
+    plugin.set_state_dict_type("FULL_STATE_DICT")
+    try:
+        yield
+    finally:
+        plugin.state_dict_type = before
+
+
+def training_dtype(trainer) -> torch.dtype | None:
+    """The dtype mixed precision trains in (`--bf16`/`--fp16`, or accelerate's `mixed_precision`, which a launch
+    config such as the shipped `fsdp.yaml` sets without the Trainer's flags), or None (float32)."""
+    precision = str(getattr(trainer.accelerator, "mixed_precision", "no"))
+    if trainer.args.bf16 or precision == "bf16":
+        return torch.bfloat16
+    if trainer.args.fp16 or precision == "fp16":
+        return torch.float16
+    return None
+
+
 def train_and_export(trainer, tokenizer, output_dir: Path, checkpoint: Path | None, *, merge_lora: bool) -> Path:
     """Train (from `checkpoint` when resuming), write the model, tokenizer and `log_history.json` (last) into
     `output_dir`, then delete the resume checkpoints. Shared by SAMI and the TRL comparison methods (DPO, SFT)."""
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        # A collective on every rank: gathers the full state dict (FSDP FULL_STATE_DICT, ZeRO-3 16-bit save) and
-        # rank 0 writes safetensors. LoRA adapters are saved unmerged on this path.
-        trainer.save_model(str(output_dir))
+        # A collective on every rank: gathers the full state dict (FSDP, also after sharded checkpoints; ZeRO-3
+        # 16-bit save) and rank 0 writes safetensors. LoRA adapters are saved unmerged on this path.
+        with full_state_dict(trainer):
+            trainer.save_model(str(output_dir))
         if trainer.args.should_save:
             tokenizer.save_pretrained(output_dir)
+            drop_tied_copies(
+                output_dir, getattr(unwrap_data_parallel(trainer.model), "all_tied_weights_keys", None) or {}
+            )
     elif trainer.args.should_save:
         export_checkpoint(trainer.model, tokenizer, output_dir, merge_lora=merge_lora)
-    if trainer.args.should_save and (trainer.args.bf16 or trainer.args.fp16):  # the training dtype, not fp32
-        cast_export(output_dir, torch.bfloat16 if trainer.args.bf16 else torch.float16)
+    dtype = training_dtype(trainer)
+    if trainer.args.should_save and dtype is not None:  # the training dtype, not the fp32 master weights
+        cast_export(output_dir, dtype)
     if trainer.args.should_save:
         check = getattr(trainer, "optimizer_check", None)
         info = {"optimizer": check.name if check is not None else None}

@@ -5,6 +5,7 @@ RUN/
   config.yaml              the resolved run config
   manifest.json            finished stages, their config hashes and output hashes
   constitutions.json       the principles (and their checks) every stage reads
+  baselines/NAME/          baseline NAME's responses, MI responses and scores (its own stage, once per run)
   iter-0/eval/             evaluation of π_0 (the base model)
   iter-T/samples.jsonl     self-generated training data of iteration T (written by π_{T-1})
   iter-T/samples.dropped.jsonl, iter-T/samples.stats.json, iter-T/samples.rank{R}.jsonl (launch shards)
@@ -143,6 +144,11 @@ class RunLayout:
 
     def eval(self, t: int) -> EvalLayout:
         return EvalLayout(self.iteration(t) / "eval")
+
+    def baseline(self, name: str) -> EvalLayout:
+        """The folder of baseline `name` (`evaluation.baselines`), written once per run by stage `baselines/NAME`:
+        its `responses.jsonl` (side NAME), `mi_responses-NAME.jsonl` and `scores.json` (`baselines.NAME`)."""
+        return EvalLayout(self.root / "baselines" / name)
 
     def comparison_train(self, t: int, method: str) -> Path:
         """The checkpoint of comparison `method` (e.g. `dpo`) trained in iteration t."""

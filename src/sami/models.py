@@ -205,14 +205,19 @@ def load_model(
     trust_remote_code: bool = False,
     lora: LoraSettings | dict | None = None,
     attn_implementation: str | None = "sdpa",
+    device_map: str | dict | None = None,
 ):
-    """Load a causal LM (float32 unless `dtype` says otherwise), optionally wrapped with a LoRA adapter."""
+    """Load a causal LM (float32 unless `dtype` says otherwise), optionally wrapped with a LoRA adapter.
+    `device_map` (e.g. "auto"): spread over the visible devices by transformers/accelerate instead of `device`."""
     # transformers: sami.models is read by light commands (config, export, judges)
     from transformers import AutoModelForCausalLM
 
     path, kwargs = resolve_model_path(name_or_path)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        device = None
     if kwargs.get("local_files_only"):  # the adapter lookup would otherwise go to the network
         kwargs["adapter_kwargs"] = {"local_files_only": True}
     try:

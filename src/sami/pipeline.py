@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -116,6 +117,7 @@ class Pipeline:
             return False
         self.console.rule(f"[bold]{name}[/bold] [dim]({status.reason})[/dim]")
         self.manifest.start(name, in_place=status.in_place)
+        started = time.perf_counter()
         ctx = self.context()
         if status.in_place:
             stage.clear(ctx)
@@ -131,7 +133,8 @@ class Pipeline:
         else:
             pid = run_launched([sys.executable, "-m", "sami.cli", *child_args(self.run_dir, name)], what=name)
         info = stage.after(ctx) or {}
-        self.manifest.finish(name, stage.outputs(ctx), pid=pid, where=where, **info)
+        seconds = round(time.perf_counter() - started, 1)  # wall time of the stage, start-up of its process included
+        self.manifest.finish(name, stage.outputs(ctx), pid=pid, where=where, seconds=seconds, **info)
         return True
 
     def run_named(self, *names: str) -> None:

@@ -1,10 +1,11 @@
 """`plan_run(config, settings)`: the memory per device and time of every stage of a run, before anything runs.
 
 The stages are those `sami.pipeline` runs today: self-generation (the `generation` backend), training (under the
-`launcher`), evaluation (its responses with the engine `evaluation.generation` names, the MI scores on one device;
-`sami.plan_eval`) and judging (a local judge model, an API, or rules). The formulas are in `sami.plan`; this module
-reads a run config into their inputs, checks each stage against the stated devices (`sami.plan_stage`) and says
-what to change when one does not fit.
+`launcher`), the run's baselines (`baselines/NAME` of the stage table: hf on one device, once per run), evaluation
+(the evaluated model's responses with the engine `evaluation.generation` names, the MI scores on one device) and
+judging (a local judge model, an API, or rules); the last three are `sami.plan_eval`'s. The formulas are in
+`sami.plan`; this module reads a run config into their inputs, checks each stage against the stated devices
+(`sami.plan_stage`) and says what to change when one does not fit.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sami.plan import (
     training_flops,
     training_memory,
 )
-from sami.plan_eval import evaluation_stages
+from sami.plan_eval import baseline_stages, evaluation_stages
 from sami.plan_stage import (  # StagePlan and gb_text are read from here by sami.plan_report
     StagePlan,
     check,
@@ -305,6 +306,7 @@ def plan_run(config: RunConfig, settings: PlanSettings, *, source: str = "config
     stages = [
         _self_generation(config, shape, devices, settings, dims, n_train),
         _training(config, shape, devices, settings, dims),
+        *baseline_stages(config, devices, settings, dims, n_eval, k),
         *evaluation_stages(config, shape, devices, settings, dims, n_eval, k),
     ]
     return RunPlan(source, devices, shape, settings, dims, stages)

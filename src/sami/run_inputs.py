@@ -4,7 +4,7 @@
 constitutions   the constitution file (or bundled set), or the writer's model folder
 policy          π_0's model folder or GGUF file (self-generation of iteration 1, training, evaluation)
 train_data      the training query files          eval_data   the evaluation query files
-baselines       the baseline models' folders      judge       the local judge's model folder
+baseline:NAME   baseline NAME's model folder      judge       the local judge's model folder
 ```
 `stage_keys` adds a group's `file:PATH` parts to the key of each stage that reads it, so editing one file reruns
 exactly those stages (and the ones reading theirs).
@@ -17,6 +17,7 @@ from typing import Any
 from sami.constitutions import BUNDLED_CONSTITUTIONS, bundled_constitution_path
 from sami.contents import file_parts
 from sami.data import QuerySource, bundled_queries_path
+from sami.evaluation.settings import as_baseline
 
 
 def _sources(sources: list[QuerySource]) -> list[Any]:
@@ -38,13 +39,11 @@ def input_groups(config) -> dict[str, dict[str, str]]:
         constitutions = [config.constitutions, bundled_constitution_path(config.constitutions)]
     else:
         constitutions = [config.constitutions]
-    baselines = [getattr(b, "model", b) for b in config.evaluation.baselines.values()]
     judge = config.evaluation.judge
     return {
         "constitutions": file_parts(constitutions),
         "policy": file_parts([config.model.policy]),
         "train_data": file_parts(_sources(config.data.train)),
         "eval_data": file_parts(_sources(config.data.eval)),
-        "baselines": file_parts([b for b in baselines if isinstance(b, str)]),
         "judge": file_parts([judge.model] if judge.kind == "local" else []),
-    }
+    } | {f"baseline:{name}": file_parts([as_baseline(b).model]) for name, b in config.evaluation.baselines.items()}

@@ -17,8 +17,11 @@ from sami.run_config import RunConfig
 from sami.run_inputs import input_groups
 
 # Evaluation fields that do not change the evaluated responses: the judge (its own stage), whether a foreign judge's
-# file is judged again (the pipeline always does) and how often files are written.
-NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size", *BENCHMARK_FIELDS)
+# file is judged again (the pipeline always does), how often files are written and how the model is placed.
+NOT_IN_RESPONSES = ("judge", "rejudge", "chunk_size", "device_map", *BENCHMARK_FIELDS)
+# Evaluation fields that do not change a baseline's responses or scores (besides those above): the evaluated model's
+# own checks and engine (a baseline generates as its entry says), and the baselines (each stage hashes its own entry).
+NOT_IN_BASELINE = (*NOT_IN_RESPONSES, "baselines", "adherence", "contrast", "contrast_limit", "generation")
 # Generation fields that say how a server is started, not what it generates: out of every hash.
 NOT_IN_SAMPLES = ("server", "server_port", "server_timeout")
 # Generation fields the evaluation does not read (it passes greedy decoding and its own budget with every call).
@@ -48,6 +51,7 @@ def config_hash(config: RunConfig) -> str:
     elif data["comparisons"].get("sft") is None:
         data["comparisons"].pop("sft", None)  # and DPO-only runs the hash they had before comparisons.sft existed
     drop_defaults(data)  # likewise runs without evaluation.benchmarks
+    data["evaluation"].pop("device_map", None)  # where the evaluated model is placed, not what it computes
     return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
 
 
@@ -105,21 +109,42 @@ class StageParts:
         parts["iterations.train_from"] = c["iterations"]["train_from"]
         return parts
 
-    def responses(self, t: int) -> dict[str, Any]:
+    def _evaluated(self, excluded: tuple[str, ...]) -> dict[str, Any]:
+        """What every evaluated response reads: the prompts, how each query's constitutions are drawn, the
+        evaluation queries and the evaluation settings but `excluded`."""
         c = self.dumped
-        evaluation = {k: v for k, v in c["evaluation"].items() if k not in NOT_IN_RESPONSES}
+        evaluation = {k: v for k, v in c["evaluation"].items() if k not in excluded}
         if "generation" in evaluation:  # the evaluation's engine (absent at its default: the hf of before)
             engine = c["generation"] if evaluation["generation"] == "run" else evaluation["generation"]
             evaluation["generation"] = {k: v for k, v in engine.items() if k not in NOT_IN_EVAL_ENGINE}
         return {
-            **self.policy,
             "prompts": c["prompts"],
             "sampling.scheme": c["sampling"]["scheme"],
             "sampling.n_constitutions": c["sampling"]["n_constitutions"],
             "data.eval": {k: c["data"][k] for k in ("eval", "eval_limit")},
             "evaluation": evaluation,
-            **self.read("policy", "eval_data", "baselines"),
-            "iteration": t,
+        }
+
+    def responses(self, t: int) -> dict[str, Any]:
+        """π_t's evaluated responses and scores. The run's baselines are stages of their own (`baseline`): only
+        their absence is hashed here (`baselines: {}`, as before they were), so a changed baseline reruns its stage
+        and the judgments that read it, never a model's responses."""
+        parts = {**self.policy, **self._evaluated(NOT_IN_RESPONSES), **self.read("policy", "eval_data")}
+        parts["evaluation"]["baselines"] = {}
+        return parts | {"iteration": t}
+
+    def baseline(self, name: str) -> dict[str, Any]:
+        """Baseline `name`'s stage: its entry in `evaluation.baselines` (and its model folder's contents), the
+        evaluation queries and prompts, the evaluation settings that change its responses or MI, and the dtype and
+        remote-code setting it takes from the run's model; not π_0."""
+        model = self.dumped["model"]
+        return {
+            "baseline": name,
+            "evaluation.baselines": self.dumped["evaluation"]["baselines"][name],
+            "model.dtype": model["dtype"],
+            "model.trust_remote_code": model["trust_remote_code"],
+            **self._evaluated(NOT_IN_BASELINE),
+            **self.read(f"baseline:{name}", "eval_data"),
         }
 
     def judgments(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The work of the core stages of a run, as `Stage` records: constitutions, self-generation, training, the three
-evaluation stages of one model, and the report.
+"""The work of the core stages of a run, as `Stage` records: constitutions, self-generation, training, the run's
+baselines (once per run), the three evaluation stages of one model, and the report.
 
 Each record's functions read everything from the run folder and its config (`StageContext`), so the same record
 runs in `sami run`'s process, in a child `sami stage NAME` or under `accelerate launch`. Two patterns are written
@@ -23,7 +23,8 @@ from sami.distributed import generate_samples_distributed
 from sami.errors import SamiInputError
 from sami.evaluation.baselines import load_side_responses
 from sami.evaluation.context import EvaluationInputs
-from sami.evaluation.evaluate import run_evaluation
+from sami.evaluation.evaluate import run_baseline, run_evaluation
+from sami.evaluation.parallel import on_main_process
 from sami.evaluation.settings import BaselineSettings
 from sami.generation.base import closing
 from sami.generation.factory import policy_generator
@@ -189,6 +190,51 @@ def train_stage(parts: StageParts, config: RunConfig, t: int, samples: str) -> S
     )  # fmt: skip
 
 
+# ---- baselines ---------------------------------------------------------------------------------
+def baseline_stage_name(name: str) -> str:
+    return f"baselines/{name}"
+
+
+def shared_baselines(config: RunConfig, t: int) -> list[str]:
+    """The baselines of `evaluation.baselines` that iteration t's evaluations read from their own stages (all but a
+    'base' from t = 1, where 'base' is π_0's responses of iteration 0)."""
+    return [name for name in config.evaluation.baselines if not (t > 0 and name == "base")]
+
+
+def _inputs(config: RunConfig, layout: RunLayout, **kwargs) -> EvaluationInputs:
+    """The run's evaluation queries, constitutions and prompts (and `kwargs`)."""
+    return EvaluationInputs(
+        queries=eval_queries(config),
+        cset=ConstitutionSet.load(layout.constitutions),
+        template=config.prompts.build(),
+        trust_remote_code=config.model.trust_remote_code,
+        attn_implementation=config.model.attn_implementation,
+        **kwargs,
+    )
+
+
+def baseline_stage(parts: StageParts, name: str, upstream: tuple[str, ...]) -> Stage:
+    """baselines/NAME: baseline NAME's responses under each query's positive constitution, and its MI responses and
+    scores, written once per run into `baselines/NAME/`; every evaluation's judgments and metrics read them there.
+    `upstream`: the constitutions."""
+
+    def clear(ctx: StageContext) -> None:  # another config's responses of this baseline
+        shutil.rmtree(ctx.layout.baseline(name).root, ignore_errors=True)
+
+    def run(ctx: StageContext) -> None:
+        c, layout = ctx.config, ctx.layout
+        spec = evaluation_baselines(c, against_base=False)[name]
+        run_baseline(
+            evaluation_settings(c), name, spec, layout.baseline(name).root, _inputs(c, layout), console=ctx.console
+        )
+
+    def written(ctx: StageContext) -> list[Path]:
+        f = ctx.layout.baseline(name)
+        return [p for p in (f.responses, f.baseline_mi_responses(name), f.scores) if p.exists()]
+
+    return Stage(baseline_stage_name(name), parts.baseline(name), upstream, run, written, "process", clear)
+
+
 # ---- evaluation --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EvalTarget:
@@ -220,20 +266,17 @@ def _run(ctx: StageContext, target: EvalTarget, step: str, **kwargs) -> None:
     settings = evaluation_settings(c)
     baselines = _baselines(ctx, target)
     base = layout.eval(0).responses
-    inputs = EvaluationInputs(
-        queries=eval_queries(c),
-        cset=ConstitutionSet.load(layout.constitutions),
-        template=c.prompts.build(),
+    inputs = _inputs(
+        c,
+        layout,
         model_label=target.label,
         baselines=baselines,
         baseline_responses={"base": load_side_responses(base, side="model")}
         if "base" in baselines and base.is_file()
         else {},
         baseline_evals={"base": layout.eval(0).root, **target.baseline_evals(layout)},
-        # the run's other baselines were generated (and scored) at iteration 0 under the same settings: reused
-        reused_baselines={n: layout.eval(0).root for n in c.evaluation.baselines if n != "base"} if target.t else {},
-        trust_remote_code=c.model.trust_remote_code,
-        attn_implementation=c.model.attn_implementation,
+        # the run's baselines are written once, by their own stages: read there, never generated again
+        baseline_dirs={n: layout.baseline(n).root for n in shared_baselines(c, target.t)},
         contrast=target.contrast and settings.contrast,
         base_model=c.model.policy,  # a server backend serves π₀ as configured; another model must be listed
     )
@@ -252,7 +295,7 @@ def evaluation_stages(parts: StageParts, config: RunConfig, target: EvalTarget, 
     def responses(ctx: StageContext) -> None:
         target.files(ctx.layout).root.mkdir(parents=True, exist_ok=True)
         if target.prepare is not None:
-            target.prepare(ctx)
+            on_main_process(target.prepare, ctx)  # under accelerate: rank 0 writes, the others wait
         _run(ctx, target, "responses")
 
     def written(ctx: StageContext) -> list[Path]:
@@ -275,15 +318,18 @@ def evaluation_stages(parts: StageParts, config: RunConfig, target: EvalTarget, 
         return _run(ctx, target, "judgments", rejudge=True)
 
     judge_where: Where = "process" if config.evaluation.judge.kind == "local" else "driver"
+    engine = config.generation if config.evaluation.generation == "run" else config.evaluation.generation
+    # data parallel over the launch's processes with hf only: vLLM and servers parallelise on their own
+    parallel = config.launcher.kind == "accelerate" and (engine is None or engine.backend == "hf")
     stages = [
         Stage(f"{prefix}/responses", parts.responses(t), target.reads, responses, written,
-              "process", clear),
+              "accelerate" if parallel else "process", clear),
     ]  # fmt: skip
     if judged:
+        reads = (f"{prefix}/responses", *map(baseline_stage_name, shared_baselines(config, t)))
         stages.append(
-            Stage(f"{prefix}/judgments", parts.judgments(), (f"{prefix}/responses",), judge, judged_files,
-                  judge_where, after=counted)
-        )  # fmt: skip
+            Stage(f"{prefix}/judgments", parts.judgments(), reads, judge, judged_files, judge_where, after=counted)
+        )
     last = stages[-1].name
     stages.append(
         Stage(f"{prefix}/metrics", {}, (last,), lambda ctx: _run(ctx, target, "metrics"),

@@ -2,15 +2,16 @@
 
 ```
 constitutions                    load (or write) the principles
+baselines/NAME                   each of evaluation.baselines: its responses (and MI scores), once per run
 iter-0/responses                 the base model's evaluated responses and scores (MI, lengths, contrast check)
-iter-0/judgments                 judged against evaluation.baselines (only when there are any)
+iter-0/judgments                 judged against evaluation.baselines (only when there are any; reads baselines/*)
 iter-0/metrics                   metrics.json, from the files above (no model)
 iter-0/benchmarks                IFEval of the base model (only with evaluation.benchmarks)
 for t in 1..T:
     iter-t/samples               self-generate with π_{t-1} on this iteration's query slice
     iter-t/train                 train from π_0 (or π_{t-1}) for steps[t-1] optimizer steps
-    iter-t/responses             π_t's evaluated responses and scores (and the baselines' not yet generated)
-    iter-t/judgments             π_t against the base model and any other baselines (the judge only)
+    iter-t/responses             π_t's evaluated responses and scores
+    iter-t/judgments             π_t against the base model (iteration 0's responses) and baselines/* (the judge only)
     iter-t/metrics               metrics.json
     iter-t/benchmarks            IFEval of π_t (only with evaluation.benchmarks)
     iter-t/<method>/...          comparisons (sami.comparisons.stages)
@@ -30,6 +31,7 @@ from sami.run_config import RunConfig
 from sami.stage import Stage
 from sami.stage_parts import StageParts, config_hash
 from sami.stage_runs import (
+    baseline_stage,
     constitutions_stage,
     evaluation_stages,
     policy_target,
@@ -45,6 +47,7 @@ def stage_table(config: RunConfig, *, contents: bool = True) -> dict[str, Stage]
     parts = StageParts.of(config, contents=contents)
     constitutions = constitutions_stage(parts, config)
     stages: list[Stage] = [constitutions]
+    stages += [baseline_stage(parts, name, (constitutions.name,)) for name in config.evaluation.baselines]
 
     def evaluation(t: int, reads: tuple[str, ...], *, judged: bool) -> str:
         """π_t's evaluation stages (and its benchmark), reading `reads`; returns its responses stage's name."""

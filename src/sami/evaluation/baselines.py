@@ -1,6 +1,8 @@
 """The baselines' part of the responses step: their responses under the positive constitutions (given ones first,
 the rest generated, one baseline model loaded at a time), their prompts, and, for an hf baseline, its responses
-under the MI constitutions and their scores (copied from the baseline's own evaluation where it has them)."""
+under the MI constitutions and their scores (copied from the baseline's own evaluation where it has them).
+A baseline written by a stage of its own (a run's `baselines/NAME/`, `Evaluation.baseline_dirs`) is skipped here:
+the judgments and metrics steps read it in its folder."""
 
 from __future__ import annotations
 
@@ -119,6 +121,8 @@ def baseline_responses(
     settings, queries, positive = ev.settings, ev.queries, ev.positive
     scores_file = ScoresFile(ev.files.scores)
     for name, spec in ev.baselines.items():
+        if name in ev.baseline_dirs:
+            continue  # written once per run by its own stage, read there
         if name in reused:
             copy_responses(responses, name, EvalLayout(Path(reused[name])), {q.id for q in queries})
         _add_given(ev, responses, name, spec, given.get(name, {}))

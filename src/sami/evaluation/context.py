@@ -40,6 +40,9 @@ class EvaluationInputs:
       used instead of generating; missing ids are generated. `baseline_evals`: name -> an evaluation folder of
       that baseline as the evaluated model under the same settings (in a run: iter-0/eval for "base"); its
       responses under the MI constitutions and their scores are taken from there instead of loading the model.
+      `baseline_dirs`: name -> the folder where that baseline's own stage wrote its responses (side = name), MI
+      responses and scores (a run's `baselines/NAME/`): the judgments and metrics steps read them there, and the
+      responses step neither generates nor copies them.
     - `judge=False`: no baselines and no judgments step; `judge_model`/`judge_tokenizer`: a loaded local judge.
     - `contrast=True`: the contrast check (`sami.evaluation.contrast.contrast_metrics`).
     - `base_model`: the model a server's configured `model_name` serves (a run's π₀); with
@@ -57,6 +60,7 @@ class EvaluationInputs:
     baseline_responses: dict[str, dict[str, str]] = field(default_factory=dict)
     baseline_evals: dict[str, str | Path] = field(default_factory=dict)
     reused_baselines: dict[str, str | Path] = field(default_factory=dict)
+    baseline_dirs: dict[str, str | Path] = field(default_factory=dict)
     judge: bool = True
     judge_model: Any = None
     judge_tokenizer: Any = None
@@ -91,6 +95,13 @@ class Evaluation:
     tokenizer: Any = None
     loaded_here: bool = False
     base_model: str | None = None
+    baseline_dirs: dict[str, Path] = field(default_factory=dict)  # baselines written by a stage of their own
+
+    def baseline_files(self, name: str) -> EvalLayout:
+        """Where baseline `name`'s responses, MI responses and scores are: its own folder (`baseline_dirs`) or
+        this evaluation's."""
+        folder = self.baseline_dirs.get(name)
+        return self.files if folder is None else EvalLayout(folder)
 
     def get_tokenizer(self):
         if self.tokenizer is None:
@@ -99,9 +110,11 @@ class Evaluation:
 
     def get_model(self):
         if self.model is None:
+            dm = self.settings.device_map  # passed only when set (spread over devices: then no `device`)
             self.model = models.load_model(
-                self.model_ref, dtype=self.settings.dtype, device=device_for(self.settings),
-                trust_remote_code=self.trust_remote_code, attn_implementation=self.attn_implementation,
+                self.model_ref, dtype=self.settings.dtype, trust_remote_code=self.trust_remote_code,
+                attn_implementation=self.attn_implementation,
+                **({"device_map": dm} if dm else {"device": device_for(self.settings)}),
             )  # fmt: skip
             self.model.eval()
             self.loaded_here = True
@@ -220,6 +233,7 @@ def prepare(settings: EvaluationSettings, model_ref: str, out_dir: str | Path, i
         model=inputs.model,
         tokenizer=inputs.tokenizer,
         base_model=None if inputs.base_model is None else str(inputs.base_model),
+        baseline_dirs={name: Path(d) for name, d in inputs.baseline_dirs.items() if name in resolved},
     )
 
 

@@ -33,25 +33,32 @@ queries are still to do. `sami.stage_settings` gives a run's evaluation settings
 
 The parts: `settings` (EvaluationSettings, BaselineSettings), `context` (EvaluationInputs, the resolved
 Evaluation), `responses_step`, `baselines`, `scores` (the owner of scores.json), `judgments`, `metrics_step`,
-`templates` and `devices`.
+`templates` and `devices`. `run_baseline` writes one baseline's folder on its own (a run's `baselines/NAME/`
+stage), which evaluations then name in `EvaluationInputs.baseline_dirs` instead of generating it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
 
 from sami.errors import SamiInputError
+from sami.evaluation.baselines import baseline_responses
 from sami.evaluation.console_tables import metrics_table
 from sami.evaluation.context import EvaluationInputs, prepare
 from sami.evaluation.judgments import judgments_step
 from sami.evaluation.metrics_step import metrics_step
 from sami.evaluation.responses import Progress
 from sami.evaluation.responses_step import responses_step
-from sami.evaluation.settings import EvaluationSettings
+from sami.evaluation.scores import ScoresFile
+from sami.evaluation.settings import BaselineSettings, EvaluationSettings, as_baseline, eos_policy
+from sami.generation import HFGeneration
+from sami.io import JsonlStore
+from sami.run_files import Scores
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +112,31 @@ def run_evaluation(
     for warning in (metrics.get("contrast") or {}).get("warnings", []):
         log.warning("%s", warning)
     return metrics
+
+
+def run_baseline(
+    settings: EvaluationSettings,
+    name: str,
+    spec: str | BaselineSettings,
+    out_dir: str | Path,
+    inputs: EvaluationInputs | None = None,
+    *,
+    console: Console | None = None,
+) -> None:
+    """Baseline `name`'s own folder `out_dir` (a run's `baselines/NAME/`): its responses under each query's positive
+    constitution (`responses.jsonl`, side `name`) and, for an hf baseline with `baseline_intrinsic`, its responses
+    under the MI constitutions and their scores (`mi_responses-NAME.jsonl`, `scores.json` `baselines.NAME`), as the
+    responses step writes a baseline. Every evaluation that names the folder in `EvaluationInputs.baseline_dirs`
+    judges against it and reports its MI, so it is generated once however many models are evaluated. `inputs`:
+    the queries, constitutions and prompts (its model, baselines and judge are ignored). Resumable."""
+    inputs = replace(
+        inputs or EvaluationInputs(), baselines={name: spec}, judge=True, baseline_dirs={}, model=None,
+        tokenizer=None, baseline_responses={}, baseline_evals={}, reused_baselines={}, contrast=False,
+    )  # fmt: skip
+    ev = prepare(settings, as_baseline(spec).model, out_dir, inputs)
+    scores = ScoresFile(ev.files.scores)
+    if not scores.path.exists():  # the scores say how they were computed, as an evaluation's do
+        scores.write(Scores(eos=eos_policy(settings), mi=settings.mi))
+    gen_settings = HFGeneration(batch_size=settings.batch_size, dtype=settings.dtype)  # as the responses step's
+    with Progress(console or Console(stderr=True)) as progress:
+        baseline_responses(ev, JsonlStore(ev.files.responses), {}, gen_settings, progress, {}, {})

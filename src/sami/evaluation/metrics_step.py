@@ -76,11 +76,14 @@ class _Parts:
 
 
 def _baselines(ev: Evaluation, scores, ids: set[str]) -> dict[str, BaselineMetrics]:
-    """MI and lengths of each baseline with scores under the MI constitutions."""
+    """MI and lengths of each baseline with scores under the MI constitutions (a baseline of its own stage: in its
+    folder)."""
     out = {}
     for name in ev.baselines:
-        per_query = per_query_dicts(scores.baselines.get(name) or {}, ids)
-        path = ev.files.baseline_mi_responses(name)
+        files = ev.baseline_files(name)
+        theirs = scores if files == ev.files else ScoresFile(files.scores).read()
+        per_query = per_query_dicts(theirs.baselines.get(name) or {}, ids)
+        path = files.baseline_mi_responses(name)
         records = [r for r in read_jsonl(path) if str(r["id"]) in per_query] if path.is_file() else []
         if records:
             agg = aggregate_scores(per_query, records)

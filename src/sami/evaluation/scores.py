@@ -8,6 +8,7 @@ not load}}`. `score_evaluated` scores what the evaluated model's files hold and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,25 @@ def _carried_over(old: Scores, settings: EvaluationSettings) -> Scores:
     return scores
 
 
-def score_evaluated(ev: Evaluation, mi_store: JsonlStore, responses: JsonlStore, contrast_store: JsonlStore | None):
+def score_evaluated(
+    ev: Evaluation,
+    mi_store: JsonlStore,
+    responses: JsonlStore,
+    contrast_store: JsonlStore | None,
+    *,
+    score: Callable[[list[dict]], dict[str, Any]] | None = None,
+    write: bool = True,
+):
     """Score what is not scored yet into `scores.json` (the per-query MI, bound, loss, accuracy and lengths of
-    mi_responses.jsonl; the pair MI of each contrast response); rewrites the file only when something was added."""
+    mi_responses.jsonl; the pair MI of each contrast response); rewrites the file only when something was added.
+    `score`: records -> per-query scores (default: the evaluated model here; `sami.evaluation.parallel` splits it
+    over a launch's processes); `write=False`: score without writing (a launch's other ranks)."""
     settings, file = ev.settings, ScoresFile(ev.files.scores)
+    if score is None:
+
+        def score(records: list[dict]) -> dict[str, Any]:
+            return intrinsic_scores(ev.get_model(), ev.get_tokenizer(), records, ev.template, settings)["per_query"]
+
     old = file.read()
     scores = _carried_over(old, settings)
     changed = False
@@ -89,8 +105,7 @@ def score_evaluated(ev: Evaluation, mi_store: JsonlStore, responses: JsonlStore,
     if settings.intrinsic:
         records = [r for r in mi_store.records if str(r["id"]) in ids and str(r["id"]) not in scores.intrinsic]
         if records:
-            result = intrinsic_scores(ev.get_model(), ev.get_tokenizer(), records, ev.template, settings)
-            scores.intrinsic.update(_typed(result["per_query"]))
+            scores.intrinsic.update(_typed(score(records)))
             changed = True
     if contrast_store is not None:
         by_id = {str(r["id"]): r for r in responses.records}
@@ -111,8 +126,9 @@ def score_evaluated(ev: Evaluation, mi_store: JsonlStore, responses: JsonlStore,
                 for q, a, b in pairs
             ]  # fmt: skip
             if records:
-                per_query = intrinsic_scores(ev.get_model(), ev.get_tokenizer(), records, ev.template, settings)
-                done.update({qid: v["mi"] for qid, v in per_query["per_query"].items()})
+                done.update({qid: v["mi"] for qid, v in score(records).items()})
                 changed = True
+    if not write:
+        return
     if changed or dump_run_file(old) != dump_run_file(scores) and (settings.intrinsic or contrast_store is not None):
         file.write(scores)

@@ -99,6 +99,11 @@ class EvaluationSettings(BaseModel):
         None, description="weights dtype of the evaluated and baseline models (None: float32)"
     )
     device: str | None = Field(None, description="torch device (None: cuda when available, else cpu)")
+    device_map: str | None = Field(
+        None,
+        description="the evaluated model spread over this process's devices: transformers' device_map ('auto', "
+        "'balanced', 'sequential'), for a model that does not fit one device (one process; None: on `device`)",
+    )
     intrinsic: bool = Field(True, description="compute the intrinsic metrics (MI, InfoNCE bound, lengths)")
     mi: Literal["sign_patterns", "training_pairs"] = Field(
         "sign_patterns",
