@@ -1,12 +1,13 @@
 """A miniature of the HH recipe on every visible GPU, stage by stage, with each stage's time and peak memory.
 
 `benchmarks/gpu_smoke.sh` runs it. It builds a 1B-class random llama (the bundled tokenizer; saved locally, no hub),
-then `sami run` on a copy of `configs/hh_mistral7b.yaml` shrunk to one iteration of 2 optimizer steps: vLLM
-self-generation, training under `accelerate launch` with the shipped FSDP config on all visible GPUs (bf16; a
-sharded resume checkpoint after step 1), export, evaluation with the base model as baseline and the policy as its
-own local judge; then it reloads the exported checkpoint and generates from it. While the run goes, a sampler thread
-records the GPU memory in use (`nvidia-smi`, every GPU) or, with `--cpu`, the resident memory of the process tree;
-each stage's window comes from `manifest.json` (`started_at` / `finished_at`).
+then `sami run` on a copy of `configs/hh_mistral7b.yaml` shrunk to one iteration of 2 optimizer steps: vLLM self-
+generation, training under `accelerate launch` with the shipped FSDP config on all visible GPUs (bf16; a sharded
+resume checkpoint after step 1), export, evaluation (its responses through the run's vLLM engine) with the base
+model as baseline and the policy as its own local judge; then it reloads the exported checkpoint and generates from
+it. While the run goes, a sampler thread records the GPU memory in use (`nvidia-smi`, every GPU) or, with `--cpu`,
+the resident memory of the process tree; each stage's window comes from `manifest.json` (`started_at` /
+`finished_at`).
 
 `--cpu` is a dry mode for machines without a GPU: a tiny llama, the hf backend, 2 gloo processes (MULTI_CPU; no
 FSDP there), float32. It checks the script's logic, not the GPU path. Writes OUT/smoke.json and OUT/smoke.md.
@@ -82,6 +83,8 @@ def run_config(model: Path, out: Path, cpu: bool, n_gpus: int) -> Path:
     cfg["iterations"] = {"count": 1, "steps": [2], "train_from": "base"}
     judge = {"kind": "local", "model": str(model)}
     cfg["evaluation"] = {"judge": judge, "baselines": {}, "max_new_tokens": 32, "dtype": cfg["model"]["dtype"]}
+    if not cpu:  # the recipe's evaluation engine: the run's vLLM (--cpu: hf, split over the 2 launched processes)
+        cfg["evaluation"]["generation"] = "run"
     cfg["launcher"] = {"kind": "accelerate", "num_processes": 2 if cpu else n_gpus, "config": "fsdp"}
     path = out / "smoke.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
