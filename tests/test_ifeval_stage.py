@@ -10,7 +10,7 @@ from test_pipeline import tiny_config, write_config
 from sami.cli import main
 from sami.run_config import parse_config
 from sami.stage_parts import config_hash
-from sami.stages import stage_keys
+from sami.stages import stage_keys, stage_table
 
 
 def bench_config(model_dir, **evaluation):
@@ -28,6 +28,10 @@ def test_runs_without_benchmarks_keep_their_stages_and_hash(tiny_model_dir):
     assert not [k for k in stage_keys(a) if k.endswith("/benchmarks")]
     c = parse_config(bench_config(tiny_model_dir), source="c")
     assert [k for k in stage_keys(c) if k.endswith("/benchmarks")] == ["iter-0/benchmarks", "iter-1/benchmarks"]
+    table = stage_table(c)  # IFEval reads π_t alone: evaluating another principle pool does not rerun it
+    assert table["iter-0/benchmarks"].upstream == () and table["iter-1/benchmarks"].upstream == ("iter-1/train",)
+    heldout = parse_config(bench_config(tiny_model_dir, mode="eval"), source="e")
+    assert stage_keys(heldout)["iter-1/benchmarks"] == stage_keys(c)["iter-1/benchmarks"]
     assert stage_keys(c)["iter-1/responses"] == stage_keys(parse_config(tiny_config(tiny_model_dir, iterations={
         "count": 1, "steps": [1]}), source="d"))["iter-1/responses"]  # fmt: skip
 

@@ -49,15 +49,16 @@ def stage_table(config: RunConfig, *, contents: bool = True) -> dict[str, Stage]
     stages: list[Stage] = [constitutions]
     stages += [baseline_stage(parts, name, (constitutions.name,)) for name in config.evaluation.baselines]
 
-    def evaluation(t: int, reads: tuple[str, ...], *, judged: bool) -> str:
-        """π_t's evaluation stages (and its benchmark), reading `reads`; returns its responses stage's name."""
+    def evaluation(t: int, trained: tuple[str, ...], reads: tuple[str, ...] = (), *, judged: bool) -> str:
+        """π_t's evaluation stages (and its benchmark), after π_t's training stage `trained` and the stages `reads`;
+        returns its responses stage's name."""
         evaluated = evaluation_stages(
-            parts, config, policy_target(config, t, (constitutions.name, *reads)), judged=judged
+            parts, config, policy_target(config, t, (constitutions.name, *trained, *reads)), judged=judged
         )
         stages.extend(evaluated)
         bench = parts.benchmarks(t)
-        if bench is not None:
-            stages.append(benchmark_stage(bench, t, reads))
+        if bench is not None:  # IFEval reads π_t alone: another evaluation of the run does not rerun it
+            stages.append(benchmark_stage(bench, t, trained))
         return evaluated[0].name
 
     base_responses = evaluation(0, (), judged=bool(config.evaluation.baselines))
@@ -66,7 +67,7 @@ def stage_table(config: RunConfig, *, contents: bool = True) -> dict[str, Stage]
         samples = samples_stage(parts, config, t, (constitutions.name, *trained))
         train = train_stage(parts, config, t, samples.name)
         stages += [samples, train]
-        responses = evaluation(t, (train.name, base_responses), judged=True)
+        responses = evaluation(t, (train.name,), (base_responses,), judged=True)
         for method in comparison_methods(config):
             reads = (constitutions.name, responses, base_responses)
             stages += comparison_stages(parts, config, t, method, samples=samples.name, reads=reads)
