@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from rich.progress import Progress
 
+from sami.endpoint import EndpointSettings
 from sami.errors import SamiInputError
 from sami.generation import HFGeneration, OpenAIGeneration, factory  # factory.make_generator: patched in tests
 from sami.ifeval.evaluation import IFEvalInput, accuracies, load_inputs, score
@@ -28,20 +29,17 @@ from sami.io import JsonlStore, atomic_write_json, iter_jsonl, write_jsonl
 DEFAULT_MAX_NEW_TOKENS = 1280  # lm-evaluation-harness ifeval.yaml `max_gen_toks`
 
 
-class IFEvalSettings(BaseModel):
-    """What `sami benchmark ifeval` scores, and how responses are generated."""
+class IFEvalSettings(EndpointSettings):
+    """What `sami benchmark ifeval` scores, and how responses are generated (`base_url` and the other endpoint
+    fields: through an OpenAI-compatible server's chat endpoint instead of loading `model`)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    base_url: str | None = Field(
+        None, description="generate through this OpenAI-compatible server's chat endpoint (None: load --model here)"
+    )
     out: str = Field(..., description="output folder (responses.jsonl, eval_results_*.jsonl, results.json)")
     model: str | None = Field(None, description="model to generate with ('default', a folder or a GGUF file)")
-    base_url: str | None = Field(
-        None, description="generate through this OpenAI-compatible server's chat endpoint instead of loading a model"
-    )
-    model_name: str | None = Field(None, description="with base_url: the served model to ask (None: the first listed)")
-    api_key_env: str = Field("OPENAI_API_KEY", description="with base_url: environment variable holding the API key")
-    max_concurrency: int = Field(4, ge=1, description="with base_url: requests in flight at once")
-    timeout: float = Field(600.0, gt=0, description="with base_url: seconds per request before it counts as failed")
     responses: str | None = Field(None, description="score this file of {prompt, response} lines instead")
     inputs: str | None = Field(None, description="IFEval input file (None: the bundled 541 prompts)")
     limit: int | None = Field(None, ge=1, description="only the first N prompts (None: all)")
@@ -88,10 +86,7 @@ def _generation_info(settings: IFEvalSettings, generator: Any) -> dict[str, Any]
 def _generation(settings: IFEvalSettings) -> HFGeneration | OpenAIGeneration:
     """The backend settings: a server (`base_url`) or the model loaded here with transformers."""
     if settings.base_url is not None:
-        return OpenAIGeneration(
-            base_url=settings.base_url, model_name=settings.model_name, api_key_env=settings.api_key_env,
-            max_concurrency=settings.max_concurrency, timeout=settings.timeout,
-        )  # fmt: skip
+        return OpenAIGeneration(**{name: getattr(settings, name) for name in EndpointSettings.model_fields})
     return HFGeneration(model=settings.model or "default", dtype=settings.dtype, batch_size=settings.batch_size)
 
 
