@@ -108,3 +108,13 @@ def test_a_plain_child_keeps_every_core(monkeypatch):
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     probe = "import os, sys; sys.exit(3 if {'OMP_NUM_THREADS', 'ACCELERATE_USE_CPU'} & set(os.environ) else 0)"
     assert run_launched([sys.executable, "-c", probe], what="probe") > 0
+
+
+def test_a_failed_launch_is_named_so_the_suite_can_retry_a_gloo_abort():
+    """pyproject's rerun rule matches "accelerate launch exited with status": a failed launch says so; a failed
+    plain child says "its process"."""
+    fail = [sys.executable, "-c", "import sys; sys.exit(1)"]
+    with pytest.raises(RuntimeError, match="^x: accelerate launch exited with status 1$"):
+        run_launched([*fail, "accelerate.commands.launch"], what="x")  # the name is all that marks a launch here
+    with pytest.raises(RuntimeError, match="^y: its process exited with status 1$"):
+        run_launched(fail, what="y")
