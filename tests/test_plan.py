@@ -152,13 +152,13 @@ def test_70b_evaluation_refused_on_one_h100(monkeypatch):
     assert stages["judging"].fits and stages["judging"].memory is None  # the api judge runs elsewhere
     on8 = {s.name: s for s in plan_run(recipe("tldr_llama3_70b_diverse.yaml"), PlanSettings()).stages}
     assert on8["evaluation responses"].fits  # tensor parallel 8: 17.6 GB of weights per device
-    assert not on8["evaluation scoring (MI)"].fits  # 8 devices do not help: the scoring uses one
-    assert any("evaluation.device_map: auto" in a for a in on8["evaluation scoring (MI)"].advice)
-    raw = read_yaml(ROOT / "configs" / "tldr_llama3_70b_diverse.yaml")
-    raw["evaluation"]["device_map"] = "auto"  # the layers spread over the 8 devices: 17.6 GB of weights each
-    spread = stages_of(parse_config(raw))["evaluation scoring (MI)"]
+    spread = on8["evaluation scoring (MI)"]  # the recipe's device_map: auto spreads the layers over the 8 devices
     assert spread.fits and "device_map 'auto' over 8 devices" in spread.where
-    assert spread.memory.parts["weights"] == pytest.approx(on8["evaluation scoring (MI)"].memory.parts["weights"] / 8)
+    raw = read_yaml(ROOT / "configs" / "tldr_llama3_70b_diverse.yaml")
+    del raw["evaluation"]["device_map"]  # without it the scoring loads the whole model on one device
+    whole = stages_of(parse_config(raw))["evaluation scoring (MI)"]
+    assert not whole.fits and any("evaluation.device_map: auto" in a for a in whole.advice)
+    assert spread.memory.parts["weights"] == pytest.approx(whole.memory.parts["weights"] / 8)
     # training at micro-batch 16 does not fit; a divisor of 16 keeps the 128 queries per optimizer step
     assert "per_device_train_batch_size: 8 with gradient_accumulation_steps: 2" in on8["training"].advice[0]
 
