@@ -318,7 +318,7 @@ def evaluation_stages(parts: StageParts, config: RunConfig, target: EvalTarget, 
         return _run(ctx, target, "judgments", rejudge=True)
 
     judge_where: Where = "process" if config.evaluation.judge.kind == "local" else "driver"
-    engine = config.generation if config.evaluation.generation == "run" else config.evaluation.generation
+    engine = evaluation_settings(config).generation  # `run` resolved to the run's generation section
     # data parallel over the launch's processes with hf only: vLLM and servers parallelise on their own
     parallel = config.launcher.kind == "accelerate" and (engine is None or engine.backend == "hf")
     stages = [
